@@ -1,0 +1,109 @@
+"""Every Prometheus metric trailguard exports, with its fixed name, in one place.
+
+Names are an interface (dashboards and alert rules use them): never rename one.  Labels are
+low-cardinality only — never a principal or an IP.  The registry is injected so tests can read it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 4 * 3600, 24 * 3600)
+_FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The daemon's metrics, registered on ``registry`` (a fresh one per daemon in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # -- events ------------------------------------------------------------------------
+        self.events_received = Counter(
+            "trailguard_events_received_total", "Records received, by source.", ["source"], registry=r)
+        self.events_processed = Counter(
+            "trailguard_events_processed_total", "Valid, unique events run through the detectors.",
+            registry=r)
+        self.events_invalid = Counter(
+            "trailguard_events_invalid_total", "Input that is not a CloudTrail event, by reason.",
+            ["reason"], registry=r)
+        self.events_duplicate = Counter(
+            "trailguard_events_duplicate_total", "Events skipped because their eventID was already seen.",
+            registry=r)
+        self.events_late = Counter(
+            "trailguard_events_late_total", "Events older than the watermark when they reached a detector.",
+            ["detector"], registry=r)
+        self.event_lag = Histogram(
+            "trailguard_event_lag_seconds", "Wall-clock now minus eventTime at processing.",
+            buckets=_LAG_BUCKETS, registry=r)
+        self.watermark = Gauge(
+            "trailguard_watermark_timestamp_seconds", "Max event time seen minus the allowed lateness.",
+            registry=r)
+        self.account_last_event = Gauge(
+            "trailguard_account_last_event_timestamp_seconds",
+            "Event time of the newest event seen per account (bounded by the number of accounts).",
+            ["account"], registry=r)
+        # -- detection ---------------------------------------------------------------------
+        self.alerts = Counter(
+            "trailguard_alerts_total", "Alerts raised, by detector and severity.",
+            ["detector", "severity"], registry=r)
+        self.alerts_suppressed = Counter(
+            "trailguard_alerts_suppressed_total", "Alerts not delivered (dedup, throttle), by reason.",
+            ["detector", "reason"], registry=r)
+        self.detector_seconds = Counter(
+            "trailguard_detector_seconds", "Time spent inside each detector.", ["detector"], registry=r)
+        self.detector_errors = Counter(
+            "trailguard_detector_errors_total", "Exceptions raised by a detector (event skipped for it).",
+            ["detector"], registry=r)
+        self.state_keys = Gauge(
+            "trailguard_state_keys", "Keys held in a detector's state.", ["detector"], registry=r)
+        self.state_evictions = Counter(
+            "trailguard_state_evictions_total", "Keys evicted because a detector hit its key cap.",
+            ["detector"], registry=r)
+        # -- pipeline ----------------------------------------------------------------------
+        self.queue_depth = Gauge(
+            "trailguard_queue_depth", "Items waiting in a pipeline queue.", ["stage"], registry=r)
+        self.checkpoints = Counter(
+            "trailguard_checkpoints_total", "Checkpoints written, by outcome.", ["outcome"], registry=r)
+        self.checkpoint_seconds = Histogram(
+            "trailguard_checkpoint_seconds", "Time to write one checkpoint.", buckets=_FAST_BUCKETS,
+            registry=r)
+        self.last_checkpoint = Gauge(
+            "trailguard_last_checkpoint_timestamp_seconds", "Wall-clock time of the last checkpoint.",
+            registry=r)
+        # -- sources -----------------------------------------------------------------------
+        self.source_acknowledged = Counter(
+            "trailguard_source_acknowledged_total", "Input units acknowledged (files, messages, offsets).",
+            ["source"], registry=r)
+        self.source_retried = Counter(
+            "trailguard_source_retried_total", "Input units left for redelivery after an error.",
+            ["source"], registry=r)
+        self.source_poison = Counter(
+            "trailguard_source_poison_total", "Input units that could not be decoded at all.",
+            ["source"], registry=r)
+        self.source_errors = Counter(
+            "trailguard_source_errors_total", "Errors talking to an input (broker down, throttled).",
+            ["source"], registry=r)
+        self.source_up = Gauge(
+            "trailguard_source_up", "1 when the source is connected and delivering.", ["source"],
+            registry=r)
+        self.kafka_lag = Gauge(
+            "trailguard_kafka_lag", "Messages between the committed offset and the partition end.",
+            ["topic", "partition"], registry=r)
+        self.sqs_backlog = Gauge(
+            "trailguard_sqs_backlog", "ApproximateNumberOfMessages visible in the queue.", ["source"],
+            registry=r)
+        # -- sinks -------------------------------------------------------------------------
+        self.sink_deliveries = Counter(
+            "trailguard_sink_deliveries_total", "Alert delivery attempts, by sink and outcome.",
+            ["sink", "outcome"], registry=r)
+        self.sink_spool_depth = Gauge(
+            "trailguard_sink_spool_depth", "Alerts spooled and not yet delivered.", ["sink"], registry=r)
+        self.sink_latency = Histogram(
+            "trailguard_sink_latency_seconds", "Time to deliver one alert to a sink.", ["sink"],
+            buckets=_FAST_BUCKETS, registry=r)
+        # -- build -------------------------------------------------------------------------
+        self.build_info = Gauge(
+            "trailguard_build_info", "Always 1; labels carry the version.", ["version"], registry=r)

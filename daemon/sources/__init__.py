@@ -1,0 +1,1 @@
+"""Event sources: each turns an input (files, SQS, Kafka) into batches of decoded records."""

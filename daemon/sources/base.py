@@ -1,0 +1,80 @@
+"""The source interface: what the pipeline consumes and what it acknowledges back.
+
+A source yields :class:`SourceBatch` objects of decoded (but not yet validated) records.  Each
+batch carries an opaque ``position``; the pipeline hands positions back through
+:meth:`Source.acknowledge` only once a checkpoint covers them (flush sinks → snapshot state →
+acknowledge input), so an input is never acknowledged before its events were processed.
+Backpressure is the pipeline's bounded queue: a source awaits ``put`` and so stops reading.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from daemon.deadletter import InvalidReporter
+
+__all__ = ["Source", "SourceBatch"]
+
+
+@dataclass(slots=True)
+class SourceBatch:
+    """Records decoded from one unit of input (a file chunk, an SQS message, a Kafka batch)."""
+
+    source: str
+    """The source's name (its ``type`` unless configured): the ``source`` metric label."""
+    records: list[Any]
+    """Decoded records, expected to be CloudTrail event dicts; the pipeline validates them."""
+    origin: str
+    """Where they came from, for logs and the dead-letter file: a path, ``s3://b/k``, ``topic/3``."""
+    locations: Sequence[int] | None = None
+    """Per record, its line number (JSON lines) in ``origin``; ``None``: its index in the document."""
+    position: Any = None
+    """Opaque; returned to :meth:`Source.acknowledge` once a checkpoint covers the batch."""
+
+
+class Source(ABC):
+    """Base of every source: ``start``/``stop`` lifecycle, batches, acknowledgement, readiness."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, name: str, invalid: InvalidReporter) -> None:
+        self.name = name
+        self.invalid = invalid
+        self._stopping = False
+
+    @property
+    def finite(self) -> bool:
+        """True when the input ends by itself (files without follow); the daemon then exits."""
+        return False
+
+    @property
+    def ready(self) -> bool:
+        """True while the source is connected and able to deliver (``/readyz``)."""
+        return True
+
+    async def start(self) -> None:
+        """Connect / open; called before :meth:`batches` is iterated."""
+        self._stopping = False
+
+    async def stop(self) -> None:
+        """Stop producing: :meth:`batches` must return promptly after this is called."""
+        self._stopping = True
+
+    @abstractmethod
+    def batches(self) -> AsyncIterator[SourceBatch]:
+        """Yield batches until the input ends or :meth:`stop` is called."""
+
+    async def acknowledge(self, positions: list[Any]) -> None:
+        """Positions now covered by a checkpoint: commit offsets / delete messages / record files."""
+        return None
+
+    def checkpoint_positions(self) -> dict[str, Any]:
+        """Source positions to store in the checkpoint (file offsets, Kafka offsets)."""
+        return {}
+
+    def restore_positions(self, positions: dict[str, Any]) -> None:
+        """Resume from positions a checkpoint recorded."""
+        return None

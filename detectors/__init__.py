@@ -1,0 +1,1 @@
+"""trailguard's detection logic: events, alerts, the detector interface and the detectors (no I/O)."""

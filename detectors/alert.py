@@ -1,0 +1,116 @@
+"""The one alert schema every detector emits and every sink delivers.
+
+The schema is stable: other tools parse it (see ``config/alert.schema.json``).  Alert ids are
+deterministic — the same detection over the same events yields the same id — so a replay or a
+restart after a crash re-emits recognisable repeats that sinks can drop, never new incidents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from detectors.event import Event, format_time
+
+__all__ = ["SEVERITIES", "SEVERITY_RANK", "Alert", "make_alert_id"]
+
+SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+SEVERITY_RANK: Final = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+def make_alert_id(*parts: object) -> str:
+    """A deterministic 32-hex-digit id from the parts that identify one detection."""
+    digest = hashlib.sha256("\x1f".join("" if p is None else str(p) for p in parts).encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Alert:
+    """One detection.  ``time`` is the event time (epoch seconds) of the triggering event."""
+
+    detector: str
+    title: str
+    severity: str
+    time: float
+    summary: str
+    account_id: str = ""
+    region: str = ""
+    principal: str = ""
+    source_ips: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    rule_id: str | None = None
+    runbook: str | None = None
+    id: str = ""
+    detected_at: float = 0.0
+    #: What throttling groups on (principal, source IP, account…); not part of the wire schema.
+    entity: str = ""
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITY_RANK:
+            raise ValueError(f"unknown severity {self.severity!r}; use one of {', '.join(SEVERITIES)}")
+        if not self.id:
+            self.id = make_alert_id(self.detector, self.rule_id, self.entity, *sorted(self.event_ids))
+        if not self.detected_at:
+            self.detected_at = _time.time()
+
+    @classmethod
+    def from_event(
+        cls,
+        event: Event,
+        *,
+        detector: str,
+        title: str,
+        severity: str,
+        summary: str,
+        evidence: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        rule_id: str | None = None,
+        runbook: str | None = None,
+        entity: str | None = None,
+    ) -> Alert:
+        """Build a single-event alert carrying the event's normalised context."""
+        ip = event.source_ip
+        return cls(
+            detector=detector,
+            title=title,
+            severity=severity,
+            time=event.time,
+            summary=summary,
+            account_id=event.account_id,
+            region=event.region,
+            principal=event.principal,
+            source_ips=[ip] if ip else [],
+            event_ids=[event.event_id] if event.event_id else [],
+            evidence=evidence if evidence is not None else {},
+            tags=tags if tags is not None else [],
+            rule_id=rule_id,
+            runbook=runbook,
+            entity=entity if entity is not None else event.principal,
+            id="" if event.event_id else make_alert_id(detector, rule_id, event.principal, event.time,
+                                                          event.event_name),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (field order fixed; times as RFC 3339 UTC)."""
+        return {
+            "id": self.id,
+            "detector": self.detector,
+            "rule_id": self.rule_id,
+            "title": self.title,
+            "severity": self.severity,
+            "time": format_time(self.time),
+            "detected_at": format_time(self.detected_at),
+            "account_id": self.account_id,
+            "region": self.region,
+            "principal": self.principal,
+            "source_ips": self.source_ips,
+            "event_ids": self.event_ids,
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "tags": self.tags,
+            "runbook": self.runbook,
+        }

@@ -1,0 +1,141 @@
+"""The detector interface: what the engine calls, and what a detector may rely on.
+
+A detector is pure: it takes events (already validated, with their event time parsed) and its own
+keyed state, and returns alerts.  It never does I/O, never reads the wall clock, and never sees a
+source or a sink.  The daemon owns time (it passes the watermark), persistence (it asks for
+``snapshot``/``restore``) and enrichment (handed in through :class:`DetectorContext`).
+
+Adding a detector is one file with a subclass of :class:`Detector` plus one line in
+``detectors/registry.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from detectors.alert import Alert
+from detectors.event import Event
+
+__all__ = ["Detector", "DetectorConfig", "DetectorContext", "Enricher", "GeoInfo"]
+
+
+class DetectorConfig(BaseModel):
+    """Base of every detector's settings: strict (unknown keys are errors) and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    #: Override the detector's own severity (``info|low|medium|high|critical``).
+    severity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GeoInfo:
+    """Where an IP address is, as far as the offline database knows."""
+
+    latitude: float
+    longitude: float
+    country: str = ""
+    city: str = ""
+    accuracy_km: float = 0.0
+    asn: int | None = None
+    as_org: str = ""
+
+
+class Enricher(Protocol):
+    """Offline enrichment the daemon hands to detectors (GeoIP, network classification)."""
+
+    def geo(self, ip: str) -> GeoInfo | None:
+        """Location of ``ip`` or ``None`` when unknown."""
+        ...
+
+    def network_kind(self, ip: str | None) -> str:
+        """``public``, ``private``, ``service``, ``aws`` (AWS's published ranges) or ``missing``."""
+        ...
+
+
+class _NoEnrichment:
+    def geo(self, ip: str) -> GeoInfo | None:
+        return None
+
+    def network_kind(self, ip: str | None) -> str:
+        from detectors.event import classify_source_ip
+
+        return classify_source_ip(ip)
+
+
+def _ignore(_detector: str, _count: int = 1) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class DetectorContext:
+    """What the daemon gives every detector: enrichment, settings shared by all, and telemetry hooks.
+
+    The hooks are plain callables so that ``detectors/`` stays free of any metrics library.
+    """
+
+    enricher: Enricher = field(default_factory=_NoEnrichment)
+    allowed_lateness: float = 900.0
+    max_keys: int = 100_000
+    on_late: Callable[[str, int], None] = _ignore
+    on_evict: Callable[[str, int], None] = _ignore
+
+
+class Detector:
+    """Base class.  Subclasses set ``name``, ``Config`` and, when they can, the index hints.
+
+    ``event_names``/``event_sources``: when set, the engine only hands the detector events whose
+    ``eventName`` (or ``eventSource``) is in the set, so per-event cost does not grow with the
+    number of detectors.  ``None`` means "every event".
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[DetectorConfig]] = DetectorConfig
+    event_names: ClassVar[frozenset[str] | None] = None
+    event_sources: ClassVar[frozenset[str] | None] = None
+    #: Default severity of this detector's alerts (config ``severity`` overrides it).
+    severity: ClassVar[str] = "medium"
+    tags: ClassVar[tuple[str, ...]] = ()
+    runbook: ClassVar[str | None] = None
+
+    def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
+        self.config = config
+        self.context = context if context is not None else DetectorContext()
+
+    @property
+    def effective_severity(self) -> str:
+        """The configured severity override, or the detector's default."""
+        return self.config.severity or self.severity
+
+    def index_names(self) -> frozenset[str] | None:
+        """Event names this instance needs (may depend on config); defaults to the class hint."""
+        return self.event_names
+
+    def index_sources(self) -> frozenset[str] | None:
+        """Event sources this instance needs; defaults to the class hint."""
+        return self.event_sources
+
+    def on_event(self, event: Event) -> Iterable[Alert] | None:
+        """Inspect one event; return the alerts it completes (or ``None``)."""
+        raise NotImplementedError
+
+    def on_watermark(self, watermark: float) -> Iterable[Alert] | None:
+        """The watermark advanced: expire state older than it; emit alerts that time completes."""
+        return None
+
+    def snapshot(self) -> Any:
+        """All state needed to resume, as plain data (dict/list/str/int/float/bytes).  Stateless: None."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Load what :meth:`snapshot` returned (possibly from an older trailguard)."""
+        return None
+
+    def state_keys(self) -> int:
+        """How many keys this detector tracks now (exported as ``trailguard_state_keys``)."""
+        return 0
