@@ -1,0 +1,154 @@
+"""The one place sources and sinks are registered, and where config sections become components.
+
+Each source/sink class carries its own strict ``Config`` model; this module looks the class up by
+``type``, validates its section, and turns every problem into a line naming file, key and fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from daemon.config import Config, ConfigError, format_validation_error
+from detectors.base import Detector, DetectorContext
+from detectors.registry import DETECTORS, detector_class
+
+__all__ = ["SINKS", "SOURCES", "Built", "build_detectors", "build_sinks", "build_sources", "check"]
+
+SOURCES: Final[dict[str, str]] = {
+    "file": "daemon.sources.file:FileSource",
+}
+
+SINKS: Final[dict[str, str]] = {
+    "stdout": "daemon.sinks.stdout:StdoutSink",
+    "file": "daemon.sinks.file:FileSink",
+}
+
+
+def _load(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    return getattr(import_module(module_name), attr)
+
+
+class Built:
+    """Validated component configs, ready to be instantiated: (class, model) pairs."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple[type, Any]] = []
+        self.sinks: list[tuple[type, Any]] = []
+        self.detectors: list[tuple[type[Detector], Any]] = []
+
+
+def _validate_section(
+    kind: str, registry: dict[str, str], items: list[dict[str, Any]], origin: str,
+    problems: list[str], prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[tuple[type, Any]]:
+    out: list[tuple[type, Any]] = []
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"{kind}[{index}]"
+        if not isinstance(item, dict) or "type" not in item:
+            problems.append(f"{origin}: {where}: each entry needs a 'type'; fix: add type: one of "
+                            f"{', '.join(sorted(registry))}")
+            continue
+        kind_name = item["type"]
+        if kind_name not in registry:
+            problems.append(f"{origin}: {where}.type: unknown {kind[:-1]} type {kind_name!r}; fix: use one of "
+                            f"{', '.join(sorted(registry))}")
+            continue
+        cls = _load(registry[kind_name])
+        try:
+            model = cls.Config.model_validate(prepare(item) if prepare else item)
+        except ValidationError as error:
+            problems.extend(format_validation_error(origin, where, error))
+            continue
+        name = getattr(model, "name", None) or kind_name
+        if name in names:
+            problems.append(f"{origin}: {where}.name: two {kind} are named {name!r}; fix: give each a "
+                            "distinct 'name'")
+        names.add(name)
+        out.append((cls, model))
+    return out
+
+
+def check(config: Config, origin: str = "<defaults>") -> Built:
+    """Validate every section; raise :class:`ConfigError` listing *all* problems at once."""
+    problems: list[str] = []
+    built = Built()
+
+    def resolve_source_paths(item: dict[str, Any]) -> dict[str, Any]:
+        if item.get("type") == "file" and isinstance(item.get("paths"), list):
+            item = {**item, "paths": [config.resolve_path(p) if isinstance(p, str) else p
+                                      for p in item["paths"]]}
+        return item
+
+    def resolve_sink_paths(item: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(item.get("path"), str):
+            item = {**item, "path": config.resolve_path(item["path"])}
+        return item
+
+    built.sources = _validate_section("sources", SOURCES, config.sources, origin, problems,
+                                      resolve_source_paths)
+    if not config.sources:
+        problems.append(f"{origin}: sources: no source configured; fix: add at least one source")
+    built.sinks = _validate_section("sinks", SINKS, config.sinks, origin, problems, resolve_sink_paths)
+    if not config.sinks:
+        problems.append(f"{origin}: sinks: no sink configured; fix: add at least one sink (e.g. type: stdout)")
+    for cls, model in built.sources:
+        validate = getattr(import_module(cls.__module__), "validate_paths", None)
+        if validate is not None:
+            problems.extend(f"{origin}: sources: {p}" for p in validate(model))
+
+    for name, section in config.detectors.items():
+        if name not in DETECTORS:
+            problems.append(f"{origin}: detectors.{name}: unknown detector; fix: use one of "
+                            f"{', '.join(sorted(DETECTORS))}")
+        elif not isinstance(section, dict):
+            problems.append(f"{origin}: detectors.{name}: must be a mapping of settings; "
+                            "fix: write e.g. 'enabled: true'")
+    for name in DETECTORS:
+        section = config.detectors.get(name) or {}
+        if not isinstance(section, dict):
+            continue
+        cls = detector_class(name)
+        try:
+            model = cls.Config.model_validate(_resolve_detector_paths(config, section))
+        except ValidationError as error:
+            problems.extend(format_validation_error(origin, f"detectors.{name}", error))
+            continue
+        if model.enabled:
+            built.detectors.append((cls, model))
+        problems.extend(f"{origin}: detectors.{name}: {p}" for p in _detector_problems(cls, model))
+    if problems:
+        raise ConfigError(problems)
+    return built
+
+
+def _resolve_detector_paths(config: Config, section: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(section.get("paths"), list):
+        return {**section, "paths": [config.resolve_path(p) if isinstance(p, str) else p
+                                     for p in section["paths"]]}
+    return section
+
+
+def _detector_problems(cls: type[Detector], model: Any) -> list[str]:
+    validate = getattr(cls, "validate_config", None)
+    return list(validate(model)) if validate is not None else []
+
+
+def build_detectors(built: Built, context: DetectorContext) -> list[Detector]:
+    """Instantiate the enabled detectors in registry order."""
+    return [cls(model, context) for cls, model in built.detectors]
+
+
+def build_sources(built: Built, invalid: Any) -> list[Any]:
+    """Instantiate the configured sources."""
+    return [cls(model, invalid, name=getattr(model, "name", None)) for cls, model in built.sources]
+
+
+def build_sinks(built: Built) -> list[Any]:
+    """Instantiate the configured sinks."""
+    return [cls(model) for cls, model in built.sinks]

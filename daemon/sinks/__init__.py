@@ -1,0 +1,1 @@
+"""Alert sinks: each delivers alerts to one destination (stdout, file, webhook, …)."""
