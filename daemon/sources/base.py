@@ -39,6 +39,10 @@ class Source(ABC):
     """Base of every source: ``start``/``stop`` lifecycle, batches, acknowledgement, readiness."""
 
     kind: ClassVar[str] = ""
+    #: True when :meth:`acknowledge` only updates memory (files): the checkpointer then acknowledges
+    #: *before* taking the snapshot, so the snapshot records the positions.  Sources whose
+    #: acknowledgement is external (Kafka commit, SQS delete) are acknowledged after it is durable.
+    local_acknowledge: ClassVar[bool] = False
 
     def __init__(self, name: str, invalid: InvalidReporter) -> None:
         self.name = name

