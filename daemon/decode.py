@@ -239,10 +239,6 @@ def decode_lines(
         length = len(line)
         if length < 64 and not bytes(line).strip():
             continue
-        if length > max_record_bytes:
-            invalid.report("too_large", origin=origin, location=lineno,
-                           detail=f"line of {length} bytes exceeds {max_record_bytes}", payload=bytes(line))
-            continue
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as error:
@@ -257,32 +253,42 @@ def decode_lines(
                            detail=f"a JSON {type(value).__name__} that is not a CloudTrail shape",
                            payload=bytes(line))
             continue
-        for record in found:
-            if isinstance(record, dict):
-                records.append(record)
-                lines.append(lineno)
-            else:
-                invalid.report("not_an_object", origin=origin, location=lineno,
-                               detail=f"record is a {type(record).__name__}, not an object", payload=record)
+        if length > max_record_bytes and len(found) <= 1:
+            # One record per line (the usual case): its line length is its size.
+            invalid.report("too_large", origin=origin, location=lineno,
+                           detail=f"record of {length} bytes exceeds {max_record_bytes}", payload=bytes(line))
+            continue
+        found = _checked(found, origin, invalid, length, max_record_bytes, lineno)
+        records.extend(found)
+        lines.extend([lineno] * len(found))
     return records, lines
 
 
-def _only_objects(
-    records: list[Any], origin: str, invalid: InvalidReporter, data_size: int, max_record_bytes: int
+def _checked(
+    records: list[Any],
+    origin: str,
+    invalid: InvalidReporter,
+    data_size: int,
+    max_record_bytes: int,
+    location: int | None = None,
 ) -> list[Any]:
-    """Drop (and report) non-object and oversized records of a document; no copy when all are fine."""
+    """Drop (and report) records that are not objects or are too large; no copy when all are fine.
+
+    Sizes are only measured when the whole input is over ``max_record_bytes``; a report's location
+    is ``location`` (a line number) or else the record's index in the document.
+    """
     check_size = data_size > max_record_bytes
     keep: list[Any] | None = None
     for index, record in enumerate(records):
         bad = False
         if not isinstance(record, dict):
-            invalid.report("not_an_object", origin=origin, location=index,
+            invalid.report("not_an_object", origin=origin, location=index if location is None else location,
                            detail=f"record is a {type(record).__name__}, not an object", payload=record)
             bad = True
         elif check_size:
             size = len(orjson.dumps(record))
             if size > max_record_bytes:
-                invalid.report("too_large", origin=origin, location=index,
+                invalid.report("too_large", origin=origin, location=index if location is None else location,
                                detail=f"record of {size} bytes exceeds {max_record_bytes}", payload=record)
                 bad = True
         if bad:
@@ -337,4 +343,4 @@ def decode_bytes(
         invalid.report("unknown_shape", origin=origin, location=None,
                        detail=f"a JSON {type(value).__name__} that is not a CloudTrail shape", payload=data)
         return [], None
-    return _only_objects(records, origin, invalid, len(data), max_record_bytes), None
+    return _checked(records, origin, invalid, len(data), max_record_bytes), None

@@ -1,0 +1,169 @@
+"""Assembles a running trailguard from a validated config, and runs it until told to stop.
+
+Start order: state restored → sinks → sources → operator endpoint marks ready.  Stop order is the
+reverse, under one deadline shorter than Kubernetes' grace period: sources stop first, the
+pipeline drains, sinks flush, state is checkpointed, then the process exits 0.  Signal handlers
+only set a flag; a second SIGINT forces an immediate exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon import __version__
+from daemon.components import Built, build_detectors, build_sinks, build_sources
+from daemon.config import Config
+from daemon.deadletter import InvalidReporter
+from daemon.dispatch import Dispatcher
+from daemon.http import OperatorServer
+from daemon.metrics import Metrics
+from daemon.pipeline import Pipeline
+from daemon.sinks.base import Sink
+from daemon.sources.base import Source
+from daemon.state import StateStore
+from detectors.base import DetectorContext
+from detectors.engine import DetectionEngine
+from detectors.event import Event
+
+__all__ = ["Daemon"]
+
+
+def build_enricher(config: Config) -> Any:
+    """The enrichment the detectors get (GeoIP, network classification)."""
+    from daemon.enrich import EnrichmentConfig
+    from daemon.enrich import build_enricher as build
+
+    return build(EnrichmentConfig.model_validate(config.enrichment))
+
+
+class Daemon:
+    """One trailguard process: pipeline, operator endpoint, signals."""
+
+    def __init__(
+        self,
+        config: Config,
+        built: Built,
+        *,
+        metrics: Metrics | None = None,
+        sources: Sequence[Source] | None = None,
+        sinks: Sequence[Sink] | None = None,
+        serve_http: bool = True,
+        reorder: bool = False,
+        state_dir: str | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.build_info.labels(version=__version__).set(1)
+        self.log = structlog.get_logger("trailguard")
+        dead_letter = config.pipeline.dead_letter_path
+        self.invalid = InvalidReporter(self.metrics, Path(config.resolve_path(dead_letter)) if dead_letter else None)
+        context = DetectorContext(
+            enricher=self._enricher(),
+            allowed_lateness=config.pipeline.allowed_lateness,
+            on_late=lambda detector, n: self.metrics.events_late.labels(detector=detector).inc(n),
+            on_evict=lambda detector, n: self.metrics.state_evictions.labels(detector=detector).inc(n),
+        )
+        self.detectors = build_detectors(built, context)
+        self.engine = DetectionEngine(self.detectors, allowed_lateness=config.pipeline.allowed_lateness,
+                                      on_error=self._detector_error)
+        self.sinks = list(sinks) if sinks is not None else build_sinks(built)
+        self.sources = list(sources) if sources is not None else build_sources(built, self.invalid)
+        state_path = state_dir or (config.resolve_path(config.state.path) if config.state.path else None)
+        self.store = StateStore(state_path) if state_path else None
+        if self.store is not None:
+            self.store.prepare()
+        self.pipeline = Pipeline(
+            sources=self.sources,
+            engine=self.engine,
+            dispatcher=Dispatcher(self.sinks, self.metrics),
+            invalid=self.invalid,
+            metrics=self.metrics,
+            config=config.pipeline,
+            store=self.store,
+            checkpoint_interval=config.state.checkpoint_interval,
+            reorder=reorder,
+        )
+        self.server = (
+            OperatorServer(self.metrics, host=config.metrics.host, port=config.metrics.port,
+                           health=self._health, ready=self._ready)
+            if serve_http and config.metrics.enabled else None
+        )
+        self.stop_requested = asyncio.Event()
+        self._interrupts = 0
+        self.started_at = time.monotonic()
+
+    def _enricher(self) -> Any:
+        try:
+            return build_enricher(self.config)
+        except ImportError:
+            from detectors.base import _NoEnrichment
+
+            return _NoEnrichment()
+
+    def _detector_error(self, detector: str, event: Event | None, error: BaseException) -> None:
+        self.metrics.detector_errors.labels(detector=detector).inc()
+        self.log.error("detector raised; event skipped for this detector", detector=detector,
+                       event_id=event.event_id if event else None, error=type(error).__name__,
+                       detail=str(error)[:300], exc_info=error)
+
+    def _health(self) -> tuple[bool, str]:
+        return self.pipeline.healthy(self.config.metrics.stall_after)
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.pipeline.restored:
+            return False, "restoring state"
+        if not self.pipeline.started:
+            return False, "starting"
+        down = [s.name for s in self.sources if not s.ready]
+        if down:
+            return False, f"sources not connected: {', '.join(down)}"
+        if self.stop_requested.is_set():
+            return False, "shutting down"
+        return True, "ok"
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Signal handler body: set the flag; a second SIGINT forces exit."""
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                self.log.error("second interrupt: exiting now without draining")
+                os._exit(130)
+        self.log.info("stop requested; draining", signal=signal.Signals(signum).name if signum else None)
+        self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT → :meth:`request_stop` (the handlers only set a flag)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+
+    async def run(self) -> int:
+        """Start everything, wait for a stop request or the end of finite input, then stop."""
+        if self.server is not None:
+            await self.server.start()
+            self.log.info("operator endpoint listening", host=self.server.host, port=self.server.port)
+        try:
+            await self.pipeline.start()
+            self.log.info("trailguard started", version=__version__,
+                          sources=[s.name for s in self.sources], sinks=[s.name for s in self.sinks],
+                          detectors=[d.name for d in self.detectors],
+                          state=str(self.store.path) if self.store else "memory only")
+            stop = asyncio.create_task(self.stop_requested.wait())
+            finished = asyncio.create_task(self.pipeline.finished.wait())
+            await asyncio.wait({stop, finished}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            finished.cancel()
+            await self.pipeline.stop(self.config.shutdown.deadline)
+        finally:
+            self.invalid.close()
+            if self.server is not None:
+                await self.server.stop()
+        return 0
