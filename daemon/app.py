@@ -41,7 +41,7 @@ def build_enricher(config: Config) -> Any:
     from daemon.enrich import EnrichmentConfig
     from daemon.enrich import build_enricher as build
 
-    return build(EnrichmentConfig.model_validate(config.enrichment))
+    return build(EnrichmentConfig.model_validate(config.enrichment), base_dir=config.base_dir or None)
 
 
 class Daemon:
@@ -66,7 +66,7 @@ class Daemon:
         dead_letter = config.pipeline.dead_letter_path
         self.invalid = InvalidReporter(self.metrics, Path(config.resolve_path(dead_letter)) if dead_letter else None)
         context = DetectorContext(
-            enricher=self._enricher(),
+            enricher=build_enricher(config),
             allowed_lateness=config.pipeline.allowed_lateness,
             on_late=lambda detector, n: self.metrics.events_late.labels(detector=detector).inc(n),
             on_evict=lambda detector, n: self.metrics.state_evictions.labels(detector=detector).inc(n),
@@ -99,14 +99,6 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self._interrupts = 0
         self.started_at = time.monotonic()
-
-    def _enricher(self) -> Any:
-        try:
-            return build_enricher(self.config)
-        except ImportError:
-            from detectors.base import _NoEnrichment
-
-            return _NoEnrichment()
 
     def _detector_error(self, detector: str, event: Event | None, error: BaseException) -> None:
         self.metrics.detector_errors.labels(detector=detector).inc()

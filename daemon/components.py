@@ -122,6 +122,12 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         if model.enabled:
             built.detectors.append((cls, model))
         problems.extend(f"{origin}: detectors.{name}: {p}" for p in _detector_problems(cls, model))
+    from daemon.enrich import EnrichmentConfig
+
+    try:
+        EnrichmentConfig.model_validate(config.enrichment)
+    except ValidationError as error:
+        problems.extend(format_validation_error(origin, "enrichment", error))
     if problems:
         raise ConfigError(problems)
     return built

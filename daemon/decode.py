@@ -105,23 +105,29 @@ def _unwrap_log_events(log_events: list[Any], depth: int) -> list[Any] | None:
 def _unwrap_array(items: list[Any], depth: int) -> list[Any] | None:
     """A JSON array of events; elements that are envelopes or ``Records`` files are flattened.
 
-    Returns the list itself when no element needs unwrapping.  Elements that are neither records
-    nor envelopes are kept as they are: validation reports them (``not_an_object`` and so on).
+    Returns the list itself when no element needs unwrapping, and ``None`` when no element is a
+    CloudTrail record or envelope.  Other elements of a CloudTrail array are kept as they are:
+    validation reports them (``not_an_object``, ``missing_field``).
     """
-    if items and not any(isinstance(item, dict) for item in items):
-        return None
     out: list[Any] | None = None
+    cloudtrail = not items
     for index, item in enumerate(items):
         inner = None
-        if isinstance(item, dict) and not _is_record(item):
-            inner = _unwrap(item, depth + 1)
+        if isinstance(item, dict):
+            if _is_record(item):
+                cloudtrail = True
+            else:
+                inner = _unwrap(item, depth + 1)
         if inner is None:
             if out is not None:
                 out.append(item)
             continue
+        cloudtrail = True
         if out is None:
             out = items[:index]
         out.extend(inner)
+    if not cloudtrail:
+        return None
     return items if out is None else out
 
 

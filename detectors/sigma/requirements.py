@@ -24,7 +24,7 @@ from sigma.types import SigmaString
 
 from detectors.sigma.compiler import condition_trees, detection_node, resolve_selector
 
-__all__ = ["Requirement", "required_values"]
+__all__ = ["Requirement", "required_values", "spellings"]
 
 #: Lowercased values the field must take, or ``None`` when nothing can be said.
 Requirement = frozenset[str] | None
@@ -99,3 +99,21 @@ def required_values(rule: SigmaRule, field: str) -> Requirement:
     trees = condition_trees(rule)
     return _union([_node(tree, rule.detection, field) for tree in trees])
 
+
+
+def spellings(rule: SigmaRule, field: str) -> frozenset[str]:
+    """Every exact (wildcard-free) value the rule gives ``field``, as written."""
+    found: set[str] = set()
+
+    def walk(detection: SigmaDetection) -> None:
+        for child in detection.detection_items:
+            if isinstance(child, SigmaDetection):
+                walk(child)
+            elif child.field == field:
+                for value in child.value:
+                    if isinstance(value, SigmaString) and all(isinstance(part, str) for part in value.s):
+                        found.add("".join(part for part in value.s if isinstance(part, str)))
+
+    for detection in rule.detection.detections.values():
+        walk(detection)
+    return frozenset(found)

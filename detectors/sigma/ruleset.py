@@ -1,0 +1,171 @@
+"""A loaded set of compiled Sigma rules and the index that picks the rules an event could match.
+
+Each rule is filed under the ``eventName`` values it requires, else under the ``eventSource``
+values it requires, else in the "always" bucket (see :mod:`detectors.sigma.requirements`).  An
+event is tested only against ``by_name[eventName] + by_source[eventSource] + always``, so the
+cost per event depends on how many rules could match it, not on how many are loaded.  Lookups are
+case-insensitive, like Sigma's matching; the candidate list per (eventName, eventSource) is cached.
+
+A :class:`RuleSet` is immutable once built: reloading builds a new one and swaps it whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sigma.correlations import SigmaCorrelationRule
+from sigma.rule import SigmaRule
+
+from detectors.sigma.compiler import Predicate
+
+__all__ = ["CompiledRule", "LoadIssue", "RuleSet"]
+
+_CACHE_LIMIT: Final = 65536
+#: What a real CloudTrail eventName looks like; other spellings keep the rule off the engine index.
+_CANONICAL_NAME: Final = re.compile(r"[A-Z][A-Za-z0-9]*")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadIssue:
+    """Why a rule (or a whole file) was not loaded, or was set aside (``path``/rule id/title/reason)."""
+
+    path: str
+    rule_id: str | None
+    title: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        if self.rule_id is None and self.title is None:
+            return f"{self.path}: {self.reason}"
+        return f"{self.path}: rule {self.rule_id or '?'} ({self.title or 'untitled'}): {self.reason}"
+
+
+@dataclass(slots=True, eq=False)
+class CompiledRule:
+    """One detection rule ready to run, with the metadata alerts carry."""
+
+    rule_id: str
+    title: str
+    #: Sigma level as written (``informational`` … ``critical``) or ``None``.
+    level: str | None
+    tags: tuple[str, ...]
+    description: str
+    references: tuple[str, ...]
+    falsepositives: tuple[str, ...]
+    path: str
+    #: False when a correlation rule references this rule with ``generate: false``: it then only
+    #: feeds the correlation and never alerts by itself.
+    generate: bool
+    predicate: Predicate
+    #: Lowercased eventName / eventSource values every match has, or ``None`` when unknown.
+    required_names: frozenset[str] | None
+    required_sources: frozenset[str] | None
+    #: The eventName values as the rule spells them (for the engine's case-sensitive index).
+    name_spellings: frozenset[str] = frozenset()
+    rule: SigmaRule | None = field(default=None, repr=False)
+
+    def matches(self, raw: dict[str, Any]) -> bool:
+        """Evaluate the rule on one raw record."""
+        return self.predicate(raw)
+
+
+class RuleSet:
+    """Compiled rules, indexed, plus what the loader set aside (correlations, errors, skips)."""
+
+    def __init__(
+        self,
+        rules: Sequence[CompiledRule] = (),
+        *,
+        correlation_rules: Iterable[SigmaCorrelationRule] = (),
+        errors: Iterable[LoadIssue] = (),
+        skipped: Iterable[LoadIssue] = (),
+    ) -> None:
+        self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self.correlation_rules: tuple[SigmaCorrelationRule, ...] = tuple(correlation_rules)
+        self.errors: tuple[LoadIssue, ...] = tuple(errors)
+        self.skipped: tuple[LoadIssue, ...] = tuple(skipped)
+        #: How many (rule, event) predicate evaluations :meth:`match` has run.
+        self.evaluations = 0
+        self._by_id = {rule.rule_id: rule for rule in self.rules}
+        self._position = {id(rule): position for position, rule in enumerate(self.rules)}
+        self._by_name: dict[str, list[CompiledRule]] = {}
+        self._by_source: dict[str, list[CompiledRule]] = {}
+        self._always: list[CompiledRule] = []
+        for rule in self.rules:
+            if rule.required_names is not None:
+                for name in rule.required_names:
+                    self._by_name.setdefault(name, []).append(rule)
+            elif rule.required_sources is not None:
+                for source in rule.required_sources:
+                    self._by_source.setdefault(source, []).append(rule)
+            else:
+                self._always.append(rule)
+        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def get(self, rule_id: str) -> CompiledRule | None:
+        """The loaded rule with this id, if any."""
+        return self._by_id.get(rule_id)
+
+    @property
+    def always_checked(self) -> tuple[CompiledRule, ...]:
+        """Rules that no eventName/eventSource requirement keeps off any event."""
+        return tuple(self._always)
+
+    def candidates(self, event_name: str, event_source: str) -> tuple[CompiledRule, ...]:
+        """The rules an event with this eventName/eventSource could match, in load order."""
+        key = (event_name, event_source)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        name, source = event_name.lower(), event_source.lower()
+        chosen = [
+            rule
+            for rule in self._by_name.get(name, ())
+            if rule.required_sources is None or source in rule.required_sources
+        ]
+        chosen.extend(self._by_source.get(source, ()))
+        chosen.extend(self._always)
+        position = self._position
+        found = tuple(sorted(chosen, key=lambda rule: position[id(rule)]))
+        if len(self._cache) < _CACHE_LIMIT:
+            self._cache[key] = found
+        return found
+
+    def match(self, raw: dict[str, Any], event_name: str, event_source: str) -> list[CompiledRule]:
+        """The rules that match this record (tested only against its candidates)."""
+        candidates = self.candidates(event_name, event_source)
+        self.evaluations += len(candidates)
+        return [rule for rule in candidates if rule.predicate(raw)]
+
+    def index_names(self) -> frozenset[str] | None:
+        """Every eventName any rule can match, as spelled in the rules; ``None`` if not all are known.
+
+        ``None`` also when a spelling does not look like a CloudTrail eventName (``StopLogging``):
+        the engine's index is case-sensitive while Sigma is not, so such a rule must see every event.
+        """
+        names: set[str] = set()
+        for rule in self.rules:
+            if rule.required_names is None:
+                return None
+            spelled = {spelling for spelling in rule.name_spellings if spelling.lower() in rule.required_names}
+            if {spelling.lower() for spelling in spelled} != rule.required_names:
+                return None
+            if not all(_CANONICAL_NAME.fullmatch(spelling) for spelling in spelled):
+                return None
+            names |= spelled
+        return frozenset(names)
+
+    def index_sources(self) -> frozenset[str] | None:
+        """Every eventSource any rule can match (lowercase); ``None`` unless every rule requires one."""
+        sources: set[str] = set()
+        for rule in self.rules:
+            if rule.required_sources is None:
+                return None
+            sources |= rule.required_sources
+        return frozenset(sources)
