@@ -185,6 +185,7 @@ def load_sources(
     correlations: list[SigmaCorrelationRule] = []
     seen: dict[str, str] = {}
     # correlations first: resolving their references marks the rules that must not alert alone
+    everything = SigmaCollection(list(rules), resolve_references=False)
     for rule in rules:
         if not isinstance(rule, SigmaCorrelationRule):
             continue
@@ -192,7 +193,7 @@ def load_sources(
         try:
             if rule.errors:
                 raise rule.errors[0]
-            rule.resolve_rule_references(SigmaCollection(rules, resolve_references=False))
+            rule.resolve_rule_references(everything)
         except SigmaError as error:
             errors.append(LoadIssue(issue.path, issue.rule_id, issue.title, _reason(error)))
             continue

@@ -1,0 +1,118 @@
+"""Suppressions for Sigma rules, kept out of the rules themselves (Falco-style exceptions).
+
+A SOC tunes third-party rules without editing them: an exception names the rules it applies to
+(none = every rule) and criteria on the event — principal globs, account ids, regions, source
+CIDRs, user-agent globs.  Inside one exception every criterion given must hold (AND); inside one
+criterion any listed value may match (OR).  An event that matches any exception for a rule does
+not alert for that rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import translate
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from detectors.event import Event
+
+__all__ = ["ExceptionConfig", "Exceptions"]
+
+
+class ExceptionConfig(BaseModel):
+    """One suppression (config).  Globs use ``fnmatch`` syntax and are case-sensitive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Rule ids this exception applies to; empty means every Sigma rule.
+    rule_ids: list[str] = []
+    #: Globs over the principal ARN and, for assumed roles, the role ARN.
+    principals: list[str] = []
+    account_ids: list[str] = []
+    regions: list[str] = []
+    #: Networks (IPv4 or IPv6) containing ``sourceIPAddress``.
+    cidrs: list[str] = []
+    user_agents: list[str] = []
+
+    @field_validator("cidrs")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _has_criteria(self) -> ExceptionConfig:
+        if not (self.principals or self.account_ids or self.regions or self.cidrs or self.user_agents):
+            raise ValueError("an exception needs at least one of principals, account_ids, regions, "
+                             "cidrs, user_agents")
+        return self
+
+
+def _globs(patterns: list[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{translate(pattern)})" for pattern in patterns))
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    principals: re.Pattern[str] | None
+    account_ids: frozenset[str]
+    regions: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    user_agents: re.Pattern[str] | None
+
+    def matches(self, event: Event) -> bool:
+        if self.principals is not None:
+            role = event.role_arn
+            if not (self.principals.match(event.principal) or (role and self.principals.match(role))):
+                return False
+        if self.account_ids and event.account_id not in self.account_ids:
+            return False
+        if self.regions and event.region not in self.regions:
+            return False
+        if self.networks and not _in_networks(event.real_source_ip, self.networks):
+            return False
+        return self.user_agents is None or self.user_agents.match(event.user_agent) is not None
+
+
+def _in_networks(ip: str | None, networks: Iterable[Any]) -> bool:
+    if ip is None:
+        return False
+    address = ipaddress.ip_address(ip)
+    return any(address.version == network.version and address in network for network in networks)
+
+
+class Exceptions:
+    """Compiled exceptions, looked up by rule id."""
+
+    def __init__(self, configs: Iterable[ExceptionConfig]) -> None:
+        self._global: list[_Compiled] = []
+        self._by_rule: dict[str, list[_Compiled]] = {}
+        for config in configs:
+            compiled = _Compiled(
+                principals=_globs(config.principals),
+                account_ids=frozenset(config.account_ids),
+                regions=frozenset(config.regions),
+                networks=tuple(ipaddress.ip_network(cidr, strict=False) for cidr in config.cidrs),
+                user_agents=_globs(config.user_agents),
+            )
+            if not config.rule_ids:
+                self._global.append(compiled)
+            for rule_id in config.rule_ids:
+                self._by_rule.setdefault(rule_id, []).append(compiled)
+
+    def __bool__(self) -> bool:
+        return bool(self._global or self._by_rule)
+
+    def suppresses(self, rule_id: str, event: Event) -> bool:
+        """True when an exception for ``rule_id`` (or for every rule) matches ``event``."""
+        for exception in self._global:
+            if exception.matches(event):
+                return True
+        return any(exception.matches(event) for exception in self._by_rule.get(rule_id, ()))
