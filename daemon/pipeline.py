@@ -215,7 +215,10 @@ class Pipeline:
     async def _emit(self, alerts: list[Alert]) -> None:
         if not alerts:
             return
+        now = time.time()
         for alert in alerts:
+            if not alert.detected_at:
+                alert.detected_at = now
             self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity).inc()
             self.alerts_by_detector[alert.detector] += 1
         self.counts["alerts"] += len(alerts)

@@ -8,16 +8,21 @@ restart after a crash re-emits recognisable repeats that sinks can drop, never n
 from __future__ import annotations
 
 import hashlib
-import time as _time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from detectors.event import Event, format_time
 
-__all__ = ["SEVERITIES", "SEVERITY_RANK", "Alert", "make_alert_id"]
+__all__ = ["SEVERITIES", "SEVERITY_RANK", "Alert", "make_alert_id", "shift_severity"]
 
 SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK: Final = {name: rank for rank, name in enumerate(SEVERITIES)}
+
+
+def shift_severity(severity: str, steps: int) -> str:
+    """Move ``severity`` up (positive) or down (negative) the scale, clamped at its ends."""
+    rank = SEVERITY_RANK[severity] + steps
+    return SEVERITIES[max(0, min(len(SEVERITIES) - 1, rank))]
 
 
 def make_alert_id(*parts: object) -> str:
@@ -45,6 +50,7 @@ class Alert:
     rule_id: str | None = None
     runbook: str | None = None
     id: str = ""
+    #: Wall-clock time the daemon raised it; stamped by the pipeline (detectors never read the clock).
     detected_at: float = 0.0
     #: What throttling groups on (principal, source IP, account…); not part of the wire schema.
     entity: str = ""
@@ -54,8 +60,6 @@ class Alert:
             raise ValueError(f"unknown severity {self.severity!r}; use one of {', '.join(SEVERITIES)}")
         if not self.id:
             self.id = make_alert_id(self.detector, self.rule_id, self.entity, *sorted(self.event_ids))
-        if not self.detected_at:
-            self.detected_at = _time.time()
 
     @classmethod
     def from_event(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -30,7 +30,7 @@ class DetectorConfig(BaseModel):
 
     enabled: bool = True
     #: Override the detector's own severity (``info|low|medium|high|critical``).
-    severity: str | None = None
+    severity: Literal["info", "low", "medium", "high", "critical"] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,9 +52,9 @@ from collections.abc import Iterable
 from fnmatch import translate
 from typing import Any, ClassVar, Final
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from detectors.alert import SEVERITIES, SEVERITY_RANK, Alert
+from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
 
@@ -74,9 +74,6 @@ _TRAIL_FLAGS: Final = ("isMultiRegionTrail", "includeGlobalServiceEvents", "enab
                        "isOrganizationTrail")
 _STORE_FLAGS: Final = ("terminationProtectionEnabled", "multiRegionEnabled", "organizationEnabled")
 
-
-def _step_down(severity: str, steps: int) -> str:
-    return SEVERITIES[max(SEVERITY_RANK[severity] - steps, 0)]
 
 
 def _pick(mapping: dict[str, Any], key: str) -> Any:
@@ -113,7 +110,9 @@ def basic_selector_reductions(selectors: Any) -> list[str]:
     ``readWriteType`` ``All`` and no excluded sources; otherwise every narrowing found on the
     management selectors is listed.
     """
-    if not isinstance(selectors, list) or not selectors:
+    if not isinstance(selectors, list):
+        return []  # absent or redacted: nothing to judge
+    if not selectors:
         return ["eventSelectors=[] (no events logged)"]
     found: list[str] = []
     management = 0
@@ -146,7 +145,9 @@ def advanced_selector_reductions(selectors: Any) -> list[str]:
     ``notStartsWith``/``notEndsWith`` on ``eventName``/``eventSource``) in other selectors are
     listed too.
     """
-    if not isinstance(selectors, list) or not selectors:
+    if not isinstance(selectors, list):
+        return []  # absent or redacted: nothing to judge
+    if not selectors:
         return ["advancedEventSelectors=[] (no events logged)"]
     management_narrowing: set[str] = set()
     exclusions: set[str] = set()
@@ -208,13 +209,6 @@ class CloudTrailTampering(Detector):
         allowed_s3_buckets: tuple[str, ...] = ()
         #: UpdateEventDataStore with a shorter retentionPeriod (days) is a reduction.
         min_retention_days: int = Field(default=365, ge=1)
-
-        @field_validator("severity")
-        @classmethod
-        def _known_severity(cls, value: str | None) -> str | None:
-            if value is not None and value not in SEVERITY_RANK:
-                raise ValueError(f"unknown severity {value!r}; use one of {', '.join(SEVERITIES)}")
-            return value
 
     config: Config
 
@@ -302,7 +296,7 @@ class CloudTrailTampering(Detector):
     ) -> Alert:
         error_code = event.error_code
         failed = error_code is not None
-        severity = _step_down(self.effective_severity, steps + (1 if failed else 0))
+        severity = shift_severity(self.effective_severity, -(steps + (1 if failed else 0)))
         evidence: dict[str, Any] = {
             "finding": finding,
             "eventName": event.event_name,

@@ -38,9 +38,7 @@ import re
 from fnmatch import translate
 from typing import Any, ClassVar, Final
 
-from pydantic import field_validator
-
-from detectors.alert import SEVERITIES, SEVERITY_RANK, Alert
+from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
 
@@ -48,9 +46,6 @@ __all__ = ["ConsoleLoginWithoutMfa"]
 
 _REPORTED_TYPES: Final = frozenset({"IAMUser", "Root"})
 
-
-def _step_up(severity: str, steps: int) -> str:
-    return SEVERITIES[min(SEVERITY_RANK[severity] + steps, len(SEVERITIES) - 1)]
 
 
 class ConsoleLoginWithoutMfa(Detector):
@@ -71,13 +66,6 @@ class ConsoleLoginWithoutMfa(Detector):
 
         #: fnmatch globs (case-sensitive) of principal ARNs never reported.
         allowed_principals: tuple[str, ...] = ()
-
-        @field_validator("severity")
-        @classmethod
-        def _known_severity(cls, value: str | None) -> str | None:
-            if value is not None and value not in SEVERITY_RANK:
-                raise ValueError(f"unknown severity {value!r}; use one of {', '.join(SEVERITIES)}")
-            return value
 
     config: Config
 
@@ -107,7 +95,7 @@ class ConsoleLoginWithoutMfa(Detector):
 
     def _alert(self, event: Event, kind: str, extra: dict[str, Any]) -> Alert:
         is_root = kind == "Root"
-        severity = _step_up(self.effective_severity, 1) if is_root else self.effective_severity
+        severity = shift_severity(self.effective_severity, 1) if is_root else self.effective_severity
         who = "The root user" if is_root else f"IAM user {event.get('userIdentity.userName') or event.principal}"
         summary = (
             f"{who} signed in to the AWS console without MFA in account {event.account_id or 'unknown'} "

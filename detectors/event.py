@@ -278,11 +278,6 @@ class Event:
         return value if isinstance(value, str) else ""
 
     @property
-    def invoked_by_service(self) -> bool:
-        """True when an AWS service made the call on the principal's behalf (``invokedBy``)."""
-        return bool(get_path(self.raw, "userIdentity.invokedBy")) or self.source_ip_kind == IP_SERVICE
-
-    @property
     def time_iso(self) -> str:
         """The event time as RFC 3339 UTC with a ``Z`` suffix."""
         return format_time(self.time)

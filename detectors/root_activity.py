@@ -41,9 +41,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-from pydantic import field_validator
-
-from detectors.alert import SEVERITIES, SEVERITY_RANK, Alert
+from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig
 from detectors.event import Event
 
@@ -53,9 +51,6 @@ __all__ = ["RootActivity"]
 _CONSOLE_FRONT_ENDS: Final = frozenset({"signin.amazonaws.com", "console.amazonaws.com"})
 _SIGNIN_SOURCE: Final = "signin.amazonaws.com"
 
-
-def _step_down(severity: str, steps: int) -> str:
-    return SEVERITIES[max(SEVERITY_RANK[severity] - steps, 0)]
 
 
 def _is_service_name(source_ip: str) -> bool:
@@ -85,13 +80,6 @@ class RootActivity(Detector):
         ignore_event_names: frozenset[str] = frozenset()
         #: Skip calls CloudTrail marks ``readOnly: true``.
         ignore_read_only: bool = False
-
-        @field_validator("severity")
-        @classmethod
-        def _known_severity(cls, value: str | None) -> str | None:
-            if value is not None and value not in SEVERITY_RANK:
-                raise ValueError(f"unknown severity {value!r}; use one of {', '.join(SEVERITIES)}")
-            return value
 
     config: Config
 
@@ -149,7 +137,7 @@ class RootActivity(Detector):
         evidence["attempt_failed"] = failed
 
         if event.event_source == _SIGNIN_SOURCE and failed:
-            finding, severity = "root_sign_in_failed", _step_down(top, 1)
+            finding, severity = "root_sign_in_failed", shift_severity(top, -1)
             title = "Failed root user sign-in"
             summary = f"A {name} sign-in step for the root user of {where} failed, from {source}."
         elif name == "ConsoleLogin":
@@ -158,7 +146,7 @@ class RootActivity(Detector):
             summary = f"The root user of {where} signed in to the AWS console from {source}."
         else:
             finding = "root_activity"
-            severity = _step_down(top, 1) if failed else top
+            severity = shift_severity(top, -1) if failed else top
             title = "Root user API call" + (" (refused)" if failed else "")
             verb = f"tried {name} and got {error_code}" if failed else f"called {name}"
             summary = f"The root user of {where} {verb} ({event.event_source}) from {source}."

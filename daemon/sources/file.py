@@ -141,6 +141,7 @@ class FileSource(Source):
         #: Fingerprints seen at the previous poll (follow mode: a file is read once it is stable).
         self._previous: dict[str, str] = {}
         self._reported_dirs: set[str] = set()
+        self._scans = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -168,7 +169,9 @@ class FileSource(Source):
             waiter.cancel()
             if not work.done():
                 work.cancel()
-        return None if work.cancelled() else work.result()
+        if work.done() and not work.cancelled():
+            return work.result()
+        return None
 
     # -- batches ---------------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[SourceBatch]:
@@ -180,6 +183,7 @@ class FileSource(Source):
             return
         while not self._stopping:
             found = await asyncio.to_thread(self._scan)
+            self._scans += 1
             self._prune({item.path for item in found})
             now = time.time()
             for item in found:
@@ -199,10 +203,14 @@ class FileSource(Source):
             await self._until_stopped(asyncio.sleep(self.config.poll_interval))
 
     def _stable(self, item: _Found, now: float) -> bool:
-        """Not still being written: unchanged since the previous poll, or untouched for a poll."""
+        """Not still being written: unchanged since the previous poll.
+
+        At the first scan there is no previous poll: files untouched for a poll interval are
+        taken as complete, so a restart does not wait a poll for the whole backlog.
+        """
         if self._previous.get(item.path) == item.fingerprint:
             return True
-        return now - item.mtime >= self.config.poll_interval
+        return self._scans == 1 and now - item.mtime >= self.config.poll_interval
 
     def _split(
         self, records: list[Any], lines: list[int] | None, origin: str, start: int, position: Any

@@ -1,0 +1,168 @@
+"""The Sigma detector: runs SOC-written Sigma detection rules natively on every CloudTrail event.
+
+Rules are loaded once (and on :meth:`SigmaDetector.reload`, e.g. on SIGHUP) into an indexed
+:class:`~detectors.sigma.ruleset.RuleSet`; each event is tested only against the rules that could
+match its eventName/eventSource.  A match notifies the ``on_match`` listeners (the correlation
+engine's seam) and, unless the rule is only a correlation input (``generate: false``) or an
+exception suppresses it, becomes an alert carrying the rule's metadata.  Stateless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, field_validator
+from sigma.correlations import SigmaCorrelationRule
+
+from detectors.alert import SEVERITIES, Alert
+from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.event import Event
+from detectors.sigma.loader import Logsource, load_rules
+from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
+from detectors.sigma.tuning import ExceptionConfig, Exceptions
+
+__all__ = ["LogsourceConfig", "SigmaConfig", "SigmaDetector"]
+
+#: Sigma ``level`` → trailguard severity.
+LEVEL_SEVERITY: Final = {
+    "informational": "info",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "critical": "critical",
+}
+
+#: ``listener(rule_id, event)``, called for every match that no exception suppresses.
+MatchListener = Callable[[str, Event], None]
+
+
+class LogsourceConfig(BaseModel):
+    """An accepted Sigma ``logsource``; an unset field accepts anything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product: str | None = None
+    service: str | None = None
+    category: str | None = None
+
+
+class SigmaConfig(DetectorConfig):
+    """Settings of the ``sigma`` detector."""
+
+    #: Rule files or directories (searched recursively for ``.yml``/``.yaml``).
+    paths: list[str] = []
+    logsources: list[LogsourceConfig] = [LogsourceConfig(product="aws", service="cloudtrail")]
+    #: Rule ids not to load.
+    disabled_rules: list[str] = []
+    #: Rule id → severity, overriding the rule's ``level``.
+    severity_overrides: dict[str, str] = {}
+    exceptions: list[ExceptionConfig] = []
+
+    @field_validator("severity_overrides")
+    @classmethod
+    def _known_severities(cls, value: dict[str, str]) -> dict[str, str]:
+        for rule_id, severity in value.items():
+            if severity not in SEVERITIES:
+                raise ValueError(f"severity {severity!r} for rule {rule_id} is not one of {', '.join(SEVERITIES)}")
+        return value
+
+
+class SigmaDetector(Detector):
+    """Evaluates loaded Sigma detection rules on each event."""
+
+    name: ClassVar[str] = "sigma"
+    Config: ClassVar[type[DetectorConfig]] = SigmaConfig
+    severity: ClassVar[str] = "medium"
+
+    def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
+        super().__init__(config, context)
+        assert isinstance(config, SigmaConfig)
+        self.settings: SigmaConfig = config
+        self.paths: list[str] = list(config.paths)
+        self.logsources = tuple(
+            Logsource(product=ls.product, service=ls.service, category=ls.category) for ls in config.logsources
+        )
+        self.exceptions = Exceptions(config.exceptions)
+        #: Called with (rule_id, event) for every unsuppressed match, alerting or not.
+        self.on_match: list[MatchListener] = []
+        self.rules, errors = self._load(self.paths)
+        #: Problems from the last load that went live (the initial one); for ``check-config``.
+        self.load_errors: list[LoadIssue] = list(errors)
+
+    def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[LoadIssue]]:
+        return load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
+
+    def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
+        """Build a complete new rule set; swap it in only if it loaded without errors.
+
+        Returns the errors (empty on success).  On errors the running rule set stays active.
+        The caller must re-read :meth:`index_names`/:meth:`index_sources` after a successful reload.
+        """
+        wanted = [str(path) for path in paths] if paths is not None else self.paths
+        rules, errors = self._load(wanted)
+        if errors:
+            return errors
+        self.rules = rules
+        self.paths = wanted
+        self.load_errors = []
+        return []
+
+    @property
+    def correlation_rules(self) -> tuple[SigmaCorrelationRule, ...]:
+        """Correlation rules found in the rule files, for the correlation engine."""
+        return self.rules.correlation_rules
+
+    def index_names(self) -> frozenset[str] | None:
+        """The union of the eventNames the rules require, or ``None`` if some rule needs all events."""
+        return self.rules.index_names()
+
+    def index_sources(self) -> frozenset[str] | None:
+        """The union of the eventSources the rules require, or ``None``."""
+        return self.rules.index_sources()
+
+    def severity_of(self, rule: CompiledRule) -> str:
+        """Per-rule override, else the detector-wide override, else the rule's level."""
+        override = self.settings.severity_overrides.get(rule.rule_id)
+        if override:
+            return override
+        if self.settings.severity:
+            return self.settings.severity
+        return LEVEL_SEVERITY.get(rule.level or "", self.severity)
+
+    def on_event(self, event: Event) -> list[Alert] | None:
+        """Alerts for the rules ``event`` matches (``None`` when it matches none)."""
+        matched = self.rules.match(event.raw, event.event_name, event.event_source)
+        if not matched:
+            return None
+        alerts: list[Alert] = []
+        for rule in matched:
+            if self.exceptions and self.exceptions.suppresses(rule.rule_id, event):
+                continue
+            for listener in self.on_match:
+                listener(rule.rule_id, event)
+            if rule.generate:
+                alerts.append(self._alert(rule, event))
+        return alerts or None
+
+    def _alert(self, rule: CompiledRule, event: Event) -> Alert:
+        action = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name
+        return Alert.from_event(
+            event,
+            detector=self.name,
+            title=rule.title,
+            severity=self.severity_of(rule),
+            summary=f"Sigma rule '{rule.title}' matched {action} by {event.principal}",
+            evidence={
+                "event_name": event.event_name,
+                "event_source": event.event_source,
+                "rule_file": Path(rule.path).name,
+                "level": rule.level,
+                "description": rule.description,
+                "references": list(rule.references),
+                "falsepositives": list(rule.falsepositives),
+            },
+            tags=list(rule.tags),
+            rule_id=rule.rule_id,
+        )
