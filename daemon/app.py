@@ -97,6 +97,7 @@ class Daemon:
             if serve_http and config.metrics.enabled else None
         )
         self.stop_requested = asyncio.Event()
+        self._reload_requests: list[asyncio.Task[bool]] = []
         self._interrupts = 0
         self.started_at = time.monotonic()
 
@@ -132,16 +133,45 @@ class Daemon:
         self.stop_requested.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT → :meth:`request_stop` (the handlers only set a flag)."""
+        """SIGTERM/SIGINT → :meth:`request_stop`; SIGHUP → rule reload (handlers only schedule work)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_requests.append(
+            loop.create_task(self.reload_rules())))
+
+    def log_rule_problems(self) -> None:
+        """Rules that could not be loaded are reported one by one; the others run."""
+        for detector in self.detectors:
+            for issue in getattr(detector, "load_errors", ()):
+                self.log.warning("rule not loaded", detector=detector.name, problem=str(issue))
+
+    async def reload_rules(self) -> bool:
+        """Reload every rule-based detector atomically (between two batches); keep the old set on error."""
+        async with self.pipeline.paused():
+            ok = True
+            for detector in self.detectors:
+                reload = getattr(detector, "reload", None)
+                if reload is None:
+                    continue
+                problems = reload()
+                if problems:
+                    ok = False
+                    for issue in problems:
+                        self.log.error("rule reload rejected; the running rule set stays", detector=detector.name,
+                                       problem=str(issue))
+                else:
+                    self.log.info("rules reloaded", detector=detector.name,
+                                  rules=len(getattr(detector, "rules", ()) or ()))
+            self.engine.reindex()
+        return ok
 
     async def run(self) -> int:
         """Start everything, wait for a stop request or the end of finite input, then stop."""
         if self.server is not None:
             await self.server.start()
             self.log.info("operator endpoint listening", host=self.server.host, port=self.server.port)
+        self.log_rule_problems()
         try:
             await self.pipeline.start()
             self.log.info("trailguard started", version=__version__,

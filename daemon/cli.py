@@ -55,9 +55,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _fail(error.problems)
     except (ValueError, OSError) as error:
         return _fail([f"{args.file}: enrichment: {error}"])
+    rule_problems = _rule_problems(built)
+    if rule_problems:
+        return _fail(rule_problems)
     names = ", ".join(cls.name for cls, _ in built.detectors)
     print(f"{args.file}: ok ({len(built.sources)} source(s), {len(built.sinks)} sink(s), detectors: {names})")
     return 0
+
+
+def _rule_problems(built: Built) -> list[str]:
+    """Load rule-based detectors once and return every rule that would not load."""
+    from detectors.base import DetectorContext
+
+    problems = []
+    for cls, model in built.detectors:
+        if hasattr(cls, "reload"):
+            detector = cls(model, DetectorContext())
+            problems.extend(f"detectors.{cls.name}: {issue}" for issue in getattr(detector, "load_errors", ()))
+    return problems
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -122,12 +137,24 @@ async def _progress(daemon: Any) -> None:
               f"{counts['invalid']:>6,} invalid", end="", file=sys.stderr, flush=True)
 
 
+def _invalid_by_reason(daemon: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for family in daemon.metrics.registry.collect():
+        if family.name == "trailguard_events_invalid":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    found[sample.labels["reason"]] = int(sample.value)
+    return dict(sorted(found.items()))
+
+
 def _summary(daemon: Any, seconds: float) -> None:
     counts = daemon.pipeline.counts
+    invalid = _invalid_by_reason(daemon)
     summary = {
         "events": counts["processed"],
         "received": counts["received"],
-        "invalid": counts["invalid"],
+        "invalid": sum(invalid.values()),
+        "invalid_by_reason": invalid,
         "duplicates": counts["duplicate"],
         "alerts": counts["alerts"],
         "alerts_by_detector": dict(sorted(daemon.pipeline.alerts_by_detector.items())),

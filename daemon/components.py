@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from daemon.config import Config, ConfigError, format_validation_error
+from daemon.config import REPO_ROOT, Config, ConfigError, format_validation_error
 from detectors.base import Detector, DetectorContext
 from detectors.registry import DETECTORS, detector_class
 
@@ -115,7 +115,7 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
             continue
         cls = detector_class(name)
         try:
-            model = cls.Config.model_validate(_resolve_detector_paths(config, section))
+            model = cls.Config.model_validate(_resolve_detector_paths(config, section, name))
         except ValidationError as error:
             problems.extend(format_validation_error(origin, f"detectors.{name}", error))
             continue
@@ -133,7 +133,13 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
     return built
 
 
-def _resolve_detector_paths(config: Config, section: dict[str, Any]) -> dict[str, Any]:
+#: Rules loaded by the ``sigma`` detector when its section names no ``paths``: the shipped pack.
+DEFAULT_RULE_PATHS: Final = [str(REPO_ROOT / "config" / "rules")]
+
+
+def _resolve_detector_paths(config: Config, section: dict[str, Any], name: str = "") -> dict[str, Any]:
+    if name == "sigma" and "paths" not in section:
+        return {**section, "paths": list(DEFAULT_RULE_PATHS)}
     if isinstance(section.get("paths"), list):
         return {**section, "paths": [config.resolve_path(p) if isinstance(p, str) else p
                                      for p in section["paths"]]}

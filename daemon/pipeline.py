@@ -22,9 +22,10 @@ that were not handed to a sink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import structlog
@@ -301,6 +302,12 @@ class Pipeline:
             finally:
                 self.alerts.task_done()
                 self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold the processor between two batches (rule reloads swap detector state here)."""
+        async with self._lock:
+            yield
 
     # -- checkpoint ------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:

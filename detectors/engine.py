@@ -38,19 +38,24 @@ class DetectionEngine:
         self.max_event_time = float("-inf")
         #: Seconds spent per detector since the last :meth:`take_timings`.
         self._seconds: dict[str, float] = {d.name: 0.0 for d in self.detectors}
-        self._by_name: dict[str, list[Detector]] = {}
-        self._by_source: dict[str, list[Detector]] = {}
-        self._always: list[Detector] = []
+        self.reindex()
+
+    def reindex(self) -> None:
+        """(Re)build the eventName/eventSource index, e.g. after a detector reloaded its rules."""
+        by_name: dict[str, list[Detector]] = {}
+        by_source: dict[str, list[Detector]] = {}
+        always: list[Detector] = []
         for detector in self.detectors:
             names, sources = detector.index_names(), detector.index_sources()
             if names is not None:
                 for name in names:
-                    self._by_name.setdefault(name, []).append(detector)
+                    by_name.setdefault(name, []).append(detector)
             elif sources is not None:
                 for source in sources:
-                    self._by_source.setdefault(source, []).append(detector)
+                    by_source.setdefault(source, []).append(detector)
             else:
-                self._always.append(detector)
+                always.append(detector)
+        self._by_name, self._by_source, self._always = by_name, by_source, always
         self._candidates_cache: dict[tuple[str, str], tuple[Detector, ...]] = {}
 
     @property

@@ -210,6 +210,32 @@ async def test_stdin_json_lines_arrive_before_eof(invalid: InvalidReporter, metr
     assert count(metrics, "invalid_json") == 1
 
 
+async def test_stdin_line_over_the_limit_is_dropped_up_to_its_newline(
+    invalid: InvalidReporter, metrics: Metrics, tmp_path: Path
+) -> None:
+    huge = dict(orjson.loads(LINES[1]), requestParameters={"padding": "A" * 20_000})
+    big = orjson.dumps(huge) + b"\n"
+    read_fd, write_fd = os.pipe()
+    try:
+        src = FileSource(FileSourceConfig(paths=["-"], max_file_bytes=8_000), invalid, stdin_fd=read_fd)
+        task = asyncio.create_task(collect(src))
+        os.write(write_fd, LINES[0] + big[:9_000])  # more than max_file_bytes and no newline yet
+        await asyncio.sleep(0.1)
+        os.write(write_fd, big[9_000:] + LINES[2])
+        os.close(write_fd)
+        write_fd = -1
+        batches = await asyncio.wait_for(task, 5)
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        os.close(read_fd)
+    assert [n for b in batches for n in b.locations or []] == [1, 3]
+    assert names(batches) == [orjson.loads(LINES[i])["eventID"] for i in (0, 2)]
+    assert count(metrics, "too_large") == 1 and count(metrics, "invalid_json") == 0
+    entry = orjson.loads((tmp_path / "dead-letter.jsonl").read_bytes())
+    assert (entry["reason"], entry["location"], entry["origin"]) == ("too_large", 2, "<stdin>")
+
+
 async def test_stdin_pretty_printed_document_from_a_subprocess(invalid: InvalidReporter) -> None:
     pretty = orjson.dumps(orjson.loads((DATA / "records.json").read_bytes()), option=orjson.OPT_INDENT_2)
     read_fd, write_fd = os.pipe()
@@ -312,6 +338,7 @@ def test_config_is_strict_and_frozen() -> None:
         FileSourceConfig(paths=["x"], folow=True)
     with pytest.raises(ValidationError):
         FileSourceConfig(paths=[])
+    assert FileSource.Config is FileSourceConfig  # what the component registry validates with
     config = FileSourceConfig(paths=["x"], name="trail")
     with pytest.raises(ValidationError):
         config.follow = True  # type: ignore[misc]

@@ -22,9 +22,9 @@ import os
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,6 +119,7 @@ class FileSource(Source):
     """Reads CloudTrail records from files, directories, globs and stdin (see the module doc)."""
 
     kind = "file"
+    Config: ClassVar[type[FileSourceConfig]] = FileSourceConfig
 
     def __init__(
         self,
@@ -213,11 +214,16 @@ class FileSource(Source):
         return self._scans == 1 and now - item.mtime >= self.config.poll_interval
 
     def _split(
-        self, records: list[Any], lines: list[int] | None, origin: str, start: int, position: Any
+        self,
+        records: list[Any],
+        lines: list[int] | None,
+        origin: str,
+        start: int,
+        position: Callable[[int, bool], FilePosition] | None,
     ) -> list[SourceBatch]:
         """Cut ``records[start:]`` into batches of at most ``batch_size``.
 
-        ``position`` is a callable ``(records_done, last) -> position`` or ``None``.
+        ``position(records_done, last)`` makes each batch's position (``None``: not resumable).
         """
         size = self.config.batch_size
         total = len(records)
@@ -378,37 +384,44 @@ class FileSource(Source):
         buffer = bytearray()
         mode: str | None = None
         lineno = 0  # lines consumed so far
-        overflow = False
+        overflow = False  # a document over the limit: drain to EOF
+        skipping = False  # a line over the limit: drop it up to its newline
         chunks = self._stdin_chunks()
         try:
             async for chunk in chunks:
                 if overflow:
-                    continue  # a document over the limit: drain to EOF
+                    continue
                 buffer += chunk
                 if mode is None:
                     mode = self._stdin_mode(buffer)
                 if mode != "lines":
                     if len(buffer) > limit:
                         self.invalid.report("too_large", origin=STDIN_ORIGIN, location=None,
-                                            detail=f"standard input exceeds max_file_bytes {limit}",
-                                            payload=bytes(buffer[:limit]))
+                                            detail=f"standard input exceeds max_file_bytes {limit}")
                         buffer = bytearray()
                         overflow = True
                     continue
+                if skipping:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        buffer.clear()
+                        continue
+                    del buffer[: newline + 1]
+                    lineno += 1
+                    skipping = False
                 cut = buffer.rfind(b"\n")
-                if cut < 0:
-                    if len(buffer) > limit:
-                        self.invalid.report("too_large", origin=STDIN_ORIGIN, location=lineno + 1,
-                                            detail=f"line exceeds max_file_bytes {limit}",
-                                            payload=bytes(buffer[:limit]))
-                        buffer = bytearray()
-                    continue
-                complete = bytes(buffer[: cut + 1])
-                del buffer[: cut + 1]
-                for batch in self._decode_stdin_lines(complete, lineno):
-                    yield batch
-                lineno += complete.count(b"\n")
-            if self._stopping or overflow or not buffer:
+                if cut >= 0:
+                    complete = bytes(buffer[: cut + 1])
+                    del buffer[: cut + 1]
+                    for batch in self._decode_stdin_lines(complete, lineno):
+                        yield batch
+                    lineno += complete.count(b"\n")
+                if len(buffer) > limit:  # the unfinished line
+                    self.invalid.report("too_large", origin=STDIN_ORIGIN, location=lineno + 1,
+                                        detail=f"line exceeds max_file_bytes {limit}")
+                    buffer.clear()
+                    skipping = True
+            if self._stopping or overflow or skipping or not buffer:
                 return
             if mode == "lines":
                 for batch in self._decode_stdin_lines(bytes(buffer), lineno):

@@ -91,6 +91,12 @@ class SigmaDetector(Detector):
         #: Problems from the last load that went live (the initial one); for ``check-config``.
         self.load_errors: list[LoadIssue] = list(errors)
 
+    @classmethod
+    def validate_config(cls, config: SigmaConfig) -> list[str]:
+        """Configuration problems (not rule problems): rule paths that do not exist."""
+        return [f"paths: {path} does not exist; fix: point it at a rule file or directory"
+                for path in config.paths if not Path(path).exists()]
+
     def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[LoadIssue]]:
         return load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
 

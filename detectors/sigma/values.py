@@ -220,21 +220,18 @@ class _StringPatterns:
         specials = [part for part in collapsed if isinstance(part, SpecialChars)]
         literals = [part for part in collapsed if isinstance(part, str)]
         multi = SpecialChars.WILDCARD_MULTI
+        literal = literals[0] if len(literals) == 1 else None
         if not specials:
             self.exact.add("".join(literals))
         elif collapsed == [multi]:
             self.anything = True
-        elif SpecialChars.WILDCARD_SINGLE not in specials and len(literals) == 1:
-            literal = literals[0]
-            if collapsed == [multi, literal, multi]:
-                self.contains.append(literal)
-            elif collapsed == [literal, multi]:
-                self.prefixes.append(literal)
-            elif collapsed == [multi, literal]:
-                self.suffixes.append(literal)
-            else:  # pragma: no cover - one literal and only "*" leaves exactly the three forms above
-                self.regexes.append(self._regex(collapsed))
-        else:
+        elif literal is not None and collapsed == [multi, literal, multi]:
+            self.contains.append(literal)
+        elif literal is not None and collapsed == [literal, multi]:
+            self.prefixes.append(literal)
+        elif literal is not None and collapsed == [multi, literal]:
+            self.suffixes.append(literal)
+        else:  # "?" anywhere, or "*" between literals
             self.regexes.append(self._regex(collapsed))
 
     @staticmethod

@@ -87,10 +87,9 @@ class CountWindow(WindowPrimitive[list]):
         store = self._store
         events = store.get(key)
         if events is None:
-            store.insert(key, [time, event_id])
-            if self.threshold > 1:
-                return None
-            return self._report(key, [time, event_id], 0, 1, time)
+            events = [time, event_id]
+            store.insert(key, events)
+            return self._report(key, events, 0, 1, time) if self.threshold == 1 else None
         window = self.window
         cutoff = store.watermark - window
         if events[0] < cutoff:

@@ -1,0 +1,123 @@
+"""``slack`` sink: one Block Kit message per alert through a Slack incoming webhook.
+
+The webhook URL *is* the credential (anyone holding it can post), so it is a secret: never logged,
+redacted in every error.  Alert fields come from CloudTrail, i.e. partly from whoever made the API
+call, so they are escaped for Slack's mrkdwn (``&``, ``<``, ``>``) — a principal name cannot smuggle
+a link or a mention into the channel.  A plain ``text`` fallback is sent for notifications and
+clients that do not render blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import orjson
+from pydantic import SecretStr, field_validator
+
+from daemon.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
+from detectors.alert import SEVERITY_RANK, Alert
+from detectors.event import format_time
+
+__all__ = ["SEVERITY_EMOJI", "SlackSink", "SlackSinkConfig", "build_message"]
+
+SEVERITY_EMOJI: Final = {
+    "info": ":information_source:",
+    "low": ":large_blue_circle:",
+    "medium": ":large_yellow_circle:",
+    "high": ":red_circle:",
+    "critical": ":rotating_light:",
+}
+_HEADER_MAX = 150
+_TEXT_MAX = 2900
+_FIELD_MAX = 1900
+_MAX_IPS = 10
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]:
+    """The webhook payload: ``text`` fallback plus header, summary, facts, context and runbook link."""
+    severity = alert.severity.upper()
+    emoji = SEVERITY_EMOJI[alert.severity]
+    where = " / ".join(p for p in (alert.account_id, alert.region) if p) or "—"
+    ips = ", ".join(alert.source_ips[:_MAX_IPS]) + (" …" if len(alert.source_ips) > _MAX_IPS else "")
+    fallback = f"{emoji} [{severity}] {alert.title} — {alert.principal or 'unknown principal'} in {where}"
+    fields = [
+        ("Severity", f"{emoji} {severity}"),
+        ("Detector", alert.detector + (f" ({alert.rule_id})" if alert.rule_id else "")),
+        ("Principal", alert.principal or "—"),
+        ("Account / region", where),
+        ("Source IPs", ips or "—"),
+        ("Event time", format_time(alert.time)),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "emoji": True,
+                                    "text": _cut(f"{emoji} {alert.title}", _HEADER_MAX)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(_escape(alert.summary) or "—", _TEXT_MAX)}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": _cut(f"*{k}*\n{_escape(v)}", _FIELD_MAX)}
+                                       for k, v in fields]},
+    ]
+    if alert.runbook:
+        link = alert.runbook.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f":book: <{link}|Runbook>"}})
+    context = f"alert `{alert.id}`"
+    if alert.tags:
+        context += " · " + _escape(", ".join(alert.tags))
+    suppressed = alert.evidence.get("suppressed_count")
+    if suppressed:
+        context += f" · {suppressed} similar alerts suppressed"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, _FIELD_MAX)}]})
+    if mention:
+        fallback = f"{mention} {fallback}"
+        blocks.insert(1, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
+    return {"text": _cut(_escape(fallback), _TEXT_MAX), "blocks": blocks}
+
+
+class SlackSinkConfig(HttpSinkConfig):
+    """``type: slack``: the incoming-webhook ``url`` (a secret) and an optional ``mention``."""
+
+    type: Literal["slack"] = "slack"
+    url: SecretStr
+    mention: str | None = None
+    """Prepended to the message, e.g. ``<!subteam^S0123>`` or ``<!here>`` (written by you: not escaped)."""
+    min_mention_severity: Literal["info", "low", "medium", "high", "critical"] = "high"
+    """``mention`` only for alerts at least this severe."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        check_http_url(value.get_secret_value())
+        return value
+
+
+class SlackSink(HttpSink):
+    """Posts one Block Kit message per alert."""
+
+    kind = "slack"
+    Config = SlackSinkConfig
+
+    def __init__(self, config: SlackSinkConfig) -> None:
+        self._config = config
+        super().__init__(config)
+        self._headers = {"Content-Type": "application/json"}
+
+    def secrets(self) -> list[str | None]:
+        """The webhook URL."""
+        return [self._config.url.get_secret_value()]
+
+    def target(self) -> str:
+        """The webhook URL."""
+        return self._config.url.get_secret_value()
+
+    def encode(self, alert: Alert) -> tuple[bytes, dict[str, str]]:
+        """The Block Kit payload."""
+        mention = self._config.mention
+        if mention and SEVERITY_RANK[alert.severity] < SEVERITY_RANK[self._config.min_mention_severity]:
+            mention = None
+        return orjson.dumps(build_message(alert, mention=mention)), self._headers
