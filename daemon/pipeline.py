@@ -242,7 +242,7 @@ class Pipeline:
             except InvalidEvent as error:
                 invalid += 1
                 self.invalid.report(error.reason, origin=origin,
-                                    location=locations[index] if locations else index,
+                                    location=locations[index] if locations else batch.first_index + index,
                                     detail=error.detail, payload=record)
                 continue
             if dedupe.seen(event.event_id, event.time):

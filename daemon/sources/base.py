@@ -33,6 +33,8 @@ class SourceBatch:
     """Per record, its line number (JSON lines) in ``origin``; ``None``: its index in the document."""
     position: Any = None
     """Opaque; returned to :meth:`Source.acknowledge` once a checkpoint covers the batch."""
+    first_index: int = 0
+    """Index of ``records[0]`` in its document (when ``locations`` is ``None``), for error context."""
 
 
 class Source(ABC):

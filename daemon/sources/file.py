@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from daemon.config import Duration
 from daemon.deadletter import InvalidReporter
 from daemon.decode import GZIP_MAGIC, decode_bytes, decode_lines
 from daemon.sources.base import Source, SourceBatch
@@ -57,7 +58,7 @@ class FileSourceConfig(BaseModel):
     paths: list[str] = Field(min_length=1)
     #: Keep watching directories and globs for new or changed files.
     follow: bool = False
-    poll_interval: float = Field(2.0, gt=0)
+    poll_interval: Duration = Field(2.0, gt=0)
     #: Most records in one batch handed to the pipeline.
     batch_size: int = Field(500, ge=1)
     #: Larger files (or decompressed streams) are skipped as ``too_large``.
@@ -236,6 +237,7 @@ class FileSource(Source):
                 records=records if whole else records[begin:end],
                 origin=origin,
                 locations=None if lines is None else (lines if whole else lines[begin:end]),
+                first_index=begin,
                 position=None if position is None else position(end, end == total),
             ))
         return out

@@ -17,6 +17,7 @@ import asyncio
 import zlib
 from typing import Any, Final
 
+import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from daemon.decode import GZIP_MAGIC
@@ -97,7 +98,7 @@ async def fetch_object(
         if code in _MISSING_CODES:
             raise FetchError("unreadable", f"object does not exist ({code})") from None
         raise FetchError("transient", f"GetObject failed: {code or error}") from None
-    except (BotoCoreError, OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as error:
         raise FetchError("transient", f"GetObject failed: {type(error).__name__}: {error}") from None
     length = response.get("ContentLength")
     inflater: Inflater | None = None
@@ -115,16 +116,15 @@ async def fetch_object(
                 received += len(chunk)
                 if received > max_object_bytes:
                     raise FetchError("too_large", f"object exceeds max_object_bytes {max_object_bytes}")
-                if inflater is None and not raw:
-                    if chunk[:2] == GZIP_MAGIC:
-                        inflater = Inflater(max_decompressed_bytes)
+                if inflater is None and not raw and chunk[:2] == GZIP_MAGIC:
+                    inflater = Inflater(max_decompressed_bytes)
                 if inflater is not None:
                     await asyncio.to_thread(inflater.feed, chunk)
                 else:
                     raw.append(chunk)
     except FetchError:
         raise
-    except (BotoCoreError, OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as error:
         raise FetchError("transient", f"reading the object failed: {type(error).__name__}: {error}") from None
     if inflater is not None:
         return inflater.finish()

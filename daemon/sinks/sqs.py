@@ -1,0 +1,67 @@
+"""``sqs`` sink: each alert sent as JSON to an SQS queue, with filterable attributes.
+
+For a downstream consumer (SOAR, ticketing) that pulls at its own pace.  ``severity`` and
+``detector`` are String message attributes.  For a FIFO queue (URL ending ``.fifo``) the alert id
+is the deduplication id and the detector the message group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import field_validator
+
+from daemon.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
+from detectors.alert import Alert
+
+__all__ = ["SqsSink", "SqsSinkConfig"]
+
+
+class SqsSinkConfig(AwsSinkConfig):
+    """``type: sqs`` with the ``queue_url``."""
+
+    type: Literal["sqs"] = "sqs"
+    queue_url: str
+
+    @field_validator("queue_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.count("/") < 2:
+            raise ValueError("must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+        return value
+
+
+class SqsSink(AwsSink):
+    """SendMessageBatch, ten alerts per call."""
+
+    kind = "sqs"
+    Config = SqsSinkConfig
+    service = "sqs"
+
+    def __init__(self, config: SqsSinkConfig) -> None:
+        super().__init__(config)
+        self.queue_url = config.queue_url
+        self._fifo = config.queue_url.endswith(".fifo")
+
+    def _region(self) -> str | None:
+        if self._aws.region:
+            return self._aws.region
+        host = urlsplit(self.queue_url).hostname or ""
+        parts = host.split(".")
+        return parts[1] if len(parts) > 3 and parts[0] == "sqs" else None
+
+    def where(self) -> str:
+        """The queue URL."""
+        return f"SQS queue {self.queue_url}"
+
+    async def _send_batch(self, client: Any, alerts: list[Alert]) -> dict[str, Any]:
+        entries = []
+        for index, alert in enumerate(alerts):
+            entry: dict[str, Any] = {"Id": str(index), "MessageBody": self.body(alert),
+                                     "MessageAttributes": message_attributes(alert)}
+            if self._fifo:
+                entry.update(MessageGroupId=alert.detector, MessageDeduplicationId=alert.id)
+            entries.append(entry)
+        return await client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
