@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from daemon.config import Duration
 from daemon.sinks.base import Sink, SinkConfig
@@ -34,8 +34,8 @@ __all__ = [
     "HttpSink",
     "HttpSinkConfig",
     "Redactor",
-    "classify_status",
     "check_http_url",
+    "classify_status",
     "parse_retry_after",
     "redact_url",
 ]
