@@ -20,6 +20,8 @@ __all__ = ["SINKS", "SOURCES", "Built", "build_detectors", "build_sinks", "build
 
 SOURCES: Final[dict[str, str]] = {
     "file": "daemon.sources.file:FileSource",
+    "sqs": "daemon.sources.sqs:SqsSource",
+    "kafka": "daemon.sources.kafka:KafkaSource",
 }
 
 SINKS: Final[dict[str, str]] = {

@@ -1,7 +1,9 @@
 """Rule scaling: per-event cost of the Sigma detector with 10, 100 and 1,000 rules loaded.
 
-The rules are generated variants (distinct eventNames, a realistic mix of field conditions), and
-the events are the benchmark traffic.  Target: cost with 1,000 rules <= 2x cost with 10 rules.
+Every configuration holds the same 10 rules on the traffic's busiest eventNames, plus generated
+variants on other eventNames (as a large pack mostly holds rules for calls a given event is not),
+so the figure isolates what the *number of loaded rules* costs per event.  The events are the
+benchmark traffic.  Target: cost with 1,000 rules <= 2x cost with 10 rules.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ tags:
 
 
 def write_rules(directory: Path, count: int, event_names: list[str]) -> None:
-    """``count`` rules; the first ones cover the real eventNames, the rest invented ones."""
+    """``count`` rules: 10 on the real eventNames given, the rest on generated eventNames."""
     for n in range(count):
-        name = event_names[n] if n < len(event_names) else f"GeneratedApiCall{n}"
+        name = event_names[n] if n < 10 else f"GeneratedApiCall{n}"
         text = _RULE.format(n=n, id=uuid.UUID(int=n + 1), source="ec2.amazonaws.com" if n % 2 else
                             "iam.amazonaws.com", name=name)
         (directory / f"rule_{n:04d}.yml").write_text(text)
@@ -65,7 +67,9 @@ def run(quick: bool, reps: int) -> list[dict[str, Any]]:
     import orjson
 
     events = [Event(orjson.loads(raw)) for raw in generate(5_000 if quick else 30_000)]
-    names = sorted({e.event_name for e in events})
+    from collections import Counter
+
+    names = [name for name, _ in Counter(e.event_name for e in events).most_common(10)]
     costs = {n: per_event_cost(n, events, names, max(reps, 3)) for n in (10, 100, 1000)}
     base = costs[10]
     return [{"name": f"sigma rules: {n:>5}", "ns_per_event": round(cost), "ratio_vs_10": round(cost / base, 3),

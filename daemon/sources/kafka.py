@@ -1,0 +1,488 @@
+"""The ``kafka`` source: CloudTrail from Kafka topics, shared by replicas through a consumer group.
+
+Organisations that already ship CloudTrail into Kafka (a Firehose/Lambda/EventBridge bridge, a
+log shipper) point trailguard at the topic; several replicas in one consumer group split its
+partitions.  A message may hold one CloudTrail record, an EventBridge envelope, a ``{"Records":
+[...]}`` batch or any of these gzipped: :mod:`daemon.decode` detects the shape.  A message that is
+not CloudTrail is reported to the dead-letter file and its offset counts as processed (Kafka cannot
+usefully redeliver it).
+
+**At-least-once.**  Auto-commit is off.  Each ``getmany`` result becomes one batch per partition
+(position: topic, partition, first and last offset, assignment epoch).  Offsets are committed —
+``last + 1`` of the contiguous acknowledged prefix, see :mod:`daemon.sources.kafka_offsets` — only
+in :meth:`KafkaSource.acknowledge`, which the pipeline calls after a checkpoint covered the batch
+and its alerts reached the sinks.  So after a crash, a rebalance or a broker outage the records
+after the last commit are read again: never lost, sometimes processed twice.  Within one process
+the pipeline's ``eventID`` de-duplication hides repeats; after a partition moves to another
+replica, that replica may raise an alert the first one already raised (alert sinks should be
+idempotent on the alert id, which is deterministic).  On revocation the rebalance listener only
+commits what is already acknowledged; acknowledgements of a revoked assignment are ignored.
+
+**Partitioning and detector state.**  Producers should key messages by the event's account id
+(``recipientAccountId``, else ``userIdentity.accountId``), so every event of an account reaches
+one partition and so one replica.  Detectors whose state is keyed inside one account (a
+principal's failed logins, an access key's API volume, a user's impossible travel) then see every
+event they need.  Detectors correlating *across* accounts (one IP hitting many accounts, a role
+chain crossing accounts) only see the share of their partitions in each replica; run them on a
+single replica (one partition, or a dedicated consumer group) if that matters.  State stays
+per-process today; :meth:`KafkaSource.assigned_partitions` and :meth:`KafkaSource.on_assignment`
+are the hooks for moving detector state with partitions.
+
+Broker outages: aiokafka reconnects by itself; a periodic probe (end offsets of the assignment)
+drives :attr:`ready` and the ``trailguard_kafka_lag{topic,partition}`` gauge (high watermark minus
+committed offset).  Commits that fail are kept and retried; nothing acknowledged is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NamedTuple
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from daemon.deadletter import InvalidReporter
+from daemon.decode import decode_bytes
+from daemon.sources.base import Source, SourceBatch
+from daemon.sources.kafka_offsets import PartitionOffsets
+from detectors.event import MAX_RECORD_BYTES
+
+__all__ = ["AssignmentChange", "KafkaPosition", "KafkaSource", "KafkaSourceConfig"]
+
+_THREAD_DECODE_BYTES: Final = 256 << 10
+_ERRORS: Final = (KafkaError, OSError, TimeoutError)
+
+
+class KafkaSourceConfig(BaseModel):
+    """Settings of one ``kafka`` source; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["kafka"] = "kafka"
+    name: str | None = None
+    #: ``"host1:9092,host2:9092"`` or a list.
+    bootstrap_servers: str | list[str]
+    #: Topics to consume; or ``topic_pattern`` (a regular expression), not both.
+    topics: list[str] = Field(default_factory=list)
+    topic_pattern: str | None = None
+    group_id: str = Field("trailguard", min_length=1)
+    client_id: str = "trailguard"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    #: Most messages one poll returns (over all partitions).
+    max_records: int = Field(500, ge=1)
+    poll_timeout_ms: int = Field(1000, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    request_timeout_ms: int = Field(40_000, ge=1000)
+    metadata_max_age_ms: int = Field(300_000, ge=1000)
+    #: How often connectivity and lag are probed, and how long a probe or a commit may take.
+    health_interval: float = Field(10.0, gt=0)
+    health_timeout: float = Field(5.0, gt=0)
+    max_backoff: float = Field(30.0, gt=0)
+    #: After stop, how long handed-out batches wait for their acknowledgement before the consumer closes.
+    close_timeout: float = Field(30.0, ge=0)
+    max_record_bytes: int = Field(MAX_RECORD_BYTES, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSourceConfig:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("set exactly one of 'topics' (a list) or 'topic_pattern'")
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username "
+                             "and sasl_password")
+        if not sasl and (self.sasl_mechanism or self.sasl_username or self.sasl_password):
+            raise ValueError("sasl_* settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
+        tls_files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if any(tls_files) and not self.security_protocol.endswith("SSL"):
+            raise ValueError("ssl_* files need security_protocol SSL or SASL_SSL")
+        return self
+
+
+class KafkaPosition(NamedTuple):
+    """One partition's share of one poll: offsets ``first_offset..last_offset`` (inclusive)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentChange:
+    """Partitions this consumer gained or lost in a rebalance, as ``(topic, partition)`` pairs."""
+
+    assigned: frozenset[tuple[str, int]]
+    revoked: frozenset[tuple[str, int]]
+
+
+AssignmentCallback = Callable[[AssignmentChange], Awaitable[None] | None]
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.source._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.source._assigned(assigned)
+
+
+class KafkaSource(Source):
+    """Consumes CloudTrail from Kafka in a consumer group (see the module doc)."""
+
+    kind = "kafka"
+    Config = KafkaSourceConfig
+
+    def __init__(self, config: KafkaSourceConfig, invalid: InvalidReporter, name: str | None = None) -> None:
+        super().__init__(name or config.name or config.type, invalid)
+        self.config = config
+        self.log = structlog.get_logger("trailguard.source.kafka").bind(source=self.name)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._epoch = 0
+        self._callbacks: list[AssignmentCallback] = []
+        self._commit_lock = asyncio.Lock()
+        self._stop_event = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._polling = False
+        self._connected = False
+        self._outage = False
+        self._probe_task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        metrics = invalid.metrics
+        self._lag = metrics.kafka_lag
+        self._m_errors = metrics.source_errors.labels(source=self.name)
+        self._m_up = metrics.source_up.labels(source=self.name)
+
+    # -- public hooks ----------------------------------------------------------------------------
+    def assigned_partitions(self) -> frozenset[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs this consumer owns right now."""
+        return frozenset((tp.topic, tp.partition) for tp in self._partitions)
+
+    def on_assignment(self, callback: AssignmentCallback) -> None:
+        """Call ``callback`` (sync or async, and quick) on every rebalance.
+
+        Revocations are reported after acknowledged offsets were committed and before another
+        consumer may take the partitions; assignments before fetching starts.
+        """
+        self._callbacks.append(callback)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True while the last connectivity probe (or poll) succeeded."""
+        return self._connected and not self._stopping
+
+    async def start(self) -> None:
+        """Reset the stop flags; the consumer connects (and reconnects) inside :meth:`batches`."""
+        await super().start()
+        self._stop_event.clear()
+        self._drained.clear()
+
+    async def stop(self) -> None:
+        """Stop polling; the consumer leaves the group once handed-out batches are acknowledged."""
+        if self._stopping:
+            return
+        await super().stop()
+        self._stop_event.set()
+        self._check_drained()
+        self._closer = asyncio.create_task(self._close_when_drained(), name=f"kafka-close:{self.name}")
+
+    async def wait_closed(self) -> None:
+        """Wait until the consumer has committed what it can and left the group."""
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
+    async def _close_when_drained(self) -> None:
+        try:
+            await asyncio.wait_for(self._drained.wait(), self.config.close_timeout)
+        except TimeoutError:
+            outstanding = sum(p.outstanding for p in self._partitions.values())
+            self.log.warning("kafka batches not acknowledged before close; they will be read again",
+                             batches=outstanding)
+        finally:
+            if self._probe_task is not None:
+                self._probe_task.cancel()
+                await asyncio.gather(self._probe_task, return_exceptions=True)
+                self._probe_task = None
+            await self._commit()
+            consumer, self._consumer = self._consumer, None
+            self._connected = False
+            for tp in list(self._partitions):
+                self._forget_lag(tp)
+            self._partitions.clear()
+            if consumer is not None:
+                try:
+                    await consumer.stop()
+                except _ERRORS as error:
+                    self.log.warning("kafka consumer did not close cleanly", error=type(error).__name__)
+
+    def _check_drained(self) -> None:
+        if self._stopping and not self._polling and all(not p.outstanding for p in self._partitions.values()):
+            self._drained.set()
+
+    # -- connecting ------------------------------------------------------------------------------
+    def _consumer_args(self) -> dict[str, Any]:
+        c = self.config
+        servers = c.bootstrap_servers if isinstance(c.bootstrap_servers, str) else ",".join(c.bootstrap_servers)
+        args: dict[str, Any] = {
+            "bootstrap_servers": servers, "group_id": c.group_id, "client_id": c.client_id,
+            "enable_auto_commit": False, "auto_offset_reset": c.auto_offset_reset,
+            "session_timeout_ms": c.session_timeout_ms, "heartbeat_interval_ms": c.heartbeat_interval_ms,
+            "max_poll_interval_ms": c.max_poll_interval_ms, "request_timeout_ms": c.request_timeout_ms,
+            "metadata_max_age_ms": c.metadata_max_age_ms, "security_protocol": c.security_protocol,
+        }
+        if c.security_protocol.endswith("SSL"):
+            context = create_ssl_context(
+                cafile=c.ssl_cafile, certfile=c.ssl_certfile, keyfile=c.ssl_keyfile,
+                password=c.ssl_keyfile_password.get_secret_value() if c.ssl_keyfile_password else None)
+            context.check_hostname = c.ssl_check_hostname
+            args["ssl_context"] = context
+        if c.security_protocol.startswith("SASL_"):
+            assert c.sasl_password is not None
+            args.update(sasl_mechanism=c.sasl_mechanism, sasl_plain_username=c.sasl_username,
+                        sasl_plain_password=c.sasl_password.get_secret_value())
+        return args
+
+    async def _connect(self) -> bool:
+        consumer = AIOKafkaConsumer(**self._consumer_args())
+        listener = _Listener(self)
+        if self.config.topic_pattern:
+            consumer.subscribe(pattern=self.config.topic_pattern, listener=listener)
+        else:
+            consumer.subscribe(topics=self.config.topics, listener=listener)
+        try:
+            await consumer.start()
+        except _ERRORS as error:
+            try:
+                await consumer.stop()
+            except _ERRORS:
+                pass
+            self._down(error)
+            return False
+        self._consumer = consumer
+        self._up()
+        self._probe_task = asyncio.create_task(self._probe(), name=f"kafka-probe:{self.name}")
+        return True
+
+    def _up(self) -> None:
+        if self._outage:
+            self.log.info("kafka broker reachable again")
+            self._outage = False
+        self._connected = True
+        self._m_up.set(1)
+
+    def _down(self, error: BaseException) -> None:
+        self._m_errors.inc()
+        self._m_up.set(0)
+        self._connected = False
+        if not self._outage:
+            self._outage = True
+            self.log.warning("kafka broker unreachable; retrying", error=type(error).__name__,
+                             detail=str(error)[:300])
+
+    async def _pause(self, failures: int) -> None:
+        delay = min(self.config.max_backoff, 0.25 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), delay)
+        except TimeoutError:
+            pass
+
+    # -- batches ---------------------------------------------------------------------------------
+    async def batches(self) -> AsyncIterator[SourceBatch]:
+        """One batch per partition per poll, until :meth:`stop`."""
+        self._polling = True
+        failures = 0
+        try:
+            while not self._stopping:
+                if self._consumer is None:
+                    if not await self._connect():
+                        failures += 1
+                        await self._pause(failures)
+                    continue
+                try:
+                    data = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
+                                                        max_records=self.config.max_records)
+                except _ERRORS as error:
+                    failures += 1
+                    self._down(error)
+                    await self._pause(failures)
+                    continue
+                failures = 0
+                for tp, messages in data.items():
+                    if not messages:
+                        continue
+                    state = self._partitions.get(tp)
+                    if state is None:
+                        continue  # revoked while these were fetched: the new owner reads them
+                    batch = await self._batch(tp, messages, state.epoch)
+                    if self._partitions.get(tp) is not state:
+                        continue
+                    state.emitted(messages[0].offset, messages[-1].offset)
+                    yield batch
+        finally:
+            self._polling = False
+            self._check_drained()
+
+    async def _batch(self, tp: TopicPartition, messages: list[Any], epoch: int) -> SourceBatch:
+        size = sum(len(m.value) for m in messages if m.value)
+        if size > _THREAD_DECODE_BYTES:
+            records, locations = await asyncio.to_thread(self._decode, tp, messages)
+        else:
+            records, locations = self._decode(tp, messages)
+        position = KafkaPosition(tp.topic, tp.partition, messages[0].offset, messages[-1].offset, epoch)
+        return SourceBatch(self.name, records, f"{tp.topic}/{tp.partition}", locations, position)
+
+    def _decode(self, tp: TopicPartition, messages: list[Any]) -> tuple[list[Any], list[int]]:
+        """Records of every message and, per record, its message's offset (the dead-letter location)."""
+        records: list[Any] = []
+        offsets: list[int] = []
+        base = f"{tp.topic}/{tp.partition}@"
+        invalid, limit = self.invalid, self.config.max_record_bytes
+        for message in messages:
+            value = message.value
+            if not value:
+                continue  # tombstone or empty message
+            found, _ = decode_bytes(value, f"{base}{message.offset}", invalid, max_record_bytes=limit)
+            if len(found) == 1:
+                records.append(found[0])
+                offsets.append(message.offset)
+            elif found:
+                records.extend(found)
+                offsets.extend([message.offset] * len(found))
+        return records, offsets
+
+    # -- acknowledgement and commits -------------------------------------------------------------
+    async def acknowledge(self, positions: list[Any]) -> None:
+        """Advance each partition's acknowledged prefix and commit it (``offset + 1``)."""
+        for position in positions:
+            state = self._partitions.get(TopicPartition(position.topic, position.partition))
+            if state is None or state.epoch != position.epoch:
+                continue  # revoked since: the partition's new owner reads these records again
+            state.acknowledged(position.first_offset, position.last_offset)
+        await self._commit()
+        self._check_drained()
+
+    async def _commit(self, only: Sequence[TopicPartition] | None = None) -> None:
+        """Commit acknowledged offsets (within ``health_timeout``); a failed commit is retried later."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            offsets: dict[TopicPartition, int] = {}
+            for tp in only if only is not None else list(self._partitions):
+                state = self._partitions.get(tp)
+                target = state.to_commit() if state is not None else None
+                if target is not None:
+                    offsets[tp] = target
+            if not offsets:
+                return
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), self.config.health_timeout)
+            except CommitFailedError:
+                self.log.warning("kafka commit refused after a rebalance; those records will be read again",
+                                 partitions=len(offsets))
+                return
+            except _ERRORS as error:
+                self._m_errors.inc()
+                self.log.warning("kafka commit failed; will retry", error=type(error).__name__,
+                                 detail=str(error)[:300], partitions=len(offsets))
+                return
+            for tp, offset in offsets.items():
+                state = self._partitions.get(tp)
+                if state is not None:
+                    state.committed = offset
+
+    # -- rebalances ------------------------------------------------------------------------------
+    async def _revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        owned = [tp for tp in revoked if tp in self._partitions]
+        await self._commit(owned)
+        for tp in owned:
+            del self._partitions[tp]
+            self._forget_lag(tp)
+        if owned:
+            self.log.info("kafka partitions revoked", partitions=len(owned))
+            await self._notify(AssignmentChange(frozenset(), frozenset((tp.topic, tp.partition) for tp in owned)))
+        self._check_drained()
+
+    async def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._epoch += 1
+        new = [tp for tp in assigned if tp not in self._partitions]
+        for tp in assigned:
+            self._partitions[tp] = PartitionOffsets(self._epoch)
+        self.log.info("kafka partitions assigned", partitions=len(assigned))
+        if new:
+            await self._notify(AssignmentChange(frozenset((tp.topic, tp.partition) for tp in new), frozenset()))
+
+    async def _notify(self, change: AssignmentChange) -> None:
+        for callback in self._callbacks:
+            try:
+                result = callback(change)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as error:
+                self.log.error("kafka assignment callback failed", error=type(error).__name__,
+                               detail=str(error)[:300], exc_info=True)
+
+    # -- health and lag --------------------------------------------------------------------------
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            consumer = self._consumer
+            if consumer is None:
+                return
+            timeout = self.config.health_timeout
+            try:
+                partitions = list(self._partitions)
+                if partitions:
+                    ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout)
+                    await self._export_lag(consumer, ends, timeout)
+                else:
+                    await asyncio.wait_for(consumer.topics(), timeout)
+            except asyncio.CancelledError:
+                raise
+            except _ERRORS as error:
+                self._down(error)
+                continue
+            self._up()
+            await self._commit()  # retries a commit that failed during an outage
+
+    async def _export_lag(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], timeout: float) -> None:
+        for tp, end in ends.items():
+            state = self._partitions.get(tp)
+            if state is None:
+                continue
+            if state.committed is None:
+                committed = await asyncio.wait_for(consumer.committed(tp), timeout)
+                if committed is None:
+                    committed = (await asyncio.wait_for(consumer.beginning_offsets([tp]), timeout)).get(tp, 0)
+                if self._partitions.get(tp) is state and state.committed is None:
+                    state.committed = committed
+            self._lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, end - (state.committed or 0)))
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        try:
+            self._lag.remove(tp.topic, str(tp.partition))
+        except KeyError:
+            pass
