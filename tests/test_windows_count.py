@@ -186,10 +186,26 @@ def test_evidence_ids_are_bounded_first_and_last() -> None:
 
 
 TIMELINE: list[tuple[str, float, str]] = [
-    ("add", 0, "a"), ("add", 30, "a"), ("add", 40, "b"), ("adv", -860, ""), ("add", 95, "a"),
-    ("add", 96, "b"), ("add", 200, "a"), ("adv", -700, ""), ("add", 120, "b"), ("add", 205, "a"),
-    ("add", 210, "a"), ("add", 1500, "a"), ("adv", 600, ""), ("add", 1510, "a"), ("add", 1520, "a"),
-    ("add", 1530, "b"), ("add", 1525, "a"), ("add", 1590, "a"), ("add", 700, "b"), ("add", 1591, "b"),
+    ("add", 0, "a"),
+    ("add", 30, "a"),
+    ("add", 40, "b"),
+    ("adv", -860, ""),
+    ("add", 95, "a"),
+    ("add", 96, "b"),
+    ("add", 200, "a"),
+    ("adv", -700, ""),
+    ("add", 120, "b"),
+    ("add", 205, "a"),
+    ("add", 210, "a"),
+    ("add", 1500, "a"),
+    ("adv", 600, ""),
+    ("add", 1510, "a"),
+    ("add", 1520, "a"),
+    ("add", 1530, "b"),
+    ("add", 1525, "a"),
+    ("add", 1590, "a"),
+    ("add", 700, "b"),
+    ("add", 1591, "b"),
 ]
 
 
@@ -216,7 +232,11 @@ def test_snapshot_restore_behaves_as_if_never_restarted(split: int) -> None:
     second.restore(saved)
     assert before + run(second, TIMELINE[split:]) == expected
     assert [(r.key, r.end, r.suppressed) for r in expected] == [
-        ("a", 95.0, 0), ("b", 120.0, 0), ("a", 210.0, 0), ("a", 1520.0, 0), ("a", 1590.0, 1)
+        ("a", 95.0, 0),
+        ("b", 120.0, 0),
+        ("a", 210.0, 0),
+        ("a", 1520.0, 0),
+        ("a", 1590.0, 1),
     ]
 
 

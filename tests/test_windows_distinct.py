@@ -8,7 +8,9 @@ import pytest
 from detectors.windows import DistinctCountWindow, DistinctReport
 
 
-def feed(window: DistinctCountWindow, *events: tuple[float, str], key: str = "alice") -> list[tuple[float, DistinctReport]]:
+def feed(
+    window: DistinctCountWindow, *events: tuple[float, str], key: str = "alice"
+) -> list[tuple[float, DistinctReport]]:
     """Add ``(time, value)`` events in arrival order; return ``(arrival time, report)`` that fired."""
     fired = []
     for t, value in events:
@@ -102,7 +104,7 @@ def test_occurrences_per_value_stay_few_whatever_the_rate() -> None:
     for t in range(0, 5000):
         window.advance(t - 900)
         window.add("k", float(t), "same")
-    (_, state), = window.snapshot()["keys"]
+    ((_, state),) = window.snapshot()["keys"]
     assert len(state[2][0]) <= 2 * (900 + 100) // 100 + 2
 
 
@@ -140,10 +142,21 @@ def test_throttle_carries_the_suppressed_count() -> None:
 
 
 TIMELINE = [
-    ("add", 0, "k1", "a"), ("add", 30, "k1", "b"), ("add", 10, "k2", "a"), ("adv", -800, "", ""),
-    ("add", 95, "k1", "c"), ("add", 96, "k1", "c"), ("add", 20, "k2", ("tuple", "value")),
-    ("add", 100, "k1", "d"), ("add", 150, "k2", "c"), ("adv", -700, "", ""), ("add", 60, "k2", "d"),
-    ("add", 1200, "k1", "a"), ("adv", 400, "", ""), ("add", 1210, "k1", "b"), ("add", 1220, "k1", "e"),
+    ("add", 0, "k1", "a"),
+    ("add", 30, "k1", "b"),
+    ("add", 10, "k2", "a"),
+    ("adv", -800, "", ""),
+    ("add", 95, "k1", "c"),
+    ("add", 96, "k1", "c"),
+    ("add", 20, "k2", ("tuple", "value")),
+    ("add", 100, "k1", "d"),
+    ("add", 150, "k2", "c"),
+    ("adv", -700, "", ""),
+    ("add", 60, "k2", "d"),
+    ("add", 1200, "k1", "a"),
+    ("adv", 400, "", ""),
+    ("add", 1210, "k1", "b"),
+    ("add", 1220, "k1", "e"),
 ]
 
 
@@ -177,3 +190,13 @@ def test_restore_rejects_a_newer_version() -> None:
     feed(window, (1, "a"))
     with pytest.raises(ValueError, match="newer"):
         DistinctCountWindow(window=100, threshold=3).restore({**window.snapshot(), "version": 2})
+
+
+def test_a_late_event_older_than_the_window_still_counts_its_own_value() -> None:
+    late: list[int] = []
+    window = DistinctCountWindow(window=100, threshold=2, on_late=late.append)
+    feed(window, (1000, "a"), (1500, "b"))
+    window.advance(1400)  # cutoff for on-time events: 1300
+    fired = feed(window, (1000, "c"))  # window [900, 1000]: a (if still held) and c itself
+    assert late == [1]
+    assert [(r.end, sorted(r.values)) for _, r in fired] == [(1000.0, ["a", "c"])]

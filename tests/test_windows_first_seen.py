@@ -29,7 +29,12 @@ def test_new_region_after_learning_fires() -> None:
     assert len(fired) == 1
     t, report = fired[0]
     assert (t, report.value, report.time, report.learning_started, report.known) == (
-        2 * DAY, "ap-east-1", 2 * DAY, 0.0, 2)
+        2 * DAY,
+        "ap-east-1",
+        2 * DAY,
+        0.0,
+        2,
+    )
     assert report.event_ids == (f"e{2 * DAY:g}",)
 
 
@@ -153,10 +158,17 @@ def test_lru_eviction_under_a_spray_of_a_million_keys() -> None:
 
 
 TIMELINE = [
-    ("add", 0, "acct1", "us-east-1"), ("add", 100, ("acct2", "role"), "us-east-1"), ("adv", -900, "", ""),
-    ("add", 50, "acct1", "eu-west-1"), ("add", DAY + 10, "acct1", "eu-west-1"), ("add", DAY + 20, "acct1", "ap-south-1"),
-    ("adv", DAY, "", ""), ("add", DAY + 30, ("acct2", "role"), "ap-south-1"), ("add", DAY + 40, "acct1", ("a", "tuple")),
-    ("add", 3 * DAY, "acct1", "ap-south-1"), ("add", 3 * DAY, "acct1", "me-south-1"),
+    ("add", 0, "acct1", "us-east-1"),
+    ("add", 100, ("acct2", "role"), "us-east-1"),
+    ("adv", -900, "", ""),
+    ("add", 50, "acct1", "eu-west-1"),
+    ("add", DAY + 10, "acct1", "eu-west-1"),
+    ("add", DAY + 20, "acct1", "ap-south-1"),
+    ("adv", DAY, "", ""),
+    ("add", DAY + 30, ("acct2", "role"), "ap-south-1"),
+    ("add", DAY + 40, "acct1", ("a", "tuple")),
+    ("add", 3 * DAY, "acct1", "ap-south-1"),
+    ("add", 3 * DAY, "acct1", "me-south-1"),
 ]
 
 
@@ -180,7 +192,9 @@ def test_snapshot_restore_behaves_as_if_never_restarted(split: int) -> None:
     second.restore(saved)
     assert before + run(second, TIMELINE[split:]) == expected
     assert [(r.key, r.value) for r in expected] == [
-        ("acct1", "ap-south-1"), ("acct1", ("a", "tuple")), ("acct1", "me-south-1"),
+        ("acct1", "ap-south-1"),
+        ("acct1", ("a", "tuple")),
+        ("acct1", "me-south-1"),
     ]  # acct2 is still learning at DAY + 30 (its first event was at t=100)
 
 

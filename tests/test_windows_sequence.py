@@ -158,16 +158,25 @@ def test_events_per_step_are_capped() -> None:
 
 def test_throttle_carries_the_suppressed_count() -> None:
     window = SequenceWindow(["failure", "success"], within=300, throttle=300)
-    fired = feed(window, (0, "failure"), (10, "success"), (20, "success"), (30, "success"), (400, "failure"),
-                 (410, "success"))
+    fired = feed(
+        window, (0, "failure"), (10, "success"), (20, "success"), (30, "success"), (400, "failure"), (410, "success")
+    )
     assert [(t, r.suppressed) for t, r in fired] == [(10, 0), (410, 2)]
 
 
 TIMELINE = [
-    ("add", 0, "k1", "failure"), ("add", 10, "k2", "success"), ("adv", -900, "", ""),
-    ("add", 60, "k1", "success"), ("add", 5, "k2", "failure"), ("add", 400, "k1", "failure"),
-    ("adv", -500, "", ""), ("add", 390, "k1", "success"), ("add", 700, "k1", "success"),
-    ("add", 2000, "k2", "failure"), ("adv", 1100, "", ""), ("add", 2100, "k2", "success"),
+    ("add", 0, "k1", "failure"),
+    ("add", 10, "k2", "success"),
+    ("adv", -900, "", ""),
+    ("add", 60, "k1", "success"),
+    ("add", 5, "k2", "failure"),
+    ("add", 400, "k1", "failure"),
+    ("adv", -500, "", ""),
+    ("add", 390, "k1", "success"),
+    ("add", 700, "k1", "success"),
+    ("add", 2000, "k2", "failure"),
+    ("adv", 1100, "", ""),
+    ("add", 2100, "k2", "success"),
 ]
 
 

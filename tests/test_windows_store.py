@@ -21,7 +21,9 @@ from detectors.windows.store import check_snapshot, freeze, thaw
 
 def store(max_keys: int = 100, horizon: float = 100.0, evicted: list[int] | None = None) -> KeyedState[list]:
     return KeyedState(
-        horizon=horizon, max_keys=max_keys, newest=lambda s: s[0],
+        horizon=horizon,
+        max_keys=max_keys,
+        newest=lambda s: s[0],
         on_evict=evicted.append if evicted is not None else None,
     )
 
@@ -86,8 +88,9 @@ def test_freeze_and_thaw_round_trip_tuple_keys() -> None:
     assert freeze("plain") == "plain" and thaw(7) == 7
 
 
-@pytest.mark.parametrize("bad", [None, [], {"kind": "count"}, {"version": "1", "kind": "count"},
-                                 {"version": 0, "kind": "count"}])
+@pytest.mark.parametrize(
+    "bad", [None, [], {"kind": "count"}, {"version": "1", "kind": "count"}, {"version": 0, "kind": "count"}]
+)
 def test_malformed_snapshots_are_rejected(bad: object) -> None:
     with pytest.raises(ValueError):
         check_snapshot(bad, "count")

@@ -73,10 +73,11 @@ def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]
     if suppressed:
         context += f" · {suppressed} similar alerts suppressed"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, _FIELD_MAX)}]})
+    text = _cut(_escape(fallback), _TEXT_MAX)
     if mention:
-        fallback = f"{mention} {fallback}"
+        text = f"{mention} {text}"
         blocks.insert(1, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
-    return {"text": _cut(_escape(fallback), _TEXT_MAX), "blocks": blocks}
+    return {"text": text, "blocks": blocks}
 
 
 class SlackSinkConfig(HttpSinkConfig):

@@ -229,8 +229,10 @@ class BaselineRate(WindowPrimitive[_Rate]):
             state.baseline,
             state.closed,
             state.history,
-            [[b.index, b.count, b.reported, None if b.ids is None else sorted(b.ids), list(b.sample)]
-             for b in state.open],
+            [
+                [b.index, b.count, b.reported, None if b.ids is None else sorted(b.ids), list(b.sample)]
+                for b in state.open
+            ],
         ]
 
     def _load(self, data: Any) -> _Rate:

@@ -82,10 +82,10 @@ class CountWindow(WindowPrimitive[list]):
 
     def add(self, key: Hashable, time: float, event_id: str | None = None) -> CountReport | None:
         """Count one event; return a report if it completes a window of ``threshold`` events."""
-        if self._is_dropped_late(time):
-            return None
         store = self._store
-        events = store.get(key)
+        if time < store.watermark and self._is_dropped_late(time):
+            return None
+        events = store.touch(key)  # an expired key's events are all pruned below: same as absent
         if events is None:
             events = [time, event_id]
             store.insert(key, events)

@@ -61,9 +61,7 @@ def _last(occ: float | tuple[float, ...]) -> float:
     return occ if type(occ) is not tuple else occ[-1]
 
 
-def _add_occurrence(
-    occ: float | tuple[float, ...], time: float, window: float
-) -> float | tuple[float, ...] | None:
+def _add_occurrence(occ: float | tuple[float, ...], time: float, window: float) -> float | tuple[float, ...] | None:
     """``occ`` with ``time`` added and redundant middles removed; ``None`` if already there."""
     if type(occ) is not tuple:
         if occ == time:
@@ -137,15 +135,15 @@ class DistinctCountWindow(WindowPrimitive[list]):
     def _newest(state: list) -> float:
         return state[0]
 
-    def add(
-        self, key: Hashable, time: float, value: Hashable, event_id: str | None = None
-    ) -> DistinctReport | None:
+    def add(self, key: Hashable, time: float, value: Hashable, event_id: str | None = None) -> DistinctReport | None:
         """Record ``value`` for ``key``; return a report if the window now holds ``threshold`` values."""
         if self._is_dropped_late(time):
             return None
         store = self._store
-        state = store.get(key)
-        if state is None:
+        state = store.touch(key)
+        if state is None or state[0] < store.watermark - self.window:  # absent or expired
+            if state is not None:
+                store.discard(key)
             state = [time, value, time]
             store.insert(key, state)
             return self._report(key, state, time, event_id) if self.threshold == 1 else None
@@ -163,7 +161,7 @@ class DistinctCountWindow(WindowPrimitive[list]):
             occ = _add_occurrence(old, time, self.window)
             if occ is None:
                 return None  # seen at this very time already: nothing changes
-            kept = _prune_occurrence(occ, store.watermark - self.window)
+            kept = _prune_occurrence(occ, min(store.watermark - self.window, time))
             state[i + n] = time if kept is None else kept
         if time > newest:
             state[0] = time
@@ -183,7 +181,7 @@ class DistinctCountWindow(WindowPrimitive[list]):
         event_id: str | None,
     ) -> DistinctReport | None:
         window, threshold = self.window, self.threshold
-        self._prune(state, self._store.watermark - window)
+        self._prune(state, min(self._store.watermark - window, time))  # a late event keeps itself
         if self._count(state, time - window, time) >= threshold:
             return self._report(key, state, time, event_id)
         if time < newest and newest - window <= time:

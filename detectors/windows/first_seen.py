@@ -98,9 +98,7 @@ class FirstSeen(WindowPrimitive[_Seen]):
 
     _newest = staticmethod(_newest)
 
-    def add(
-        self, key: Hashable, time: float, value: Hashable, event_id: str | None = None
-    ) -> FirstSeenReport | None:
+    def add(self, key: Hashable, time: float, value: Hashable, event_id: str | None = None) -> FirstSeenReport | None:
         """Record ``value`` for ``key``; return a report if it is new after the learning period."""
         if self._is_dropped_late(time):
             return None

@@ -78,9 +78,7 @@ class WindowPrimitive(Generic[S]):
         self._store: KeyedState[S] = KeyedState(
             horizon=horizon, max_keys=max_keys, newest=self._newest, on_evict=on_evict
         )
-        self._throttle = (
-            Throttle(throttle, max_keys=max_keys, on_evict=on_evict) if throttle is not None else None
-        )
+        self._throttle = Throttle(throttle, max_keys=max_keys, on_evict=on_evict) if throttle is not None else None
 
     # -- what subclasses provide ------------------------------------------------------------
     @staticmethod

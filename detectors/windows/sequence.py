@@ -95,9 +95,7 @@ class SequenceWindow(WindowPrimitive[list]):
 
     _newest = staticmethod(_newest)
 
-    def add(
-        self, key: Hashable, time: float, step: str, event_id: str | None = None
-    ) -> SequenceReport | None:
+    def add(self, key: Hashable, time: float, step: str, event_id: str | None = None) -> SequenceReport | None:
         """Record that ``key`` did ``step`` at ``time``; return a report if a match completes."""
         k = self._index.get(step)
         if k is None:
@@ -216,6 +214,5 @@ class SequenceWindow(WindowPrimitive[list]):
             raise ValueError(f"sequence snapshot has {len(data) - 1} steps, this window has {len(self.steps)}")
         return [
             float(data[0]),
-            *(None if s is None else [float(t) for t in s[: len(s) >> 1]] + list(s[len(s) >> 1 :])
-              for s in data[1:]),
+            *(None if s is None else [float(t) for t in s[: len(s) >> 1]] + list(s[len(s) >> 1 :]) for s in data[1:]),
         ]

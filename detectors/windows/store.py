@@ -119,6 +119,19 @@ class KeyedState(Generic[S]):
             data[key] = state
         return state
 
+    def touch(self, key: Hashable) -> S | None:
+        """Like :meth:`get` but without the expiry check, for owners that check it themselves.
+
+        Cheaper on the hot path; the owner must treat a state whose newest time is older than
+        ``watermark - horizon`` exactly like a missing key (for example because pruning it to the
+        window leaves it empty).
+        """
+        data = self._data
+        state = data.pop(key, None)
+        if state is not None:
+            data[key] = state
+        return state
+
     def insert(self, key: Hashable, state: S) -> None:
         """Add ``key`` (which :meth:`get` just reported absent) as most recently used."""
         data = self._data

@@ -1,0 +1,75 @@
+"""Per-key memory of the window state, measured with tracemalloc over 100,000 keys.
+
+Run with ``-s`` to see the numbers.  The bounds guard against a regression to a dict-and-lists-per-key
+layout (which costs 300+ bytes per key before any event data).
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Callable
+
+from detectors.windows import CountWindow, DistinctCountWindow
+
+N = 100_000
+
+
+def bytes_per_key(fill: Callable[[], object]) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = fill()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == N  # type: ignore[arg-type]
+    return (after - before) / N
+
+
+def test_count_window_state_is_compact() -> None:
+    keys = [f"arn:aws:iam::123456789012:user/u{i}" for i in range(N)]
+    ids = [f"{i:08x}-1111-2222-3333-444455556666" for i in range(N)]
+    times = [1.7e9 + i * 0.01 for i in range(N)]
+
+    def fill() -> CountWindow:
+        window = CountWindow(window=600, threshold=5, max_keys=N)
+        for key, t, event_id in zip(keys, times, ids, strict=True):
+            window.add(key, t, event_id)
+        return window
+
+    measured = bytes_per_key(fill)
+    print(f"\nCountWindow: {measured:.1f} bytes/key (key, id and time objects owned by the caller)")
+    assert measured < 160
+
+
+def test_distinct_count_window_state_is_compact() -> None:
+    keys = [f"arn:aws:iam::123456789012:user/u{i}" for i in range(N)]
+    times = [1.7e9 + i * 0.01 for i in range(N)]
+
+    def fill() -> DistinctCountWindow:
+        window = DistinctCountWindow(window=600, threshold=5, max_keys=N)
+        for key, t in zip(keys, times, strict=True):
+            window.add(key, t, "ListBuckets")
+        return window
+
+    measured = bytes_per_key(fill)
+    print(f"\nDistinctCountWindow: {measured:.1f} bytes/key (key, value and time objects owned by the caller)")
+    assert measured < 160
+
+
+def test_a_key_with_many_events_keeps_one_list_and_no_per_event_objects() -> None:
+    times = [1.7e9 + i for i in range(1000)]
+    ids = [f"id{i}" for i in range(1000)]
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    window = CountWindow(window=10_000, threshold=5_000, max_events=5_000)
+    for t, event_id in zip(times, ids, strict=True):
+        window.add("busy", t, event_id)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    print(f"\nCountWindow, one key with 1000 events: {used / 1000:.1f} bytes/event")
+    assert used / 1000 < 24  # two pointers per event plus list slack
