@@ -52,6 +52,7 @@ from daemon.metrics import Metrics
 from daemon.routing import Router, RoutingConfig
 from daemon.sinks.base import Sink
 from daemon.sinks.errors import DeliveryError
+from daemon.sinks.http_common import Redactor
 from daemon.spool import DeadLetterFile, MemorySpool, Spool, SpoolEntry, SqliteSpool, decode_alert, encode_alert
 from daemon.throttle import Throttle, ThrottleConfig
 from detectors.alert import Alert
@@ -103,8 +104,7 @@ class _Lane:
         self.wake = asyncio.Event()
         self.space = asyncio.Event()
         self.full = False
-        redact = getattr(sink, "redact", None)
-        self.redact: Callable[[str], str] = redact if callable(redact) else (lambda text: text)
+        self.redact: Callable[[str], str] = str
 
 
 class Dispatcher:
@@ -127,6 +127,11 @@ class Dispatcher:
         self.stopping = False
         self.log = structlog.get_logger("trailguard.dispatch")
         self.lanes = {s.name: _Lane(s, bool(getattr(s, "spooled", False))) for s in self.sinks}
+        # Every sink's secrets are scrubbed from every text logged or dead-lettered, whichever sink
+        # produced it (a receiver may echo anything).
+        redact = Redactor(secret for s in self.sinks for secret in getattr(s, "secrets", list)())
+        for lane in self.lanes.values():
+            lane.redact = redact
         self.router = Router(routing or RoutingConfig(), [s.name for s in self.sinks])
         self.delivered = DeliveredRecord(self.delivery.dedup_horizon, self.delivery.dedup_max_ids, clock)
         self.throttle = Throttle(self.delivery.throttle)

@@ -6,9 +6,58 @@ low-cardinality only — never a principal or an IP.  The registry is injected s
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["BatchHistogram", "Metrics"]
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a whole batch at a time (``observe_many``), exported like any other.
+
+    prometheus-client's ``Histogram.observe`` takes a lock and updates two values per call; at tens
+    of thousands of events per second that is measurable.  This keeps plain bucket counts and is
+    updated once per batch by the (single-threaded) pipeline.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = sorted(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # last slot: +Inf
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        """Record one value."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Record many values (one bisect and one list update each; no locks, no objects)."""
+        counts, bounds, total = self.counts, self.bounds, 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self.sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """Cumulative buckets in Prometheus' exposition form."""
+        cumulative, running = [], 0
+        for bound, count in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        family = HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        """Describe without collecting (registration-time name clash check)."""
+        yield HistogramMetricFamily(self.name, self.documentation)
 
 _LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 _FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -35,7 +84,7 @@ class Metrics:
         self.events_late = Counter(
             "trailguard_events_late_total", "Events older than the watermark when they reached a detector.",
             ["detector"], registry=r)
-        self.event_lag = Histogram(
+        self.event_lag = BatchHistogram(
             "trailguard_event_lag_seconds", "Wall-clock now minus eventTime at processing.",
             buckets=_LAG_BUCKETS, registry=r)
         self.watermark = Gauge(

@@ -272,9 +272,7 @@ class Pipeline:
         if processed:
             metrics.events_processed.inc(processed)
             now = time.time()
-            observe = metrics.event_lag.observe
-            for event_time in times:
-                observe(now - event_time)
+            metrics.event_lag.observe_many([now - event_time for event_time in times])
         if duplicates:
             metrics.events_duplicate.inc(duplicates)
         self.counts["processed"] += processed

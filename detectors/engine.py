@@ -15,7 +15,10 @@ from detectors.alert import Alert
 from detectors.base import Detector
 from detectors.event import Event
 
-__all__ = ["DetectionEngine"]
+__all__ = ["TIMING_SAMPLE", "DetectionEngine"]
+
+#: One event in this many (a power of two) is timed per detector.
+TIMING_SAMPLE = 16
 
 
 def _ignore_error(_detector: str, _event: Event | None, _error: BaseException) -> None:
@@ -36,6 +39,7 @@ class DetectionEngine:
         self.allowed_lateness = allowed_lateness
         self.on_error = on_error
         self.max_event_time = float("-inf")
+        self._tick = 0
         #: Seconds spent per detector since the last :meth:`take_timings`.
         self._seconds: dict[str, float] = {d.name: 0.0 for d in self.detectors}
         self.reindex()
@@ -83,9 +87,23 @@ class DetectionEngine:
         return found
 
     def process(self, event: Event, out: list[Alert]) -> None:
-        """Run the candidate detectors on one event, appending their alerts to ``out``."""
+        """Run the candidate detectors on one event, appending their alerts to ``out``.
+
+        Time per detector is measured on one event in ``TIMING_SAMPLE`` (and scaled up), so the
+        ``trailguard_detector_seconds`` metric costs two clock reads per 16 events, not per event.
+        """
         if event.time > self.max_event_time:
             self.max_event_time = event.time
+        self._tick += 1
+        if self._tick & (TIMING_SAMPLE - 1):
+            for detector in self.candidates(event):
+                try:
+                    produced = detector.on_event(event)
+                    if produced:
+                        out.extend(produced)
+                except Exception as error:  # a broken detector must not take the daemon down
+                    self.on_error(detector.name, event, error)
+            return
         seconds = self._seconds
         for detector in self.candidates(event):
             started = perf_counter()
@@ -93,9 +111,9 @@ class DetectionEngine:
                 produced = detector.on_event(event)
                 if produced:
                     out.extend(produced)
-            except Exception as error:  # a broken detector must not take the daemon down
+            except Exception as error:
                 self.on_error(detector.name, event, error)
-            seconds[detector.name] += perf_counter() - started
+            seconds[detector.name] += (perf_counter() - started) * TIMING_SAMPLE
 
     def process_many(self, events: Iterable[Event]) -> list[Alert]:
         """Run :meth:`process` over ``events`` and then advance the watermark once."""

@@ -42,7 +42,10 @@ def test_replay_flags_the_stratus_attacks_with_their_event_ids() -> None:
     result = run_cli("replay", str(STRATUS))
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     alerts = alerts_of(result.stdout)
-    by_event = {eid: a for a in alerts for eid in a["event_ids"]}
+    by_event: dict[str, set[str]] = {}
+    for alert in alerts:
+        for eid in alert["event_ids"]:
+            by_event.setdefault(eid, set()).add(alert["detector"])
     expected = {
         "StopLogging": (STRATUS / "aws.defense-evasion.cloudtrail-stop.json", "cloudtrail_tampering"),
         "DeleteTrail": (STRATUS / "aws.defense-evasion.cloudtrail-delete.json", "cloudtrail_tampering"),
@@ -54,7 +57,7 @@ def test_replay_flags_the_stratus_attacks_with_their_event_ids() -> None:
         assert ids, f"sample has no {name}"
         for eid in ids:
             assert eid in by_event, f"{name} {eid} not alerted"
-            assert by_event[eid]["detector"] == detector
+            assert detector in by_event[eid], (name, by_event[eid])
     for alert in alerts:
         jsonschema.validate(alert, SCHEMA)
     summary = summary_of(result.stderr)

@@ -89,10 +89,9 @@ class KafkaSink(Sink):
         self.idempotent: bool | None = None
         self.log = structlog.get_logger("trailguard.sink.kafka")
 
-    def redact(self, text: str) -> str:
-        """Scrub the SASL password from a text (aiokafka never puts it in one, but be sure)."""
-        password = self._config.sasl_password.get_secret_value() if self._config.sasl_password else ""
-        return text.replace(password, "***") if password else text
+    def secrets(self) -> list[str | None]:
+        """The SASL password (the dispatcher scrubs it from anything it logs)."""
+        return [self._config.sasl_password.get_secret_value() if self._config.sasl_password else None]
 
     def _options(self, idempotent: bool) -> dict[str, Any]:
         c = self._config
