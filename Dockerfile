@@ -5,7 +5,8 @@
 # it writes (checkpoint, dead letters, spool) goes under the VOLUME /var/lib/trailguard.
 #
 #   docker build --build-arg VERSION=0.1.0 -t trailguard:0.1.0 .
-#   docker run --rm --read-only -v trailguard-state:/var/lib/trailguard -p 9108:9108 trailguard:0.1.0
+#   docker run --rm --read-only --stop-timeout 30 -v trailguard-state:/var/lib/trailguard -p 9108:9108 \
+#     trailguard:0.1.0
 #
 # See docs/production.md.  No credential is ever baked in: AWS access comes from the standard
 # credential chain at run time (IRSA on EKS), sink secrets from environment variables.

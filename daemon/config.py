@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detectors.durations import Duration, parse_duration
 
 __all__ = [
     "REPO_ROOT",
@@ -28,27 +30,7 @@ __all__ = [
 #: The source tree (or install prefix) holding ``config/`` and ``samples/``.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_duration(value: Any) -> float:
-    """``10s``, ``15m``, ``1.5h``, ``250ms``, ``7d`` or a number of seconds → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '10s', '15m', '2h'")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration; write e.g. '10s', '15m', '2h' or a number of seconds")
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class Strict(BaseModel):

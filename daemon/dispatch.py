@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -268,7 +269,18 @@ class Dispatcher:
                 payload = encoded[id(alert)] = encode_alert(alert)
             entries.append((alert.id, payload))
         await self._wait_for_room(lane, sum(len(p) for _, p in entries), len(entries))
-        await lane.spool.append(entries)
+        attempt = 0
+        while True:
+            try:
+                await lane.spool.append(entries)
+                break
+            except (sqlite3.Error, OSError) as error:
+                attempt += 1
+                delay = self._backoff(attempt, None)
+                self.log.error("spool write failed; ingestion waits and retries", sink=lane.name,
+                               attempt=attempt, retry_in=round(delay, 2), error=type(error).__name__,
+                               detail=str(error)[:200])
+                await asyncio.sleep(delay)
         self.delivered.add(lane.name, [a.id for a in alerts])
         self._set_depth(lane)
         lane.wake.set()

@@ -41,14 +41,14 @@ being decommissioned.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable
-from typing import Annotated, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from detectors.alert import Alert, make_alert_id
 from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot, freeze, thaw
 
@@ -56,21 +56,6 @@ __all__ = ["CloudTrailSilence"]
 
 _NEG_INF: Final = float("-inf")
 _POS_INF: Final = float("inf")
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _seconds(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"15m"``, ``"1h"``, ``"7d"`` → seconds (other values left for pydantic to refuse)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-#: A duration in seconds, also written like the rest of the config (``15m``, ``1h``, ``7d``).
-Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Seen:
@@ -121,7 +106,7 @@ class CloudTrailSilence(Detector):
         """Tuning for :class:`CloudTrailSilence`."""
 
         #: Event-time seconds behind the watermark after which a key counts as silent.
-        quiet_period: Seconds = Field(3600.0, gt=0)
+        quiet_period: Duration = Field(3600.0, gt=0)
         #: Events a key must have sent before its silence is reported ("normally sends events").
         min_events: int = Field(100, ge=1)
         #: Track account+region instead of account.
@@ -129,7 +114,7 @@ class CloudTrailSilence(Detector):
         #: Hard cap on tracked keys (least recently updated evicted first).
         max_keys: int = Field(10_000, ge=1)
         #: Event-time seconds after a key's last event when it is forgotten (must exceed quiet_period).
-        forget_after: Seconds = Field(7 * 86400.0, gt=0)
+        forget_after: Duration = Field(7 * 86400.0, gt=0)
         #: Account ids whose silence is never reported (still tracked, so nothing else changes).
         ignore_accounts: frozenset[str] = frozenset()
 

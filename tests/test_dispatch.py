@@ -235,3 +235,40 @@ async def test_secrets_never_reach_logs_or_dead_letters(tmp_path: Path, caplog: 
     for text in texts:
         for secret in ("SlackSecretToken42", "T0SECRETX", hook_token, hmac_key, routing_key):
             assert secret not in text, (secret, text[max(0, text.find(secret) - 300):text.find(secret) + 100])
+
+
+async def test_spool_write_failure_is_retried_not_raised(receiver: Receiver, tmp_path: Path) -> None:
+    d = dispatcher([webhook(receiver)], tmp_path)
+    await d.start()
+    spool = d.lanes["hook"].spool
+    real_append = spool.append
+    failures = [OSError(28, "No space left on device")]
+
+    async def flaky_append(entries: list) -> None:
+        if failures:
+            raise failures.pop()
+        await real_append(entries)
+
+    spool.append = flaky_append  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await d.deliver([make_alert(1)])
+    await until(lambda: len(receiver.accepted) == 1)
+    await d.stop()
+    assert [e for e in logs if e["event"].startswith("spool write failed") and e["log_level"] == "error"]
+
+
+async def test_undecodable_spool_entry_is_dead_lettered(receiver: Receiver, tmp_path: Path) -> None:
+    from daemon.spool import SqliteSpool, encode_alert
+
+    spool = SqliteSpool(tmp_path / "spool" / "hook.spool.sqlite")
+    await spool.open()
+    good = make_alert(2)
+    await spool.append([("broken", b"\x00not json"), (good.id, encode_alert(good))])
+    await spool.close()
+    d = dispatcher([webhook(receiver)], tmp_path)
+    await d.start()
+    await until(lambda: len(receiver.accepted) == 1)
+    await d.stop()
+    assert receiver.accepted_ids() == [good.id]
+    dead = (tmp_path / "spool" / "hook.dead.jsonl").read_text()
+    assert "undecodable spool entry" in dead and '"id":"broken"' in dead

@@ -125,9 +125,11 @@ def build(batches: list[list[Any]], tmp_path: Path, *, store: bool = False, fini
     sink = sink or RecordingSink(journal)
     detector = Boom()
     pipeline = Pipeline(
-        sources=[source], engine=DetectionEngine([detector], allowed_lateness=60), dispatcher=Dispatcher([sink], metrics),
-        invalid=invalid, metrics=metrics, config=PipelineConfig(queue_size=queue_size, allowed_lateness=60),
-        store=JournalStore(tmp_path / "state", journal) if store else None, checkpoint_interval=0, reorder=reorder,
+        sources=[source], engine=DetectionEngine([detector], allowed_lateness=60),
+        dispatcher=Dispatcher([sink], metrics), invalid=invalid, metrics=metrics,
+        config=PipelineConfig(queue_size=queue_size, allowed_lateness=60),
+        store=JournalStore(tmp_path / "state", journal) if store else None, checkpoint_interval=0,
+        reorder=reorder,
     )
     if store:
         pipeline.store.prepare()  # type: ignore[union-attr]
@@ -228,7 +230,8 @@ def test_newer_checkpoint_format_is_refused(tmp_path: Path) -> None:
 
 
 async def test_replay_reorders_by_event_time(tmp_path: Path) -> None:
-    batches = [[record("Boom", "2024-01-01T00:05:00Z", "late-file"), record("Boom", "2024-01-01T00:00:00Z", "early")],
+    batches = [[record("Boom", "2024-01-01T00:05:00Z", "late-file"),
+                record("Boom", "2024-01-01T00:00:00Z", "early")],
                [record("Boom", "2024-01-01T00:02:00Z", "middle")]]
     pipeline, _, sink, _, detector = build(batches, tmp_path, reorder=True)
     await run_to_end(pipeline)

@@ -62,7 +62,8 @@ async def test_sns_sink_publishes_to_subscribed_queue(aws, moto_endpoint: MotoSe
     sqs, sns = aws
     topic_arn = (await sns.create_topic(Name="alerts"))["TopicArn"]
     queue_url = (await sqs.create_queue(QueueName="from-sns"))["QueueUrl"]
-    queue_arn = (await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
+    attributes = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    queue_arn = attributes["Attributes"]["QueueArn"]
     await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     sink = SnsSink(SnsSinkConfig(type="sns", topic_arn=topic_arn, endpoint_url=moto_endpoint.endpoint))
     await sink.start()
@@ -105,5 +106,6 @@ def test_config_validation() -> None:
         SnsSinkConfig(type="sns", topic_arn="alerts")
     with pytest.raises(ValidationError, match="queue URL"):
         SqsSinkConfig(type="sqs", queue_url="alerts")
-    assert SqsSink(SqsSinkConfig(type="sqs", queue_url="https://sqs.eu-west-1.amazonaws.com/1/q"))._region() == "eu-west-1"
+    regional = SqsSink(SqsSinkConfig(type="sqs", queue_url="https://sqs.eu-west-1.amazonaws.com/1/q"))
+    assert regional._region() == "eu-west-1"
     assert SnsSink(SnsSinkConfig(type="sns", topic_arn="arn:aws:sns:ap-south-1:1:t"))._region() == "ap-south-1"

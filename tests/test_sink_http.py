@@ -88,7 +88,8 @@ async def test_webhook_header_names_are_configurable_and_unsigned_without_secret
     (Reply(404), PermanentError, None),
     (Reply(410), PermanentError, None),
 ])
-async def test_http_status_classification(receiver: Receiver, reply: Reply, kind: type, retry_after: float | None) -> None:
+async def test_http_status_classification(receiver: Receiver, reply: Reply, kind: type,
+                                          retry_after: float | None) -> None:
     receiver.default = reply
     sink = await make_sink(WebhookSink, WebhookSinkConfig(type="webhook", url=receiver.url()))
     with pytest.raises(kind) as caught:
@@ -197,7 +198,8 @@ async def test_slack_block_kit_message(receiver: Receiver) -> None:
     assert "*Source IPs*\n203.0.113.7, 198.51.100.2" in texts
     assert "*Principal*\nevil&lt;https://phish.example|click&gt;&amp;co" in texts, "CloudTrail data escaped"
     assert runbook["text"]["text"] == ":book: <https://wiki.example/runbooks/root|Runbook>"
-    assert alert.id in context["elements"][0]["text"] and "4 similar alerts suppressed" in context["elements"][0]["text"]
+    footer = context["elements"][0]["text"]
+    assert alert.id in footer and "4 similar alerts suppressed" in footer
     assert "Root user activity" in message["text"] and ":rotating_light:" in message["text"]
     assert [b["type"] for b in low["blocks"]] == ["header", "section", "section", "context"], \
         "no mention below min_mention_severity, no runbook block without a runbook"

@@ -17,7 +17,6 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -94,14 +93,18 @@ def classify_status(status: int) -> bool | None:
 
 
 class Redactor:
-    """Replaces every known secret (and each URL's path and query) in a text with ``***``."""
+    """Replaces every known secret (and each URL's path and query) in a text with ``***``.
+
+    Values shorter than four characters are not scrubbed (they would garble every message and
+    protect nothing: such a secret is guessable anyway).
+    """
 
     __slots__ = ("_secrets",)
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         found: set[str] = set()
         for secret in secrets:
-            if not secret:
+            if not secret or len(secret) < 4:
                 continue
             found.add(secret)
             try:
@@ -247,7 +250,3 @@ class HttpSink(Sink):
     async def stop(self) -> None:
         """Close the HTTP session."""
         await self.client.close()
-
-    def describe(self) -> dict[str, Any]:
-        """Safe-to-log facts about the sink (the redacted target)."""
-        return {"sink": self.name, "target": redact_url(self.target())}

@@ -446,8 +446,8 @@ class SqsSource(Source):
     # -- visibility, deletion, backlog -----------------------------------------------------------
     async def _heartbeat(self) -> None:
         while True:
-            tick = max(0.1, min(self._visibility / 4, 5.0))
-            await asyncio.sleep(tick)
+            # Recomputed each round: the queue's visibility timeout is only known after the first read.
+            await asyncio.sleep(max(0.1, min(self._visibility / 4, 1.0)))
             now = time.monotonic()
             due = [m for m in self._inflight.values() if m.visible_until - now < self._visibility / 2]
             if due:
@@ -466,13 +466,15 @@ class SqsSource(Source):
                 self.log.warning("sqs visibility change failed; messages may be redelivered",
                                  messages=len(group), error=type(error).__name__, detail=str(error)[:300])
                 continue
-            failed = {entry.get("Id") for entry in response.get("Failed") or []}
+            refused = response.get("Failed") or []
+            failed = {entry.get("Id") for entry in refused}
             for message in group:
                 if str(message.token) not in failed:
                     message.visible_until = now + seconds
-            if failed and seconds:
+            if refused and seconds:
                 self.log.warning("sqs visibility change refused for some messages; they may be redelivered",
-                                 messages=len(failed))
+                                 messages=len(refused), code=refused[0].get("Code"),
+                                 detail=str(refused[0].get("Message"))[:200])
 
     async def _release(self, messages: list[_Message]) -> None:
         if messages and self._stack is not None:
