@@ -83,7 +83,7 @@ class Daemon:
         self.pipeline = Pipeline(
             sources=self.sources,
             engine=self.engine,
-            dispatcher=Dispatcher(self.sinks, self.metrics),
+            dispatcher=Dispatcher(self.sinks, self.metrics, routing=built.routing, delivery=built.delivery),
             invalid=self.invalid,
             metrics=self.metrics,
             config=config.pipeline,

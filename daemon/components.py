@@ -48,6 +48,8 @@ class Built:
         self.sources: list[tuple[type, Any]] = []
         self.sinks: list[tuple[type, Any]] = []
         self.detectors: list[tuple[type[Detector], Any]] = []
+        self.routing: Any = None
+        self.delivery: Any = None
 
 
 def _validate_section(
@@ -94,8 +96,9 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         return item
 
     def resolve_sink_paths(item: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(item.get("path"), str):
-            item = {**item, "path": config.resolve_path(item["path"])}
+        for key in ("path", "ca_file", "ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            if isinstance(item.get(key), str):
+                item = {**item, key: config.resolve_path(item[key])}
         return item
 
     built.sources = _validate_section("sources", SOURCES, config.sources, origin, problems,
@@ -130,12 +133,28 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         if model.enabled:
             built.detectors.append((cls, model))
         problems.extend(f"{origin}: detectors.{name}: {p}" for p in _detector_problems(cls, model))
+    from daemon.dispatch import DeliveryConfig
     from daemon.enrich import EnrichmentConfig
+    from daemon.routing import RoutingConfig, validate_routes
 
     try:
         EnrichmentConfig.model_validate(config.enrichment)
     except ValidationError as error:
         problems.extend(format_validation_error(origin, "enrichment", error))
+    try:
+        built.routing = RoutingConfig.model_validate(config.routing)
+        sink_names = [getattr(model, "name", None) or model.type for _, model in built.sinks]
+        problems.extend(f"{origin}: routing: {p}" for p in validate_routes(built.routing, sink_names))
+    except ValidationError as error:
+        problems.extend(format_validation_error(origin, "routing", error))
+    delivery = dict(config.delivery)
+    for key in ("spool_dir", "dead_letter_dir"):
+        if isinstance(delivery.get(key), str):
+            delivery[key] = config.resolve_path(delivery[key])
+    try:
+        built.delivery = DeliveryConfig.model_validate(delivery)
+    except ValidationError as error:
+        problems.extend(format_validation_error(origin, "delivery", error))
     if problems:
         raise ConfigError(problems)
     return built

@@ -103,6 +103,11 @@ class Config(Strict):
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-detector settings by name (``enabled: false`` to turn one off)."""
     enrichment: dict[str, Any] = Field(default_factory=dict)
+    """GeoIP and network classification (validated by ``daemon.enrich.EnrichmentConfig``)."""
+    routing: dict[str, Any] = Field(default_factory=dict)
+    """Which alerts go to which sinks (validated by ``daemon.routing.RoutingConfig``)."""
+    delivery: dict[str, Any] = Field(default_factory=dict)
+    """Spool, retries, dedup and throttling of alert delivery (``daemon.dispatch.DeliveryConfig``)."""
     pipeline: PipelineConfig = PipelineConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()

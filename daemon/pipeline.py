@@ -101,6 +101,7 @@ class Pipeline:
             if body:
                 self.engine.restore(body.get("engine") or {})
                 self.dedupe.restore(body.get("dedupe") or {})
+                self.dispatcher.restore(body.get("dispatch") or {})
                 if self.reorder is not None and body.get("reorder"):
                     self.reorder.restore(body["reorder"])
                 positions = body.get("positions") or {}
@@ -334,6 +335,7 @@ class Pipeline:
                 body = {
                     "engine": self.engine.snapshot(),
                     "dedupe": self.dedupe.snapshot(),
+                    "dispatch": self.dispatcher.snapshot(),
                     "reorder": self.reorder.snapshot() if self.reorder is not None else [],
                     "positions": {s.name: s.checkpoint_positions() for s in self.sources},
                 }

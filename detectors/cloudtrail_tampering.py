@@ -1,16 +1,16 @@
-"""CloudTrail tampering: calls to CloudTrail's own API that stop, delete or narrow audit logging.
+"""CloudTrail tampering: calls to CloudTrail's own API that *narrow* audit logging without stopping it.
 
 Why it exists: switching the audit trail off is what an intruder does before the real work
-(MITRE ATT&CK T1562.008, "Impair Defenses: Disable or Modify Cloud Logs").  The call that does it
-is itself still logged, so this is the last event a SOC sees before going blind.
+(MITRE ATT&CK T1562.008, "Impair Defenses: Disable or Modify Cloud Logs").  The blunt forms —
+``StopLogging``, ``DeleteTrail``, ``DeleteEventDataStore``, ``StopEventDataStoreIngestion`` — are
+plain event-name matches and live in the Sigma rule pack (``config/rules/logging_tampering/``).
+What stays here is what Sigma cannot express: judging whether a configuration change *reduces*
+what is recorded, by reading the selector lists and trail flags the request sends.
 
 Only ``cloudtrail.amazonaws.com`` events are considered.  What is reported (``evidence.finding``),
-at the detector's severity (``critical``) unless said otherwise:
+one level below the detector's severity (``high``) unless said otherwise:
 
-* ``logging_stopped`` — ``StopLogging``; ``StopEventDataStoreIngestion``.
-* ``trail_deleted`` / ``event_data_store_deleted`` — ``DeleteTrail``; ``DeleteEventDataStore``
-  (recoverable for seven days, but nothing is recorded meanwhile).
-* ``trail_reduced`` (``high``) — ``UpdateTrail`` whose request sets ``isMultiRegionTrail``,
+* ``trail_reduced`` — ``UpdateTrail`` whose request sets ``isMultiRegionTrail``,
   ``includeGlobalServiceEvents``, ``enableLogFileValidation`` or ``isOrganizationTrail`` to
   ``false``; sends logs to another ``s3BucketName`` (unless it matches ``allowed_s3_buckets``);
   removes CloudWatch Logs delivery (``cloudWatchLogsLogGroupArn: ""``); removes encryption
@@ -19,30 +19,29 @@ at the detector's severity (``critical``) unless said otherwise:
   exactly the changes made.  An ``UpdateTrail`` that reduces nothing (it enables things, renames
   a prefix, rotates to a same-account key, changes SNS) is *not* reported: it is routine IaC
   traffic, and a low alert on every one would teach the SOC to ignore this detector.
-* ``event_selectors_reduced`` (``high``) — ``PutEventSelectors`` leaving management events
+* ``event_selectors_reduced`` — ``PutEventSelectors`` leaving management events
   unlogged or partly logged: basic selectors where no selector logs all management events
   (``includeManagementEvents: false``, ``readWriteType`` other than ``All``, non-empty
   ``excludeManagementEventSources``); advanced selectors with no ``eventCategory = Management``
   selector, or one filtered by ``readOnly`` or ``eventSource``, and any selector that excludes
   by ``eventName``/``eventSource`` (``notEquals``/``notStartsWith``/``notEndsWith``); an empty
   selector list.  Data-event-only selectors next to a full management selector are not reductions.
-* ``event_data_store_reduced`` (``high``) — ``UpdateEventDataStore`` turning off termination
+* ``event_data_store_reduced`` — ``UpdateEventDataStore`` turning off termination
   protection, multi-region or organization coverage, setting ``retentionPeriod`` below
   ``min_retention_days``, or with reducing advanced selectors (as above).
 * ``insights_disabled`` (two levels lower, ``medium``) — ``PutInsightSelectors`` with an empty
   list: anomaly detection stops, but no event stops being recorded, hence below the others.
 
 A failed call (``errorCode`` present) is reported one level lower with ``attempt_failed: true``:
-trying to stop logging is the signal, whether or not the caller had the permission.  A ``severity``
+trying to narrow logging is the signal, whether or not the caller had the permission.  A ``severity``
 override sets the top level; the lower levels follow it.
 
 Parameters: ``ignore_trails`` (fnmatch globs on the trail/event-data-store name or ARN in the
 request, for dedicated data-event trails), ``allowed_s3_buckets`` (fnmatch globs of buckets logs
 may be moved to), ``min_retention_days`` (default 365), plus ``enabled``/``severity``.
 
-Known false positives: infrastructure-as-code destroying a test trail (``terraform destroy``);
-cost-driven exclusion of ``kms.amazonaws.com``/``rdsdata.amazonaws.com`` management events;
-data-event-only trails (use ``ignore_trails``); planned bucket migrations (``allowed_s3_buckets``).
+Known false positives: cost-driven exclusion of ``kms.amazonaws.com``/``rdsdata.amazonaws.com``
+management events; data-event-only trails (use ``ignore_trails``); planned bucket migrations (``allowed_s3_buckets``).
 """
 
 from __future__ import annotations
@@ -61,13 +60,6 @@ from detectors.event import Event
 __all__ = ["CloudTrailTampering", "advanced_selector_reductions", "basic_selector_reductions"]
 
 _SOURCE: Final = "cloudtrail.amazonaws.com"
-#: eventName → (finding, levels below the detector's severity, title).
-_DESTRUCTIVE: Final = {
-    "StopLogging": ("logging_stopped", 0, "CloudTrail logging stopped"),
-    "DeleteTrail": ("trail_deleted", 0, "CloudTrail trail deleted"),
-    "DeleteEventDataStore": ("event_data_store_deleted", 0, "CloudTrail Lake event data store deleted"),
-    "StopEventDataStoreIngestion": ("logging_stopped", 0, "CloudTrail Lake ingestion stopped"),
-}
 _REDUCING: Final = frozenset({"UpdateTrail", "PutEventSelectors", "UpdateEventDataStore", "PutInsightSelectors"})
 _EXCLUDING_OPERATORS: Final = ("notEquals", "notStartsWith", "notEndsWith")
 _TRAIL_FLAGS: Final = ("isMultiRegionTrail", "includeGlobalServiceEvents", "enableLogFileValidation",
@@ -188,15 +180,15 @@ def advanced_selector_reductions(selectors: Any) -> list[str]:
 
 
 class CloudTrailTampering(Detector):
-    """CloudTrail's own API used to stop, delete or narrow the audit trail."""
+    """CloudTrail's own API used to narrow the audit trail (trail flags, selectors, Lake stores)."""
 
     name: ClassVar[str] = "cloudtrail_tampering"
     severity: ClassVar[str] = "critical"
-    event_names: ClassVar[frozenset[str] | None] = frozenset(_DESTRUCTIVE) | _REDUCING
+    event_names: ClassVar[frozenset[str] | None] = _REDUCING
     event_sources: ClassVar[frozenset[str] | None] = frozenset({_SOURCE})
     tags: ClassVar[tuple[str, ...]] = ("attack.defense_evasion", "attack.t1562.008")
     runbook: ClassVar[str | None] = (
-        "Restore logging at once (StartLogging / recreate the trail / revert selectors), then treat "
+        "Restore logging at once (revert the trail settings or selectors), then treat "
         "the principal as compromised until the owner confirms the change; review its other calls."
     )
 
@@ -218,7 +210,7 @@ class CloudTrailTampering(Detector):
         self._allowed_buckets = _globs(self.config.allowed_s3_buckets)
 
     def on_event(self, event: Event) -> list[Alert] | None:
-        """Report ``event`` when it stops, deletes or narrows CloudTrail logging."""
+        """Report ``event`` when it narrows what CloudTrail records."""
         if event.event_source != _SOURCE:
             return None
         name = event.event_name
@@ -227,10 +219,6 @@ class CloudTrailTampering(Detector):
         target = self._target(params)
         if target and self._ignored_trails is not None and self._ignored_trails.fullmatch(target):
             return None
-        destructive = _DESTRUCTIVE.get(name)
-        if destructive is not None:
-            finding, steps, title = destructive
-            return [self._alert(event, finding, steps, title, target, [])]
         if name == "UpdateTrail":
             reduced = self._trail_reductions(params, event.account_id)
             finding, steps, title = "trail_reduced", 1, "CloudTrail trail coverage reduced"
@@ -303,9 +291,8 @@ class CloudTrailTampering(Detector):
             "target": target,
             "userAgent": event.user_agent,
             "attempt_failed": failed,
+            "reduced": reduced,
         }
-        if reduced:
-            evidence["reduced"] = reduced
         if failed:
             evidence["errorCode"] = error_code
             message = event.get("errorMessage")
@@ -319,10 +306,8 @@ class CloudTrailTampering(Detector):
         if failed:
             summary = f"{event.principal} tried {what} {where} and got {error_code}."
             title = f"Attempt: {title}"
-        elif reduced:
-            summary = f"{event.principal} called {what} {where}, reducing: {'; '.join(reduced)}."
         else:
-            summary = f"{event.principal} called {what} {where}."
+            summary = f"{event.principal} called {what} {where}, reducing: {'; '.join(reduced)}."
         return Alert.from_event(
             event,
             detector=self.name,

@@ -13,9 +13,7 @@ from detectors.base import Detector
 __all__ = ["DETECTORS", "detector_class"]
 
 DETECTORS: Final[dict[str, str]] = {
-    "root_activity": "detectors.root_activity:RootActivity",
     "cloudtrail_tampering": "detectors.cloudtrail_tampering:CloudTrailTampering",
-    "console_login_without_mfa": "detectors.console_login_without_mfa:ConsoleLoginWithoutMfa",
     "cloudtrail_silence": "detectors.cloudtrail_silence:CloudTrailSilence",
     "sigma": "detectors.sigma.detector:SigmaDetector",
 }

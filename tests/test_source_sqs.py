@@ -396,10 +396,9 @@ async def test_unreachable_endpoint_is_not_ready_until_it_returns(moto_endpoint:
         async with session.create_client("sqs", region_name="us-east-1", endpoint_url=endpoint) as sqs:
             url = (await sqs.create_queue(QueueName="cloudtrail-events"))["QueueUrl"]
             await sqs.send_message(QueueUrl=url, MessageBody=orjson.dumps(invictus_records()[0]).decode())
-        async with asyncio.timeout(15):
-            while not batches:
+        async with asyncio.timeout(15):  # a poll between server start and create_queue may still fail
+            while not (batches and source.ready):
                 await asyncio.sleep(0.05)
-        assert source.ready
         await source.acknowledge([batches[0].position])
     finally:
         await source.stop()
@@ -407,3 +406,24 @@ async def test_unreachable_endpoint_is_not_ready_until_it_returns(moto_endpoint:
         await source.wait_closed()
         if server is not None:
             server.stop()
+
+
+async def test_pollers_stop_receiving_while_their_batches_wait(aws: Aws) -> None:
+    await make_queue(aws)
+    record = invictus_records()[0]
+    for index in range(30):
+        await aws.send(orjson.dumps({**record, "eventID": f"bp-{index}"}))
+    source = aws.source(pollers=2)
+    await source.start()
+    batches = source.batches()
+    try:
+        first = await asyncio.wait_for(anext(batches), 10)
+        await asyncio.sleep(1.5)  # the pipeline is "stuck": nothing more is taken
+        # each poller holds at most one receive (10 messages); nothing else is received meanwhile
+        assert await aws.count(aws.queue) >= 10
+        assert await aws.count(aws.queue, "ApproximateNumberOfMessagesNotVisible") <= 20
+        await source.acknowledge([first.position])
+    finally:
+        await source.stop()
+        await batches.aclose()
+        await source.wait_closed()

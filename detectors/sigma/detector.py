@@ -4,14 +4,23 @@ Rules are loaded once (and on :meth:`SigmaDetector.reload`, e.g. on SIGHUP) into
 :class:`~detectors.sigma.ruleset.RuleSet`; each event is tested only against the rules that could
 match its eventName/eventSource.  A match notifies the ``on_match`` listeners (the correlation
 engine's seam) and, unless the rule is only a correlation input (``generate: false``) or an
-exception suppresses it, becomes an alert carrying the rule's metadata.  Stateless.
+exception suppresses it, becomes an alert carrying the rule's metadata.
+
+Sigma correlation rules run here too: every unsuppressed match is also handed to the
+:class:`~detectors.sigma.correlation.CorrelationSet` (see :mod:`detectors.sigma.correlation` and,
+for what each correlation type runs on, :mod:`detectors.sigma.correlation_plan`).  That makes the
+detector stateful: :meth:`SigmaDetector.on_watermark` advances the correlation windows (and emits
+the alerts of "at most"/value-aggregate correlations, which are decided when a window closes),
+:meth:`SigmaDetector.snapshot`/:meth:`SigmaDetector.restore` cover their state, and
+:meth:`SigmaDetector.reload` carries the state of unchanged correlation rules over to the new set.
+A correlation rule that cannot be run is a load error like an unsupported detection rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, field_validator
 from sigma.correlations import SigmaCorrelationRule
@@ -19,6 +28,8 @@ from sigma.correlations import SigmaCorrelationRule
 from detectors.alert import SEVERITIES, Alert
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
+from detectors.sigma.correlation import CorrelationSet
+from detectors.sigma.correlation_plan import Plan, compile_correlations
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.tuning import ExceptionConfig, Exceptions
@@ -87,7 +98,9 @@ class SigmaDetector(Detector):
         self.exceptions = Exceptions(config.exceptions)
         #: Called with (rule_id, event) for every unsuppressed match, alerting or not.
         self.on_match: list[MatchListener] = []
-        self.rules, errors = self._load(self.paths)
+        self.rules, plans, errors = self._load(self.paths)
+        #: The running correlation rules and their window state.
+        self.correlations = self._correlation_set(plans)
         #: Problems from the last load that went live (the initial one); for ``check-config``.
         self.load_errors: list[LoadIssue] = list(errors)
 
@@ -97,20 +110,37 @@ class SigmaDetector(Detector):
         return [f"paths: {path} does not exist; fix: point it at a rule file or directory"
                 for path in config.paths if not Path(path).exists()]
 
-    def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[LoadIssue]]:
-        return load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
+    def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[Plan], list[LoadIssue]]:
+        rules, errors = load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
+        plans, problems = compile_correlations(rules, disabled=self.settings.disabled_rules)
+        return rules, plans, [*errors, *problems]
+
+    def _correlation_set(self, plans: list[Plan]) -> CorrelationSet:
+        context = self.context
+        return CorrelationSet(
+            plans,
+            severity_of=self.severity_for,
+            max_keys=context.max_keys,
+            on_late=lambda n: context.on_late(self.name, n),
+            on_evict=lambda n: context.on_evict(self.name, n),
+        )
 
     def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
         """Build a complete new rule set; swap it in only if it loaded without errors.
 
         Returns the errors (empty on success).  On errors the running rule set stays active.
         The caller must re-read :meth:`index_names`/:meth:`index_sources` after a successful reload.
+        Correlation rules whose windowing (type, rules, group-by, fields, timespan, condition) is
+        unchanged keep their window state; changed or removed ones drop it.
         """
         wanted = [str(path) for path in paths] if paths is not None else self.paths
-        rules, errors = self._load(wanted)
+        rules, plans, errors = self._load(wanted)
         if errors:
             return errors
+        correlations = self._correlation_set(plans)
+        correlations.adopt(self.correlations)
         self.rules = rules
+        self.correlations = correlations
         self.paths = wanted
         self.load_errors = []
         return []
@@ -130,12 +160,16 @@ class SigmaDetector(Detector):
 
     def severity_of(self, rule: CompiledRule) -> str:
         """Per-rule override, else the detector-wide override, else the rule's level."""
-        override = self.settings.severity_overrides.get(rule.rule_id)
+        return self.severity_for(rule.rule_id, rule.level)
+
+    def severity_for(self, rule_id: str, level: str | None) -> str:
+        """:meth:`severity_of` for any rule id and Sigma level (correlation rules too)."""
+        override = self.settings.severity_overrides.get(rule_id)
         if override:
             return override
         if self.settings.severity:
             return self.settings.severity
-        return LEVEL_SEVERITY.get(rule.level or "", self.severity)
+        return LEVEL_SEVERITY.get(level or "", self.severity)
 
     def on_event(self, event: Event) -> list[Alert] | None:
         """Alerts for the rules ``event`` matches (``None`` when it matches none)."""
@@ -143,6 +177,7 @@ class SigmaDetector(Detector):
         if not matched:
             return None
         alerts: list[Alert] = []
+        correlations = self.correlations
         for rule in matched:
             if self.exceptions and self.exceptions.suppresses(rule.rule_id, event):
                 continue
@@ -150,7 +185,25 @@ class SigmaDetector(Detector):
                 listener(rule.rule_id, event)
             if rule.generate:
                 alerts.append(self._alert(rule, event))
+            if correlations.wants(rule.rule_id):
+                alerts.extend(correlations.observe(rule.rule_id, event))
         return alerts or None
+
+    def on_watermark(self, watermark: float) -> list[Alert] | None:
+        """Advance the correlation windows; alerts of the windows that closed (``lt``/``eq``/aggregates)."""
+        return self.correlations.advance(watermark) or None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The correlation rules' window state (plain data, versioned, keyed by correlation rule id)."""
+        return self.correlations.snapshot()
+
+    def restore(self, state: Any) -> None:
+        """Load :meth:`snapshot`; state of correlation rules no longer loaded or changed is dropped."""
+        self.correlations.restore(state)
+
+    def state_keys(self) -> int:
+        """Keys held by the correlation windows."""
+        return self.correlations.state_keys()
 
     def _alert(self, rule: CompiledRule, event: Event) -> Alert:
         action = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name

@@ -1,0 +1,283 @@
+"""Authorization-failure bursts: one principal collecting AccessDenied errors, fast.
+
+Why it exists: stolen credentials are tried before they are used.  The intruder does not know what
+the key may do, so it enumerates — ``ListBuckets``, ``DescribeInstances``, ``GetSecretValue``,
+``ListUsers`` … — and most of it fails (MITRE ATT&CK T1580 Cloud Infrastructure Discovery, T1526
+Cloud Service Discovery).  Tools such as Pacu, ScoutSuite or Stratus Red Team leave exactly this
+trail; so does a script hammering one forbidden call (the Invictus dataset's 29
+``GetPasswordData`` failures by the ``ec2-get-password-data`` role within two seconds).
+
+What it reports, per principal (``Event.principal``: user, role session, federated user …), over a
+sliding window of ``window`` seconds of event time, counting events whose ``errorCode`` is one of
+``error_codes``; either trigger fires:
+
+* **breadth** — at least ``min_failures`` failures across at least ``min_distinct_apis`` distinct
+  API calls (``eventSource:eventName``): enumeration.  Severity one level above the detector's
+  (``high``), ``evidence.finding: breadth``;
+* **volume** — at least ``volume_threshold`` failures of any API calls, even a single one: a
+  script insisting on something it may not do.  The detector's severity (``medium``),
+  ``evidence.finding: volume``.
+
+One alert per principal per ``window`` (later failures are counted in the next alert's
+``evidence.suppressed``).  Evidence: failures in the window, distinct APIs (at most
+``max_evidence`` listed), error codes, window bounds.
+
+Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``min_failures`` (10),
+``min_distinct_apis`` (5), ``volume_threshold`` (20), ``error_codes`` (AccessDenied,
+AccessDeniedException, UnauthorizedOperation, Client.UnauthorizedOperation, UnauthorizedAccess,
+UnauthorizedException, AuthorizationError, AuthorizationErrorException, Forbidden,
+ForbiddenException, NotAuthorized, NotAuthorizedException), ``ignore_identity_types``
+(``AWSService``), ``ignore_principals`` (fnmatch globs on the principal), ``max_keys`` (100,000
+principals), ``max_evidence`` (10), plus ``enabled``/``severity``.  Counts saturate at
+``4 × max(min_failures, volume_threshold)`` failures per window (the state per principal is bounded).
+
+Known false positives: security scanners and CSPM tools running with partial permissions
+(Prowler, ScoutSuite, Wiz, Steampipe) — list their roles in ``ignore_principals``; console users
+browsing pages whose background calls they may not make (the console fires many ``Describe*`` and
+``List*`` calls per page); misconfigured automation retrying a forbidden call (volume trigger).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable
+from fnmatch import translate
+from typing import Annotated, Any, ClassVar, Final
+
+from pydantic import BeforeValidator, Field
+
+from detectors.alert import Alert, shift_severity
+from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.event import Event, format_time
+from detectors.windows import CountReport, CountWindow, DistinctCountWindow, KeyedState, Throttle
+from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
+
+__all__ = ["DEFAULT_ERROR_CODES", "AccessDeniedBurst"]
+
+#: ``errorCode`` values that mean "authenticated, but not allowed" across AWS services.
+DEFAULT_ERROR_CODES: Final = frozenset({
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "Client.UnauthorizedOperation",
+    "UnauthorizedAccess",
+    "UnauthorizedException",
+    "AuthorizationError",
+    "AuthorizationErrorException",
+    "Forbidden",
+    "ForbiddenException",
+    "NotAuthorized",
+    "NotAuthorizedException",
+})
+
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _seconds(value: Any) -> Any:
+    """``90``, ``"90s"``, ``"10m"``, ``"1h"`` → seconds (anything else is left for pydantic to refuse)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+#: Error codes remembered per principal (for the evidence).
+_MAX_CODES: Final = 8
+
+
+def _newest(record: list) -> float:
+    return record[0]
+
+
+class AccessDeniedBurst(Detector):
+    """Reports a principal with a burst of authorization failures (broad enumeration or insistence)."""
+
+    name: ClassVar[str] = "access_denied_burst"
+    severity: ClassVar[str] = "medium"
+    tags: ClassVar[tuple[str, ...]] = ("attack.discovery", "attack.t1580", "attack.t1526")
+    runbook: ClassVar[str | None] = (
+        "Identify the principal's credentials (access key id, role session, source IP, user agent); "
+        "if the calls are not a known tool or deploy, treat the key as stolen: deactivate it or revoke "
+        "the role's sessions, then review what the principal did successfully in the same window."
+    )
+
+    class Config(DetectorConfig):
+        """Tuning for :class:`AccessDeniedBurst`."""
+
+        #: Sliding event-time window (seconds, or ``10m``-style).
+        window: Seconds = Field(600.0, gt=0)
+        #: Breadth trigger: at least this many failures …
+        min_failures: int = Field(10, ge=1)
+        #: … across at least this many distinct ``eventSource:eventName``.
+        min_distinct_apis: int = Field(5, ge=2)
+        #: Volume trigger: at least this many failures of any API calls.
+        volume_threshold: int = Field(20, ge=1)
+        #: ``errorCode`` values counted as authorization failures.
+        error_codes: frozenset[str] = DEFAULT_ERROR_CODES
+        #: ``userIdentity.type`` values never counted (AWS services acting on their own).
+        ignore_identity_types: frozenset[str] = frozenset({"AWSService"})
+        #: fnmatch globs (case-sensitive) of principals never counted (scanners, CSPM roles).
+        ignore_principals: tuple[str, ...] = ()
+        #: Hard cap on tracked principals (least recently active evicted first).
+        max_keys: int = Field(100_000, ge=1)
+        #: APIs, error codes and event ids listed in an alert at most.
+        max_evidence: int = Field(10, ge=1, le=100)
+
+    config: Config
+
+    def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
+        super().__init__(config, context)
+        c = self.config
+        window, keys = c.window, c.max_keys
+        on_evict = self.context.on_evict
+        lowest = min(c.min_failures, c.volume_threshold)
+        self._failures = CountWindow(
+            window, lowest, max_events=4 * max(c.min_failures, c.volume_threshold), max_keys=keys,
+            on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
+        )
+        self._apis = DistinctCountWindow(window, 1, max_values=max(64, 4 * c.min_distinct_apis), max_keys=keys,
+                                         max_evidence=c.max_evidence)
+        #: principal → [newest time, end of the last distinct report, its count, its values, error codes].
+        #: The distinct window reports nothing for a value repeated at the same second (CloudTrail's
+        #: resolution), so its last answer is kept here for the repeats.
+        self._recent: KeyedState[list] = KeyedState(horizon=window, max_keys=keys, newest=_newest)
+        self._throttle = Throttle(window, max_keys=keys)
+        self._watermark = float("-inf")
+        patterns = c.ignore_principals
+        self._ignored: re.Pattern[str] | None = (
+            re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
+        )
+
+    # -- events ----------------------------------------------------------------------------
+    def on_event(self, event: Event) -> list[Alert] | None:
+        """Count an authorization failure for its principal; report when a trigger is reached."""
+        code = event.error_code
+        if code is None or code not in self.config.error_codes:
+            return None
+        if event.identity_type in self.config.ignore_identity_types:
+            return None
+        key = event.principal
+        if self._ignored is not None and self._ignored.fullmatch(key):
+            return None
+        time, event_id = event.time, event.event_id
+        if time < self._watermark:
+            self.context.on_late(self.name, 1)
+        count = self._failures.add(key, time, event_id)
+        apis = self._apis.add(key, time, f"{event.event_source}:{event.event_name}", event_id)
+        recent = self._recent.get(key)
+        if recent is None:
+            recent = [time, float("-inf"), 0, (), ()]
+            self._recent.insert(key, recent)
+        elif time > recent[0]:
+            recent[0] = time
+        if apis is not None and apis.end >= recent[1]:
+            recent[1], recent[2], recent[3] = apis.end, apis.count, apis.values
+        if code not in recent[4] and len(recent[4]) < _MAX_CODES:
+            recent[4] = (*recent[4], code)
+        if count is None:
+            return None
+        config = self.config
+        distinct = recent[2]
+        breadth = count.count >= config.min_failures and distinct >= config.min_distinct_apis
+        if not breadth and count.count < config.volume_threshold:
+            return None
+        suppressed = self._throttle.allow(key, count.end)
+        if suppressed is None:
+            return None
+        return [self._alert(event, key, count, recent, breadth, suppressed)]
+
+    def on_watermark(self, watermark: float) -> None:
+        """Expire principals whose failures all left the window."""
+        if watermark > self._watermark:
+            self._watermark = watermark
+        for primitive in (self._failures, self._apis, self._throttle):
+            primitive.advance(watermark)
+        self._recent.advance(watermark)
+        return None
+
+    def _alert(
+        self,
+        event: Event,
+        key: Hashable,
+        count: CountReport,
+        recent: list,
+        breadth: bool,
+        suppressed: int,
+    ) -> Alert:
+        severity = shift_severity(self.effective_severity, 1) if breadth else self.effective_severity
+        who = str(key)
+        distinct, apis = recent[2], recent[3]
+        if breadth:
+            title = "Authorization failures across many APIs (enumeration)"
+            what = f"{count.count} authorization failures across {distinct} different API calls"
+        else:
+            title = "Burst of authorization failures"
+            what = f"{count.count} authorization failures ({distinct} distinct API call(s))"
+        minutes = self.config.window / 60
+        summary = (
+            f"{who} received {what} within {minutes:g} min in account {event.account_id or 'unknown'}, "
+            f"ending {format_time(count.end)} from {event.source_ip or 'an unknown address'}."
+        )
+        return Alert(
+            detector=self.name,
+            title=title,
+            severity=severity,
+            time=count.end,
+            summary=summary,
+            account_id=event.account_id,
+            region=event.region,
+            principal=who,
+            source_ips=[event.source_ip] if event.source_ip else [],
+            event_ids=list(count.event_ids),
+            evidence={
+                "finding": "breadth" if breadth else "volume",
+                "failures": count.count,
+                "distinct_apis": distinct,
+                "apis": list(apis),
+                "error_codes": list(recent[4]),
+                "window_start": format_time(count.start),
+                "window_end": format_time(count.end),
+                "window_seconds": self.config.window,
+                "identity_type": event.identity_type,
+                "user_agent": event.user_agent[:200],
+                "suppressed": suppressed,
+            },
+            tags=list(self.tags),
+            runbook=self.runbook,
+            entity=who,
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Every primitive's state as plain data."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "kind": self.name,
+            "watermark": None if self._watermark == float("-inf") else self._watermark,
+            "failures": self._failures.snapshot(),
+            "apis": self._apis.snapshot(),
+            "recent": [[freeze(key), r[0], r[1], r[2], list(r[3]), list(r[4])] for key, r in self._recent.items()],
+            "throttle": self._throttle.snapshot(),
+        }
+
+    def restore(self, state: Any) -> None:
+        """Load what :meth:`snapshot` returned (``ValueError`` for a foreign or newer snapshot)."""
+        data = check_snapshot(state, self.name)
+        watermark = data.get("watermark")
+        self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
+        self._failures.restore(data["failures"])
+        self._apis.restore(data["apis"])
+        self._recent.load(
+            [(thaw(key), [float(t), float(end), int(n), tuple(values), tuple(codes)])
+             for key, t, end, n, values, codes in data.get("recent") or []],
+            self._watermark,
+        )
+        self._throttle.restore(data["throttle"])
+
+    def state_keys(self) -> int:
+        """Principals with failures in the window."""
+        return len(self._failures)

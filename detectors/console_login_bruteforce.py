@@ -1,0 +1,398 @@
+"""Console sign-in brute force and password spraying, and the success that ends one.
+
+Why it exists: the AWS console sign-in page is on the internet.  Repeated failed ``ConsoleLogin``
+events are a password being guessed (MITRE ATT&CK T1110, Brute Force); one address failing for
+many different user names is password spraying (T1110.003); and a success right after the
+failures — from the same address, or for the same user — is the guess that worked.
+
+Each failed ``ConsoleLogin`` (``signin.amazonaws.com``, ``responseElements.ConsoleLogin ==
+"Failure"``) is counted twice, over a sliding event-time ``window``:
+
+* per **source IP** (``sourceIPAddress``, when it is an address), with the user names it tried;
+* per **user** (account + ``userIdentity.userName``; ``root`` for the root user), with the
+  addresses it was tried from.  CloudTrail writes ``HIDDEN_DUE_TO_SECURITY_REASONS`` as the name
+  when the name tried does not exist: such failures count for the address (as user ``<hidden>``),
+  not for a user.
+
+What it reports:
+
+* **burst** — ``threshold`` or more failures for one address or one user within ``window``:
+  the detector's severity (``medium``); from one address across at least ``spray_users`` user
+  names it is spraying (one level up, ``high``, tag ``attack.t1110.003``).  When the address and
+  the user reach the threshold with the same event it is one alert naming both.
+* **success after failures** — a successful ``ConsoleLogin`` from an address, or for a user, whose
+  failures reached the threshold at most ``success_within`` seconds earlier (event time; arrival
+  order does not matter): ``critical``.  Evidence names the success event.
+
+One alert per key per ``window`` for each of the two findings; ``evidence.suppressed`` counts what
+was held back.  Evidence: failures in the window, users tried, addresses, window bounds.
+
+Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``threshold`` (5),
+``spray_users`` (3), ``success_within`` (default: ``window``), ``ignore_networks`` (CIDRs whose
+failures are not counted, e.g. a corporate egress used by many users), ``max_keys`` (100,000 per
+structure), ``max_evidence`` (10), plus ``enabled``/``severity``.
+
+Known false positives: a user who forgot a password (a burst, then the success: critical — confirm
+with the user); shared egress addresses (NAT, VPN) where several users mistype at once (spraying
+pattern) — list them in ``ignore_networks``; password managers retrying a stale password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar, Final
+
+from pydantic import BeforeValidator, Field, field_validator
+
+from detectors.alert import Alert, shift_severity
+from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.event import Event, format_time
+from detectors.windows import CountReport, CountWindow, DistinctCountWindow, KeyedState, SequenceWindow, Throttle
+from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot
+
+__all__ = ["ConsoleLoginBruteforce"]
+
+#: What CloudTrail writes as ``userName`` when the name tried does not exist.
+HIDDEN_USER: Final = "HIDDEN_DUE_TO_SECURITY_REASONS"
+_HIDDEN_LABEL: Final = "<hidden>"
+_NO_ADDRESS: Final = "<none>"
+_IP: Final = "ip:"
+_USER: Final = "user:"
+_STEPS: Final = ("failures", "success")
+
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def _seconds(value: Any) -> Any:
+    """``90``, ``"90s"``, ``"10m"``, ``"1h"`` → seconds (anything else is left for pydantic to refuse)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+def _newest(record: list) -> float:
+    return record[0]
+
+
+def user_of(event: Event) -> str | None:
+    """The user name a ``ConsoleLogin`` was for: ``root``, the IAM user name, or ``<hidden>``.
+
+    ``userIdentity.userName`` carries it for IAM users (and is ``HIDDEN_DUE_TO_SECURITY_REASONS``
+    when the name tried does not exist); the root user is recognised by ``userIdentity.type``.
+    Older records and some exports carry it only in ``additionalEventData.UserName``.
+    """
+    if event.identity_type == "Root":
+        return "root"
+    name = event.get("userIdentity.userName") or event.get("additionalEventData.UserName")
+    if not isinstance(name, str) or not name:
+        return None
+    return _HIDDEN_LABEL if name == HIDDEN_USER else name
+
+
+class ConsoleLoginBruteforce(Detector):
+    """Reports bursts of failed console sign-ins per address and per user, and a success after them."""
+
+    name: ClassVar[str] = "console_login_bruteforce"
+    severity: ClassVar[str] = "medium"
+    event_names: ClassVar[frozenset[str] | None] = frozenset({"ConsoleLogin"})
+    event_sources: ClassVar[frozenset[str] | None] = frozenset({"signin.amazonaws.com"})
+    tags: ClassVar[tuple[str, ...]] = ("attack.credential_access", "attack.t1110")
+    runbook: ClassVar[str | None] = (
+        "Check the source addresses (owner, reputation) and the users tried. After a success: ask the "
+        "user, reset the password, revoke sessions and review the session's actions. Enforce MFA."
+    )
+
+    class Config(DetectorConfig):
+        """Tuning for :class:`ConsoleLoginBruteforce`."""
+
+        #: Sliding event-time window for counting failures (seconds, or ``10m``-style).
+        window: Seconds = Field(600.0, gt=0)
+        #: Failures per address or per user within ``window`` that make a burst.
+        threshold: int = Field(5, ge=2)
+        #: Distinct user names from one address (in a burst) that make it password spraying.
+        spray_users: int = Field(3, ge=2)
+        #: A success at most this long after a burst is reported as critical (default: ``window``).
+        success_within: Seconds | None = Field(None, gt=0)
+        #: CIDRs (or single addresses) whose failures are not counted.
+        ignore_networks: tuple[str, ...] = ()
+        #: Hard cap on tracked addresses + users, per structure.
+        max_keys: int = Field(100_000, ge=1)
+        #: Users, addresses and event ids listed in an alert at most.
+        max_evidence: int = Field(10, ge=1, le=100)
+
+        @field_validator("ignore_networks")
+        @classmethod
+        def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+            for network in value:
+                try:
+                    ipaddress.ip_network(network, strict=False)
+                except ValueError:
+                    raise ValueError(f"{network!r} is not an address or CIDR network") from None
+            return value
+
+    config: Config
+
+    def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
+        super().__init__(config, context)
+        c = self.config
+        window, keys, evidence = c.window, c.max_keys, c.max_evidence
+        within = c.success_within or window
+        on_evict = self.context.on_evict
+        self._failures = CountWindow(window, c.threshold, max_events=max(64, 4 * c.threshold), max_keys=keys,
+                                     on_evict=lambda n: on_evict(self.name, n), max_evidence=evidence)
+        #: Per address: user names tried; per user: addresses tried from.
+        self._spread = DistinctCountWindow(window, 1, max_values=max(64, 4 * c.spray_users), max_keys=keys,
+                                           max_evidence=evidence)
+        #: Burst ("failures": every failure at or past the threshold) then "success", per key.
+        self._sequence = SequenceWindow(_STEPS, within, max_per_step=64, max_keys=keys, throttle=window,
+                                        max_evidence=evidence)
+        self._throttle = Throttle(window, max_keys=keys)
+        #: key → [newest, end of the last spread report, distinct count, values, last burst count,
+        #: last burst end]: the spread window reports nothing for a value repeated at the same second,
+        #: and the success alert needs the burst's figures.
+        self._recent: KeyedState[list] = KeyedState(horizon=max(window, within), max_keys=keys, newest=_newest)
+        self._ignored = tuple(ipaddress.ip_network(n, strict=False) for n in c.ignore_networks)
+        self._watermark = float("-inf")
+
+    # -- events ----------------------------------------------------------------------------
+    def on_event(self, event: Event) -> list[Alert] | None:
+        """Count a failed sign-in, or match a successful one against earlier bursts."""
+        if event.event_name != "ConsoleLogin" or event.event_source != "signin.amazonaws.com":
+            return None
+        outcome = event.get("responseElements.ConsoleLogin")
+        if outcome not in ("Failure", "Success"):
+            return None
+        address = event.real_source_ip
+        if address is not None and self._ignored and self._is_ignored(address):
+            return None
+        user = user_of(event)
+        keys: list[str] = []
+        if address is not None:
+            keys.append(_IP + address)
+        if user is not None and user != _HIDDEN_LABEL:
+            keys.append(f"{_USER}{event.account_id}/{user}")
+        if not keys:
+            return None
+        if event.time < self._watermark:
+            self.context.on_late(self.name, 1)
+        if outcome == "Failure":
+            return self._failure(event, keys, user or _HIDDEN_LABEL, address or _NO_ADDRESS)
+        return self._success(event, keys)
+
+    def _is_ignored(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in network for network in self._ignored)
+
+    def _failure(self, event: Event, keys: list[str], user: str, address: str) -> list[Alert] | None:
+        time, event_id = event.time, event.event_id
+        bursts: list[tuple[str, CountReport, list, int]] = []
+        matches: list[tuple[str, Any]] = []
+        for key in keys:
+            count = self._failures.add(key, time, event_id)
+            spread = self._spread.add(key, time, user if key.startswith(_IP) else address, event_id)
+            recent = self._recent_of(key, time)
+            if spread is not None and spread.end >= recent[1]:
+                recent[1], recent[2], recent[3] = spread.end, spread.count, spread.values
+            if count is None:
+                continue
+            recent[4], recent[5] = count.count, count.end
+            match = self._sequence.add(key, count.end, "failures", event_id)
+            if match is not None:  # a success that arrived before these (late) failures
+                matches.append((key, match))
+            suppressed = self._throttle.allow(key, count.end)
+            if suppressed is not None:
+                bursts.append((key, count, recent, suppressed))
+        out: list[Alert] = []
+        if bursts:
+            out.append(self._burst_alert(event, bursts))
+        if matches:
+            out.append(self._success_alert(event, matches, success_id=None))
+        return out or None
+
+    def _success(self, event: Event, keys: list[str]) -> list[Alert] | None:
+        matches = []
+        for key in keys:
+            match = self._sequence.add(key, event.time, "success", event.event_id)
+            if match is not None:
+                matches.append((key, match))
+        return [self._success_alert(event, matches, success_id=event.event_id)] if matches else None
+
+    def _recent_of(self, key: str, time: float) -> list:
+        recent = self._recent.get(key)
+        if recent is None:
+            recent = [time, float("-inf"), 0, (), 0, float("-inf")]
+            self._recent.insert(key, recent)
+        elif time > recent[0]:
+            recent[0] = time
+        return recent
+
+    def on_watermark(self, watermark: float) -> None:
+        """Expire addresses and users whose failures all left the window."""
+        if watermark > self._watermark:
+            self._watermark = watermark
+        for primitive in (self._failures, self._spread, self._sequence, self._throttle):
+            primitive.advance(watermark)
+        self._recent.advance(watermark)
+        return None
+
+    # -- alerts ----------------------------------------------------------------------------
+    def _spread_of(self, keys: list[str]) -> tuple[list[str], list[str], int]:
+        """Users tried and addresses used, from the recent records of ``keys``; and the users count."""
+        users: list[str] = []
+        addresses: list[str] = []
+        user_count = 0
+        limit = self.config.max_evidence
+        for key in keys:
+            recent = self._recent.get(key, touch=False)
+            if key.startswith(_IP):
+                addresses.append(key[len(_IP):])
+                if recent is not None:
+                    users.extend(v for v in recent[3] if v not in users)
+                    user_count = max(user_count, recent[2])
+            else:
+                user = key[len(_USER):].partition("/")[2]
+                if user not in users:
+                    users.append(user)
+                user_count = max(user_count, 1)
+                if recent is not None:
+                    addresses.extend(v for v in recent[3] if v not in addresses and v != _NO_ADDRESS)
+        return users[:limit], addresses[:limit], user_count
+
+    def _burst_alert(self, event: Event, bursts: list[tuple[str, CountReport, list, int]]) -> Alert:
+        keys = [key for key, _, _, _ in bursts]
+        users, addresses, user_count = self._spread_of(keys)
+        failures = max(count.count for _, count, _, _ in bursts)
+        end = max(count.end for _, count, _, _ in bursts)
+        spraying = user_count >= self.config.spray_users
+        severity = shift_severity(self.effective_severity, 1) if spraying else self.effective_severity
+        event_ids: list[str] = []
+        for _, count, _, _ in bursts:
+            event_ids.extend(i for i in count.event_ids if i not in event_ids)
+        if spraying:
+            title = "Console password spraying"
+            what = f"{failures} failed console sign-ins for {user_count} different users from {addresses[0]}"
+        else:
+            title = "Console sign-in brute force"
+            target = ", ".join(users) or "unknown users"
+            source = ", ".join(addresses) or "unknown addresses"
+            what = f"{failures} failed console sign-ins for {target} from {source}"
+        summary = (f"{what} within {self.config.window / 60:g} min in account {event.account_id or 'unknown'}, "
+                   f"ending {format_time(end)}.")
+        tags = [*self.tags, "attack.t1110.003"] if spraying else list(self.tags)
+        return Alert(
+            detector=self.name,
+            title=title,
+            severity=severity,
+            time=end,
+            summary=summary,
+            account_id=event.account_id,
+            region=event.region,
+            principal=event.principal if len(users) == 1 else "",
+            source_ips=addresses,
+            event_ids=event_ids,
+            evidence={
+                "finding": "spraying" if spraying else "burst",
+                "keys": keys,
+                "failures": failures,
+                "users_tried": users,
+                "distinct_users": user_count,
+                "source_ips": addresses,
+                "window_start": format_time(min(count.start for _, count, _, _ in bursts)),
+                "window_end": format_time(end),
+                "window_seconds": self.config.window,
+                "suppressed": sum(s for _, _, _, s in bursts),
+            },
+            tags=tags,
+            rule_id="burst",
+            runbook=self.runbook,
+            entity=" ".join(keys),
+        )
+
+    def _success_alert(self, event: Event, matches: list[tuple[str, Any]], success_id: str | None) -> Alert:
+        keys = [key for key, _ in matches]
+        users, addresses, user_count = self._spread_of(keys)
+        failures = 0
+        for key in keys:
+            recent = self._recent.get(key, touch=False)
+            if recent is not None:
+                failures = max(failures, recent[4])
+        event_ids: list[str] = []
+        for _, match in matches:
+            event_ids.extend(i for i in match.event_ids if i is not None and i not in event_ids)
+        success = matches[0][1]
+        success_time = success.times[1]
+        if success_id is None:
+            success_id = success.event_ids[1]
+        who = ", ".join(users) or "an unknown user"
+        summary = (
+            f"A console sign-in for {who} succeeded at {format_time(success_time)} after {failures} failed "
+            f"sign-ins from {', '.join(addresses) or 'unknown addresses'} in account "
+            f"{event.account_id or 'unknown'}: the brute force may have worked."
+        )
+        return Alert(
+            detector=self.name,
+            title="Console sign-in succeeded after repeated failures",
+            severity=shift_severity(self.effective_severity, 2),
+            time=success_time,
+            summary=summary,
+            account_id=event.account_id,
+            region=event.region,
+            principal=event.principal if success_id == event.event_id else "",
+            source_ips=addresses,
+            event_ids=event_ids,
+            evidence={
+                "finding": "success_after_failures",
+                "keys": keys,
+                "success_event_id": success_id,
+                "failures": failures,
+                "users_tried": users,
+                "distinct_users": user_count,
+                "source_ips": addresses,
+                "first_failure_to_success_seconds": round(success_time - success.start, 3),
+                "suppressed": sum(m.suppressed for _, m in matches),
+            },
+            tags=[*self.tags, "attack.initial_access", "attack.t1078.004"],
+            rule_id="success_after_failures",
+            runbook=self.runbook,
+            entity=" ".join(keys),
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Every primitive's state as plain data."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "kind": self.name,
+            "watermark": None if self._watermark == float("-inf") else self._watermark,
+            "failures": self._failures.snapshot(),
+            "spread": self._spread.snapshot(),
+            "sequence": self._sequence.snapshot(),
+            "throttle": self._throttle.snapshot(),
+            "recent": [[key, *r[:3], list(r[3]), *r[4:]] for key, r in self._recent.items()],
+        }
+
+    def restore(self, state: Any) -> None:
+        """Load what :meth:`snapshot` returned (``ValueError`` for a foreign or newer snapshot)."""
+        data = check_snapshot(state, self.name)
+        watermark = data.get("watermark")
+        self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
+        self._failures.restore(data["failures"])
+        self._spread.restore(data["spread"])
+        self._sequence.restore(data["sequence"])
+        self._throttle.restore(data["throttle"])
+        self._recent.load(
+            [(str(key), [float(t), float(end), int(n), tuple(values), int(burst), float(burst_end)])
+             for key, t, end, n, values, burst, burst_end in data.get("recent") or []],
+            self._watermark,
+        )
+
+    def state_keys(self) -> int:
+        """Addresses and users with failures in the window."""
+        return len(self._failures)
