@@ -160,6 +160,8 @@ class Pipeline:
                     await self.ingest.put(_END)
                     await self._processor
                 await self.checkpoint()
+                for source in self.sources:
+                    await source.wait_closed()
         except TimeoutError:
             self.log.error("shutdown deadline passed; input not acknowledged will be redelivered",
                            deadline=deadline, queued_batches=self.ingest.qsize(),

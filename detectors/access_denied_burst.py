@@ -49,7 +49,7 @@ from pydantic import BeforeValidator, Field
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event, format_time
-from detectors.windows import CountReport, CountWindow, DistinctCountWindow, KeyedState, Throttle
+from detectors.windows import CountReport, CountWindow, KeyedState, Throttle
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
 
 __all__ = ["DEFAULT_ERROR_CODES", "AccessDeniedBurst"]
@@ -87,10 +87,34 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 #: Error codes remembered per principal (for the evidence).
 _MAX_CODES: Final = 8
+#: Where a principal's record starts listing ``api, last time`` pairs.
+_PAIRS: Final = 2
 
 
 def _newest(record: list) -> float:
     return record[0]
+
+
+def _seen(record: list, value: str, time: float, cap: int) -> None:
+    """Note that ``value`` occurred at ``time`` in a record listing ``value, last time`` pairs.
+
+    At most ``cap`` values are kept; beyond that, the one seen least recently is forgotten.
+    """
+    for i in range(_PAIRS, len(record), 2):
+        if record[i] == value:
+            if time > record[i + 1]:
+                record[i + 1] = time
+            return
+    record.append(value)
+    record.append(time)
+    if (len(record) - _PAIRS) >> 1 > cap:
+        stalest = min(range(_PAIRS, len(record), 2), key=lambda i: record[i + 1])
+        del record[stalest : stalest + 2]
+
+
+def _values_since(record: list, start: float) -> list[str]:
+    """The values of a record last seen at or after ``start``, in first-seen order."""
+    return [record[i] for i in range(_PAIRS, len(record), 2) if record[i + 1] >= start]
 
 
 class AccessDeniedBurst(Detector):
@@ -139,12 +163,11 @@ class AccessDeniedBurst(Detector):
             window, lowest, max_events=4 * max(c.min_failures, c.volume_threshold), max_keys=keys,
             on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
         )
-        self._apis = DistinctCountWindow(window, 1, max_values=max(64, 4 * c.min_distinct_apis), max_keys=keys,
-                                         max_evidence=c.max_evidence)
-        #: principal → [newest time, end of the last distinct report, its count, its values, error codes].
-        #: The distinct window reports nothing for a value repeated at the same second (CloudTrail's
-        #: resolution), so its last answer is kept here for the repeats.
-        self._recent: KeyedState[list] = KeyedState(horizon=window, max_keys=keys, newest=_newest)
+        #: principal → [newest time, error codes, api, last time, api, last time, …]: the distinct APIs
+        #: in the window that a count fires for (exact in order; out of order it counts APIs seen up to
+        #: the principal's newest failure).
+        self._apis: KeyedState[list] = KeyedState(horizon=window, max_keys=keys, newest=_newest)
+        self._max_apis = max(16, 2 * c.min_distinct_apis)
         self._throttle = Throttle(window, max_keys=keys)
         self._watermark = float("-inf")
         patterns = c.ignore_principals
@@ -167,36 +190,34 @@ class AccessDeniedBurst(Detector):
         if time < self._watermark:
             self.context.on_late(self.name, 1)
         count = self._failures.add(key, time, event_id)
-        apis = self._apis.add(key, time, f"{event.event_source}:{event.event_name}", event_id)
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = [time, float("-inf"), 0, (), ()]
-            self._recent.insert(key, recent)
-        elif time > recent[0]:
-            recent[0] = time
-        if apis is not None and apis.end >= recent[1]:
-            recent[1], recent[2], recent[3] = apis.end, apis.count, apis.values
-        if code not in recent[4] and len(recent[4]) < _MAX_CODES:
-            recent[4] = (*recent[4], code)
+        record = self._apis.get(key)
+        if record is None:
+            record = [time, ()]
+            self._apis.insert(key, record)
+        elif time > record[0]:
+            record[0] = time
+        _seen(record, f"{event.event_source}:{event.event_name}", time, self._max_apis)
+        if code not in record[1] and len(record[1]) < _MAX_CODES:
+            record[1] = (*record[1], code)
         if count is None:
             return None
         config = self.config
-        distinct = recent[2]
-        breadth = count.count >= config.min_failures and distinct >= config.min_distinct_apis
+        apis = _values_since(record, count.start)
+        breadth = count.count >= config.min_failures and len(apis) >= config.min_distinct_apis
         if not breadth and count.count < config.volume_threshold:
             return None
         suppressed = self._throttle.allow(key, count.end)
         if suppressed is None:
             return None
-        return [self._alert(event, key, count, recent, breadth, suppressed)]
+        return [self._alert(event, key, count, apis, record[1], breadth, suppressed)]
 
     def on_watermark(self, watermark: float) -> None:
         """Expire principals whose failures all left the window."""
         if watermark > self._watermark:
             self._watermark = watermark
-        for primitive in (self._failures, self._apis, self._throttle):
-            primitive.advance(watermark)
-        self._recent.advance(watermark)
+        self._failures.advance(watermark)
+        self._throttle.advance(watermark)
+        self._apis.advance(watermark)
         return None
 
     def _alert(
@@ -204,13 +225,14 @@ class AccessDeniedBurst(Detector):
         event: Event,
         key: Hashable,
         count: CountReport,
-        recent: list,
+        apis: list[str],
+        codes: tuple[str, ...],
         breadth: bool,
         suppressed: int,
     ) -> Alert:
         severity = shift_severity(self.effective_severity, 1) if breadth else self.effective_severity
         who = str(key)
-        distinct, apis = recent[2], recent[3]
+        distinct = len(apis)
         if breadth:
             title = "Authorization failures across many APIs (enumeration)"
             what = f"{count.count} authorization failures across {distinct} different API calls"
@@ -237,8 +259,8 @@ class AccessDeniedBurst(Detector):
                 "finding": "breadth" if breadth else "volume",
                 "failures": count.count,
                 "distinct_apis": distinct,
-                "apis": list(apis),
-                "error_codes": list(recent[4]),
+                "apis": apis[: self.config.max_evidence],
+                "error_codes": list(codes),
                 "window_start": format_time(count.start),
                 "window_end": format_time(count.end),
                 "window_seconds": self.config.window,
@@ -259,8 +281,7 @@ class AccessDeniedBurst(Detector):
             "kind": self.name,
             "watermark": None if self._watermark == float("-inf") else self._watermark,
             "failures": self._failures.snapshot(),
-            "apis": self._apis.snapshot(),
-            "recent": [[freeze(key), r[0], r[1], r[2], list(r[3]), list(r[4])] for key, r in self._recent.items()],
+            "apis": [[freeze(key), r[0], list(r[1]), r[_PAIRS:]] for key, r in self._apis.items()],
             "throttle": self._throttle.snapshot(),
         }
 
@@ -270,10 +291,8 @@ class AccessDeniedBurst(Detector):
         watermark = data.get("watermark")
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
-        self._apis.restore(data["apis"])
-        self._recent.load(
-            [(thaw(key), [float(t), float(end), int(n), tuple(values), tuple(codes)])
-             for key, t, end, n, values, codes in data.get("recent") or []],
+        self._apis.load(
+            [(thaw(key), [float(newest), tuple(codes), *pairs]) for key, newest, codes, pairs in data["apis"]],
             self._watermark,
         )
         self._throttle.restore(data["throttle"])

@@ -48,7 +48,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event, format_time
-from detectors.windows import CountReport, CountWindow, DistinctCountWindow, KeyedState, SequenceWindow, Throttle
+from detectors.windows import CountReport, CountWindow, KeyedState, SequenceWindow, Throttle
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot
 
 __all__ = ["ConsoleLoginBruteforce"]
@@ -77,8 +77,34 @@ def _seconds(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
+#: Where a key's record starts listing ``value, last time`` pairs (after newest, burst count, burst end).
+_PAIRS: Final = 3
+
+
 def _newest(record: list) -> float:
     return record[0]
+
+
+def _seen(record: list, value: str, time: float, cap: int) -> None:
+    """Note that ``value`` occurred at ``time`` in a record listing ``value, last time`` pairs.
+
+    At most ``cap`` values are kept; beyond that, the one seen least recently is forgotten.
+    """
+    for i in range(_PAIRS, len(record), 2):
+        if record[i] == value:
+            if time > record[i + 1]:
+                record[i + 1] = time
+            return
+    record.append(value)
+    record.append(time)
+    if (len(record) - _PAIRS) >> 1 > cap:
+        stalest = min(range(_PAIRS, len(record), 2), key=lambda i: record[i + 1])
+        del record[stalest : stalest + 2]
+
+
+def _values_since(record: list, start: float) -> list[str]:
+    """The values of a record last seen at or after ``start``, in first-seen order."""
+    return [record[i] for i in range(_PAIRS, len(record), 2) if record[i + 1] >= start]
 
 
 def user_of(event: Event) -> str | None:
@@ -147,17 +173,16 @@ class ConsoleLoginBruteforce(Detector):
         on_evict = self.context.on_evict
         self._failures = CountWindow(window, c.threshold, max_events=max(64, 4 * c.threshold), max_keys=keys,
                                      on_evict=lambda n: on_evict(self.name, n), max_evidence=evidence)
-        #: Per address: user names tried; per user: addresses tried from.
-        self._spread = DistinctCountWindow(window, 1, max_values=max(64, 4 * c.spray_users), max_keys=keys,
-                                           max_evidence=evidence)
         #: Burst ("failures": every failure at or past the threshold) then "success", per key.
         self._sequence = SequenceWindow(_STEPS, within, max_per_step=64, max_keys=keys, throttle=window,
                                         max_evidence=evidence)
         self._throttle = Throttle(window, max_keys=keys)
-        #: key → [newest, end of the last spread report, distinct count, values, last burst count,
-        #: last burst end]: the spread window reports nothing for a value repeated at the same second,
-        #: and the success alert needs the burst's figures.
+        #: key → [newest failure, last burst count, last burst end, value, last time, …]: per address the
+        #: user names tried, per user the addresses tried from (exact for in-order arrivals; out of
+        #: order it counts values seen up to the key's newest failure); the burst figures are what a
+        #: later success alert reports.
         self._recent: KeyedState[list] = KeyedState(horizon=max(window, within), max_keys=keys, newest=_newest)
+        self._max_values = max(16, 2 * c.spray_users, evidence)
         self._ignored = tuple(ipaddress.ip_network(n, strict=False) for n in c.ignore_networks)
         self._watermark = float("-inf")
 
@@ -192,23 +217,21 @@ class ConsoleLoginBruteforce(Detector):
 
     def _failure(self, event: Event, keys: list[str], user: str, address: str) -> list[Alert] | None:
         time, event_id = event.time, event.event_id
-        bursts: list[tuple[str, CountReport, list, int]] = []
+        bursts: list[tuple[str, CountReport, int]] = []
         matches: list[tuple[str, Any]] = []
         for key in keys:
             count = self._failures.add(key, time, event_id)
-            spread = self._spread.add(key, time, user if key.startswith(_IP) else address, event_id)
             recent = self._recent_of(key, time)
-            if spread is not None and spread.end >= recent[1]:
-                recent[1], recent[2], recent[3] = spread.end, spread.count, spread.values
+            _seen(recent, user if key.startswith(_IP) else address, time, self._max_values)
             if count is None:
                 continue
-            recent[4], recent[5] = count.count, count.end
+            recent[1], recent[2] = count.count, count.end
             match = self._sequence.add(key, count.end, "failures", event_id)
             if match is not None:  # a success that arrived before these (late) failures
                 matches.append((key, match))
             suppressed = self._throttle.allow(key, count.end)
             if suppressed is not None:
-                bursts.append((key, count, recent, suppressed))
+                bursts.append((key, count, suppressed))
         out: list[Alert] = []
         if bursts:
             out.append(self._burst_alert(event, bursts))
@@ -227,7 +250,7 @@ class ConsoleLoginBruteforce(Detector):
     def _recent_of(self, key: str, time: float) -> list:
         recent = self._recent.get(key)
         if recent is None:
-            recent = [time, float("-inf"), 0, (), 0, float("-inf")]
+            recent = [time, 0, float("-inf")]
             self._recent.insert(key, recent)
         elif time > recent[0]:
             recent[0] = time
@@ -237,43 +260,43 @@ class ConsoleLoginBruteforce(Detector):
         """Expire addresses and users whose failures all left the window."""
         if watermark > self._watermark:
             self._watermark = watermark
-        for primitive in (self._failures, self._spread, self._sequence, self._throttle):
+        for primitive in (self._failures, self._sequence, self._throttle):
             primitive.advance(watermark)
         self._recent.advance(watermark)
         return None
 
     # -- alerts ----------------------------------------------------------------------------
-    def _spread_of(self, keys: list[str]) -> tuple[list[str], list[str], int]:
-        """Users tried and addresses used, from the recent records of ``keys``; and the users count."""
+    def _spread_of(self, keys: list[str], start: float) -> tuple[list[str], list[str], int]:
+        """Users tried and addresses used since ``start``, from the records of ``keys``; and the users count."""
         users: list[str] = []
         addresses: list[str] = []
         user_count = 0
-        limit = self.config.max_evidence
         for key in keys:
             recent = self._recent.get(key, touch=False)
+            values = _values_since(recent, start) if recent is not None else []
             if key.startswith(_IP):
                 addresses.append(key[len(_IP):])
-                if recent is not None:
-                    users.extend(v for v in recent[3] if v not in users)
-                    user_count = max(user_count, recent[2])
+                users.extend(v for v in values if v not in users)
+                user_count = max(user_count, len(values))
             else:
                 user = key[len(_USER):].partition("/")[2]
                 if user not in users:
                     users.append(user)
                 user_count = max(user_count, 1)
-                if recent is not None:
-                    addresses.extend(v for v in recent[3] if v not in addresses and v != _NO_ADDRESS)
+                addresses.extend(v for v in values if v not in addresses and v != _NO_ADDRESS)
+        limit = self.config.max_evidence
         return users[:limit], addresses[:limit], user_count
 
-    def _burst_alert(self, event: Event, bursts: list[tuple[str, CountReport, list, int]]) -> Alert:
-        keys = [key for key, _, _, _ in bursts]
-        users, addresses, user_count = self._spread_of(keys)
-        failures = max(count.count for _, count, _, _ in bursts)
-        end = max(count.end for _, count, _, _ in bursts)
+    def _burst_alert(self, event: Event, bursts: list[tuple[str, CountReport, int]]) -> Alert:
+        keys = [key for key, _, _ in bursts]
+        start = min(count.start for _, count, _ in bursts)
+        users, addresses, user_count = self._spread_of(keys, start)
+        failures = max(count.count for _, count, _ in bursts)
+        end = max(count.end for _, count, _ in bursts)
         spraying = user_count >= self.config.spray_users
         severity = shift_severity(self.effective_severity, 1) if spraying else self.effective_severity
         event_ids: list[str] = []
-        for _, count, _, _ in bursts:
+        for _, count, _ in bursts:
             event_ids.extend(i for i in count.event_ids if i not in event_ids)
         if spraying:
             title = "Console password spraying"
@@ -294,7 +317,7 @@ class ConsoleLoginBruteforce(Detector):
             summary=summary,
             account_id=event.account_id,
             region=event.region,
-            principal=event.principal if len(users) == 1 else "",
+            principal=event.principal if any(key.startswith(_USER) for key in keys) else "",
             source_ips=addresses,
             event_ids=event_ids,
             evidence={
@@ -304,10 +327,10 @@ class ConsoleLoginBruteforce(Detector):
                 "users_tried": users,
                 "distinct_users": user_count,
                 "source_ips": addresses,
-                "window_start": format_time(min(count.start for _, count, _, _ in bursts)),
+                "window_start": format_time(start),
                 "window_end": format_time(end),
                 "window_seconds": self.config.window,
-                "suppressed": sum(s for _, _, _, s in bursts),
+                "suppressed": sum(s for _, _, s in bursts),
             },
             tags=tags,
             rule_id="burst",
@@ -317,12 +340,13 @@ class ConsoleLoginBruteforce(Detector):
 
     def _success_alert(self, event: Event, matches: list[tuple[str, Any]], success_id: str | None) -> Alert:
         keys = [key for key, _ in matches]
-        users, addresses, user_count = self._spread_of(keys)
         failures = 0
+        burst_end = float("-inf")
         for key in keys:
             recent = self._recent.get(key, touch=False)
-            if recent is not None:
-                failures = max(failures, recent[4])
+            if recent is not None and recent[1] > failures:
+                failures, burst_end = recent[1], recent[2]
+        users, addresses, user_count = self._spread_of(keys, burst_end - self.config.window)
         event_ids: list[str] = []
         for _, match in matches:
             event_ids.extend(i for i in match.event_ids if i is not None and i not in event_ids)
@@ -330,7 +354,8 @@ class ConsoleLoginBruteforce(Detector):
         success_time = success.times[1]
         if success_id is None:
             success_id = success.event_ids[1]
-        who = ", ".join(users) or "an unknown user"
+        succeeded = success_id == event.event_id
+        who = (user_of(event) if succeeded else None) or ", ".join(users) or "an unknown user"
         summary = (
             f"A console sign-in for {who} succeeded at {format_time(success_time)} after {failures} failed "
             f"sign-ins from {', '.join(addresses) or 'unknown addresses'} in account "
@@ -344,7 +369,7 @@ class ConsoleLoginBruteforce(Detector):
             summary=summary,
             account_id=event.account_id,
             region=event.region,
-            principal=event.principal if success_id == event.event_id else "",
+            principal=event.principal if succeeded else "",
             source_ips=addresses,
             event_ids=event_ids,
             evidence={
@@ -372,10 +397,9 @@ class ConsoleLoginBruteforce(Detector):
             "kind": self.name,
             "watermark": None if self._watermark == float("-inf") else self._watermark,
             "failures": self._failures.snapshot(),
-            "spread": self._spread.snapshot(),
             "sequence": self._sequence.snapshot(),
             "throttle": self._throttle.snapshot(),
-            "recent": [[key, *r[:3], list(r[3]), *r[4:]] for key, r in self._recent.items()],
+            "recent": [[key, r[0], r[1], r[2], r[_PAIRS:]] for key, r in self._recent.items()],
         }
 
     def restore(self, state: Any) -> None:
@@ -384,12 +408,11 @@ class ConsoleLoginBruteforce(Detector):
         watermark = data.get("watermark")
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
-        self._spread.restore(data["spread"])
         self._sequence.restore(data["sequence"])
         self._throttle.restore(data["throttle"])
         self._recent.load(
-            [(str(key), [float(t), float(end), int(n), tuple(values), int(burst), float(burst_end)])
-             for key, t, end, n, values, burst, burst_end in data.get("recent") or []],
+            [(str(key), [float(newest), int(burst), float(burst_end), *pairs])
+             for key, newest, burst, burst_end, pairs in data.get("recent") or []],
             self._watermark,
         )
 

@@ -82,7 +82,7 @@ _EC2_SESSION: Final = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 _ECS_SESSION: Final = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _COMPUTE_AGENT: Final = re.compile(r"awslambda-worker|exec-env/AWS_Lambda_|exec-env/AWS_ECS_")
 #: Networks that count as "inside AWS" for a first sighting.
-_INSIDE: Final = frozenset({"aws", "private"})
+_INSIDE_FIRST: Final = frozenset({"aws", "private", "issued"})
 _HIGH, _CRITICAL = 0, 1
 
 
@@ -114,14 +114,16 @@ class _Credential:
     ``pending``: outside uses not yet judged qualifying, ``[time, ip, event id, rank, event name, region]``.
     """
 
-    __slots__ = ("alerted_at", "alerted_rank", "newest", "pending", "reasons", "role", "session",
-                 "sightings", "suppressed")
+    __slots__ = ("alerted_at", "alerted_rank", "classified", "newest", "pending", "reasons", "role",
+                 "session", "sightings", "suppressed")
 
     def __init__(self, session: str, role: str, newest: float) -> None:
         self.session = session
         self.role = role
         self.newest = newest
+        #: Why this is a compute credential (empty: not known as one); ``classified`` once looked at.
         self.reasons: list[str] = []
+        self.classified = False
         self.sightings: dict[str, list[Any]] = {}
         self.pending: list[list[Any]] = []
         self.alerted_at: float | None = None
@@ -132,7 +134,7 @@ class _Credential:
         """The earliest sighting (ties: inside first)."""
         if not self.sightings:
             return None
-        return min(self.sightings.items(), key=lambda kv: (kv[1][0], kv[1][1] not in _INSIDE))
+        return min(self.sightings.items(), key=lambda kv: (kv[1][0], kv[1][1] not in _INSIDE_FIRST))
 
 
 def _newest(credential: _Credential) -> float:
@@ -208,21 +210,21 @@ class CredentialExfiltration(Detector):
         if kind == "AssumedRole":
             return self._on_session_use(event)
         if kind == "AWSService" and event.event_name == "AssumeRole":
-            self._on_service_assume(event)
+            return self._on_service_assume(event)
         return None
 
     def _late(self, event: Event) -> None:
         if event.time < self._credentials.watermark:
             self.context.on_late(self.name, 1)
 
-    def _on_service_assume(self, event: Event) -> None:
+    def _on_service_assume(self, event: Event) -> list[Alert] | None:
         """A compute service assumed a role: the role is compute, and so is the key it was issued."""
         service = event.get("userIdentity.invokedBy") or event.source_ip
         if service not in self.config.compute_services or event.error_code is not None:
-            return
+            return None
         role = event.get("requestParameters.roleArn")
         if not isinstance(role, str) or not role:
-            return
+            return None
         self._late(event)
         t = event.time
         seen = self._roles.get(role)
@@ -233,7 +235,7 @@ class CredentialExfiltration(Detector):
         key = event.get("responseElements.credentials.accessKeyId")
         session_name = event.get("requestParameters.roleSessionName")
         if not isinstance(key, str) or not key or not isinstance(session_name, str):
-            return
+            return None
         account = role.split(":")[4] if role.count(":") >= 5 else ""
         partition = role.split(":")[1] if role.count(":") >= 5 else "aws"
         session = f"arn:{partition}:sts::{account}:assumed-role/{role.rsplit('/', 1)[-1]}/{session_name}"
@@ -241,7 +243,7 @@ class CredentialExfiltration(Detector):
         self._add_reason(credential, f"issued_to:{service}")
         self._sight(credential, service, t, "issued", event.event_id or "")
         # the issue event is the earliest possible sighting: outside uses held back may now qualify
-        self._pending_alerts = self._judge(key, credential, None)
+        return self._judge(key, credential, event)
 
     def _on_session_use(self, event: Event) -> list[Alert] | None:
         session = event.principal
@@ -252,7 +254,7 @@ class CredentialExfiltration(Detector):
         self._late(event)
         t = event.time
         credential = self._credential(key, session, role, t)
-        if not credential.reasons:
+        if not credential.classified:
             self._classify(credential, event)
         elif "compute_user_agent" not in credential.reasons and _COMPUTE_AGENT.search(event.user_agent):
             self._add_reason(credential, "compute_user_agent")
@@ -306,8 +308,7 @@ class CredentialExfiltration(Detector):
                 reasons.append("service_role_path")
             if any(fnmatchcase(role, p) for p in config.compute_role_patterns):
                 reasons.append("configured")
-        if not reasons:
-            reasons.append("")  # classified, nothing found (keeps the check to the first sighting)
+        credential.classified = True
 
     def _sight(self, credential: _Credential, where: str, t: float, network: str, event_id: str) -> None:
         sightings = credential.sightings
@@ -322,9 +323,6 @@ class CredentialExfiltration(Detector):
         elif t < seen[0]:
             seen[0], seen[2] = t, event_id
 
-    def _is_compute(self, credential: _Credential) -> bool:
-        return any(credential.reasons)
-
     def _judge(self, key: str, credential: _Credential, event: Event | None) -> list[Alert] | None:
         """Report the pending outside uses that qualify now (throttled per credential)."""
         if not credential.pending:
@@ -333,9 +331,9 @@ class CredentialExfiltration(Detector):
         if role and any(fnmatchcase(role, p) for p in self.config.ignore_role_patterns):
             credential.pending.clear()
             return None
-        compute = self._is_compute(credential)
+        compute = bool(credential.reasons)
         first = credential.first_sighting()
-        inside_first = first is not None and (first[1][1] in _INSIDE or first[1][1] == "issued")
+        inside_first = first is not None and first[1][1] in _INSIDE_FIRST
         if not compute and not (self.config.network_change and inside_first):
             return None
         start = first[1][0] if first is not None else _NEG_INF
@@ -395,7 +393,7 @@ class CredentialExfiltration(Detector):
                 "session": credential.session,
                 "access_key_id": key if key != credential.session else "",
                 "role_arn": credential.role,
-                "compute_reasons": [r for r in credential.reasons if r],
+                "compute_reasons": list(credential.reasons),
                 "outside_ip": ip,
                 "outside_event": event_name,
                 "outside_time": format_time(t),
@@ -414,8 +412,8 @@ class CredentialExfiltration(Detector):
             id="" if ids else make_alert_id(self.name, None, key, t, ip),
         )
 
-    def on_watermark(self, watermark: float) -> list[Alert] | None:
-        """Forget credentials and learned roles past their TTL; report uses an issue event qualified."""
+    def on_watermark(self, watermark: float) -> None:
+        """Forget credentials and learned roles past their TTL."""
         self._credentials.advance(watermark)
         self._roles.advance(watermark)
         return None
@@ -429,7 +427,7 @@ class CredentialExfiltration(Detector):
             "kind": self.name,
             "watermark": None if wm == _NEG_INF else wm,
             "credentials": [
-                [key, c.session, c.role, c.newest, list(c.reasons),
+                [key, c.session, c.role, c.newest, list(c.reasons), c.classified,
                  [[where, *seen] for where, seen in c.sightings.items()],
                  [list(p) for p in c.pending], c.alerted_at, c.alerted_rank, c.suppressed]
                 for key, c in self._credentials.items()
@@ -443,11 +441,12 @@ class CredentialExfiltration(Detector):
         raw_wm = data.get("watermark")
         watermark = float(raw_wm) if isinstance(raw_wm, (int, float)) else _NEG_INF
         pairs: list[tuple[Any, _Credential]] = []
-        for key, session, role, newest, reasons, sightings, pending, alerted_at, rank, suppressed in (
+        for key, session, role, newest, reasons, classified, sightings, pending, alerted_at, rank, suppressed in (
             data.get("credentials") or []
         ):
             c = _Credential(str(session), str(role), float(newest))
             c.reasons = [str(r) for r in reasons]
+            c.classified = bool(classified)
             c.sightings = {str(w): [float(t), str(n), str(i)] for w, t, n, i in sightings}
             c.pending = [[float(p[0]), str(p[1]), str(p[2]), int(p[3]), str(p[4]), str(p[5])] for p in pending]
             c.alerted_at = None if alerted_at is None else float(alerted_at)

@@ -15,6 +15,12 @@ __all__ = ["DETECTORS", "detector_class"]
 DETECTORS: Final[dict[str, str]] = {
     "cloudtrail_tampering": "detectors.cloudtrail_tampering:CloudTrailTampering",
     "cloudtrail_silence": "detectors.cloudtrail_silence:CloudTrailSilence",
+    "run_instances_spike": "detectors.run_instances_spike:RunInstancesSpike",
+    "console_login_bruteforce": "detectors.console_login_bruteforce:ConsoleLoginBruteforce",
+    "access_denied_burst": "detectors.access_denied_burst:AccessDeniedBurst",
+    "impossible_travel": "detectors.impossible_travel:ImpossibleTravel",
+    "credential_exfiltration": "detectors.credential_exfiltration:CredentialExfiltration",
+    "new_region": "detectors.new_region:NewRegion",
     "sigma": "detectors.sigma.detector:SigmaDetector",
 }
 

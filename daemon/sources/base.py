@@ -73,6 +73,11 @@ class Source(ABC):
     def batches(self) -> AsyncIterator[SourceBatch]:
         """Yield batches until the input ends or :meth:`stop` is called."""
 
+    async def wait_closed(self) -> None:
+        """After the final checkpoint: wait until connections are closed (they close once every
+        handed-out batch is acknowledged, or after the source's close timeout)."""
+        return None
+
     async def acknowledge(self, positions: list[Any]) -> None:
         """Positions now covered by a checkpoint: commit offsets / delete messages / record files."""
         return None

@@ -52,6 +52,7 @@ from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
 from daemon.sources.base import Source, SourceBatch
 from daemon.sources.kafka_offsets import PartitionOffsets
+from detectors.durations import Duration
 from detectors.event import MAX_RECORD_BYTES
 
 __all__ = ["AssignmentChange", "KafkaPosition", "KafkaSource", "KafkaSourceConfig"]
@@ -93,11 +94,11 @@ class KafkaSourceConfig(BaseModel):
     request_timeout_ms: int = Field(40_000, ge=1000)
     metadata_max_age_ms: int = Field(300_000, ge=1000)
     #: How often connectivity and lag are probed, and how long a probe or a commit may take.
-    health_interval: float = Field(10.0, gt=0)
-    health_timeout: float = Field(5.0, gt=0)
-    max_backoff: float = Field(30.0, gt=0)
+    health_interval: Duration = Field(10.0, gt=0)
+    health_timeout: Duration = Field(5.0, gt=0)
+    max_backoff: Duration = Field(30.0, gt=0)
     #: After stop, how long handed-out batches wait for their acknowledgement before the consumer closes.
-    close_timeout: float = Field(30.0, ge=0)
+    close_timeout: Duration = Field(10.0, ge=0)
     max_record_bytes: int = Field(MAX_RECORD_BYTES, ge=1)
 
     @model_validator(mode="after")

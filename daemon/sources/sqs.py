@@ -49,6 +49,7 @@ from daemon.decode import decode_bytes
 from daemon.sources.base import Source, SourceBatch
 from daemon.sources.s3fetch import FetchError, fetch_object
 from daemon.sources.sqs_messages import BadMessage, ObjectRef, parse_message
+from detectors.durations import Duration
 from detectors.event import MAX_RECORD_BYTES
 
 __all__ = ["SqsPosition", "SqsSource", "SqsSourceConfig"]
@@ -88,11 +89,11 @@ class SqsSourceConfig(BaseModel):
     max_record_bytes: int = Field(MAX_RECORD_BYTES, ge=1)
     #: Objects whose key does not match are skipped (digest files, Insights, other logs).
     object_key_pattern: str = DEFAULT_KEY_PATTERN
-    backlog_interval: float = Field(30.0, gt=0)
+    backlog_interval: Duration = Field(30.0, gt=0)
     #: Longest pause between attempts while the queue is unreachable.
-    max_backoff: float = Field(30.0, gt=0)
+    max_backoff: Duration = Field(30.0, gt=0)
     #: After stop, how long in-flight messages wait for their acknowledgement before release.
-    close_timeout: float = Field(30.0, ge=0)
+    close_timeout: Duration = Field(10.0, ge=0)
 
     @field_validator("object_key_pattern")
     @classmethod

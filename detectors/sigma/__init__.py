@@ -3,8 +3,9 @@
 pySigma parses and validates the rules; :mod:`~detectors.sigma.compiler` turns each detection into
 Python closures evaluated on every event; :class:`~detectors.sigma.ruleset.RuleSet` indexes the rules
 by the eventName/eventSource they require; :class:`~detectors.sigma.detector.SigmaDetector` is the
-detector the engine runs.  Correlation rules are parsed and handed on (``RuleSet.correlation_rules``
-and ``SigmaDetector.on_match``), not evaluated here.
+detector the engine runs.  Correlation rules (``event_count``, ``value_count``, ``temporal``,
+``temporal_ordered``, value aggregations) run in ``correlation.py`` on the shared event-time
+window engine, fed by the detection rules' matches.
 """
 
 from detectors.sigma.loader import CORRELATION_NOTICE, DEFAULT_LOGSOURCES, Logsource, load_rules, load_sources

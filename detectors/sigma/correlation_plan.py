@@ -38,7 +38,6 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Literal
 
 import orjson
@@ -52,7 +51,7 @@ from sigma.rule import SigmaRule
 
 from detectors.sigma.ruleset import LoadIssue, RuleSet
 
-__all__ = ["AT_MOST", "Input", "Plan", "Strategy", "compare", "compile_correlations", "identity"]
+__all__ = ["AT_MOST", "Input", "Plan", "Strategy", "Unsupported", "compare", "compile_correlations", "identity"]
 
 Strategy = Literal["count", "distinct", "sequence", "closing"]
 Aggregate = Literal["count", "distinct", "sum", "avg", "percentile"]
@@ -139,7 +138,7 @@ class Plan:
     @property
     def condition(self) -> dict[str, float]:
         """The condition as written, e.g. ``{"gte": 5}``."""
-        return {self.op: self.count}
+        return {self.op: int(self.count) if self.count.is_integer() else self.count}
 
 
 def _reference_names(ref: SigmaRuleReference) -> set[str]:
@@ -328,8 +327,3 @@ def compile_correlations(rules: RuleSet, *, disabled: Iterable[str] = ()) -> tup
                 errors.append(_issue(rule, "unsupported: correlation rules reference each other in a cycle"))
             break
     return list(plans.values()), errors
-
-
-def rule_file(plan: Plan) -> str:
-    """The file name the rule came from (for alert evidence)."""
-    return Path(plan.path).name
