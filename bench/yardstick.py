@@ -32,14 +32,11 @@ from typing import Any, Final
 
 import orjson
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from daemon.components import DEFAULT_RULE_PATHS, build_detectors, check  # noqa: E402
-from daemon.config import REPO_ROOT, load_config  # noqa: E402
-from detectors.alert import Alert  # noqa: E402
-from detectors.base import Detector, DetectorContext  # noqa: E402
-from detectors.event import Event, InvalidEvent  # noqa: E402
+from daemon.components import DEFAULT_RULE_PATHS, build_detectors, check
+from daemon.config import REPO_ROOT, load_config
+from detectors.alert import Alert
+from detectors.base import Detector, DetectorContext
+from detectors.event import Event, InvalidEvent
 
 __all__ = ["COVERED", "EXPLAINED", "NOT_COVERED", "Report", "main", "run_yardstick"]
 
@@ -116,8 +113,9 @@ COVERED: Final[dict[str, Coverage]] = {
     "AWS.EC2.EBS.Encryption.Disabled": _c(DES, f"{DES}/ebs_default_encryption_disabled"),
     "AWS.EC2.ManyPasswordReadAttempts": _c(CRED, f"{CRED}/ec2_password_data_retrieved"),
     "AWS.SecretsManager.RetrieveSecrets": _c(CRED, f"{CRED}/secret_value_retrieved"),
-    "AWS.SecretsManager.BatchRetrieveSecrets": _c(CRED, f"{CRED}/secrets_batch_retrieved"),
-    "AWS.SecretsManager.BatchRetrieveSecretsCatchAll": _c(CRED, f"{CRED}/secrets_batch_retrieved"),
+    "AWS.SecretsManager.BatchRetrieveSecrets": _c(CRED, f"{CRED}/secrets_batch_retrieved",
+                                                  f"{CRED}/secrets_batch_retrieved_catch_all"),
+    "AWS.SecretsManager.BatchRetrieveSecretsCatchAll": _c(CRED, f"{CRED}/secrets_batch_retrieved_catch_all"),
     "AWS.SSM.DecryptSSMParams": _c(CRED, f"{CRED}/ssm_parameter_decrypted"),
     "AWS.EC2.DownloadInstanceUserData": _c(CRED, f"{CRED}/ec2_user_data_read"),
     "AWS.CloudTrail.IAMCompromisedKeyQuarantine": _c(CRED, f"{CRED}/aws_key_quarantine_policy_applied"),
@@ -128,7 +126,8 @@ COVERED: Final[dict[str, Coverage]] = {
     "AWS.EC2.Startup.Script.Change": _c(EXE, f"{EXE}/ec2_user_data_modified"),
     "AWS.EC2.MultiInstanceConnect": _c(EXE, f"{EXE}/ec2_ssh_key_pushed"),
     "AWS.CloudTrail.AttemptToLeaveOrg": _c(ORG, f"{ORG}/leave_organization"),
-    "AWS.Console.LoginWithoutMFA": _c(SIGN, f"{SIGN}/console_login_without_mfa", f"{SIGN}/root_console_login_without_mfa"),
+    "AWS.Console.LoginWithoutMFA": _c(SIGN, f"{SIGN}/console_login_without_mfa",
+                                      f"{SIGN}/root_console_login_without_mfa"),
     "AWS.Unsuccessful.MFA.attempt": _c(SIGN, f"{SIGN}/console_login_failed"),
     "AWS.Root.Activity": _c(ROOT, *_ROOT_API, f"{ROOT}/root_console_login"),
     "AWS.Console.RootLogin": _c(ROOT, f"{ROOT}/root_console_login"),
@@ -240,18 +239,15 @@ EXPLAINED: Final[dict[tuple[str, str], str]] = {
     ("AWS.CloudTrail.RootAccessKeyCreated", "Root Created Access Key For User"): (
         "Panther wants only root's own key; root creating a key for a user is still root activity "
         "(and also fires access_key_created_for_another_user)"),
-    ("AWS.Root.Activity", "Root Activity - CreateServiceLinkedRole"): (
-        "reported on purpose, as the old root_activity detector did: a root signature is the signal; "
-        "tune with an exception if a console does this routinely"),
     ("AWS.Root.Activity", "Root Read-Only Enumeration"): (
         "reported on purpose by root_read_only_activity (medium): a root key enumerating the account is how "
         "a thief starts; disable that one rule to match Panther"),
-    ("AWS.Lambda.UpdateFunctionCode", "AssumedRole Updates Lambda Code (Normal CI/CD)"): (
-        "Panther allowlists its CI role by name; list deployment roles in the sigma exceptions"),
-    ("AWS.Lambda.UpdateFunctionCode", "AssumedRole Updates Lambda Code v2 (Normal CI/CD)"): (
-        "Panther allowlists its CI role by name; list deployment roles in the sigma exceptions"),
     ("AWS.Lambda.UpdateFunctionConfiguration", "AssumedRole Updates Lambda Configuration with Layers (Normal CI/CD)"): (
-        "Panther allowlists its CI role by name; list deployment roles in the sigma exceptions"),
+        "the layer rule keeps automation roles in scope (a stolen pipeline or instance role adding a layer is "
+        "the attack); list deployment roles in the sigma exceptions"),
+    ("AWS.RDS.PublicRestore", "Not-Restore-RDS-Request"): (
+        "a CreateDBInstance whose response says publiclyAccessible=true: a new public database is what "
+        "rds_instance_made_public reports; Panther's rule only looks at restores"),
     ("AWS.Potential.Backdoor.Lambda", "Lambda Add Permission Event"): (
         "the sample has no principal; the pack only flags AddPermission to '*' (any AddPermission would "
         "alert on every S3/SNS/API Gateway trigger)"),
@@ -261,10 +257,6 @@ EXPLAINED: Final[dict[tuple[str, str], str]] = {
     ("AWS.CloudTrail.ResourceMadePublic", "Mixed Conditions Some Restrictive (Should Alert)"): (
         "one statement restricted by aws:PrincipalOrgID, a second wildcard statement unrestricted: Sigma "
         "cannot pair Principal and Condition per statement, so any condition silences the rule"),
-    ("AWS.CloudTrail.SecurityConfigurationChange", "Security Configuration Changed - Allowlisted User"): (
-        "Panther flags cloudtrail DeleteRule unless the user is allowlisted; not a trail change"),
-    ("AWS.EC2.MultiInstanceConnect", "Public SSH Key Sent Successfully to Same Instance - Also Counts"): (
-        "counted toward Panther's threshold; the pack flags every push"),
 }
 
 

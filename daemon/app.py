@@ -150,20 +150,24 @@ class Daemon:
         """Reload every rule-based detector atomically (between two batches); keep the old set on error."""
         async with self.pipeline.paused():
             ok = True
-            for detector in self.detectors:
-                reload = getattr(detector, "reload", None)
-                if reload is None:
-                    continue
-                problems = reload()
-                if problems:
-                    ok = False
-                    for issue in problems:
-                        self.log.error("rule reload rejected; the running rule set stays", detector=detector.name,
-                                       problem=str(issue))
-                else:
-                    self.log.info("rules reloaded", detector=detector.name,
-                                  rules=len(getattr(detector, "rules", ()) or ()))
-            self.engine.reindex()
+            for engine in self.pipeline.engines():
+                for detector in engine.detectors:
+                    reload = getattr(detector, "reload", None)
+                    if reload is None:
+                        continue
+                    problems = reload()
+                    if problems:
+                        ok = False
+                        for issue in problems:
+                            self.log.error("rule reload rejected; the running rule set stays",
+                                           detector=detector.name, problem=str(issue))
+                        break
+                    if engine is self.engine:
+                        self.log.info("rules reloaded", detector=detector.name,
+                                      rules=len(getattr(detector, "rules", ()) or ()))
+                engine.reindex()
+                if not ok:
+                    break
         return ok
 
     async def run(self) -> int:

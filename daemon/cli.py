@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd = sub.add_parser("check-config", help="validate a config file and exit")
     check_cmd.add_argument("file")
     check_cmd.set_defaults(func=cmd_check_config)
+    from daemon.rules_cli import add_rules_parser
+
+    add_rules_parser(sub)
     return parser
 
 

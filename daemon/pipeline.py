@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -45,6 +46,12 @@ from detectors.event import Event, InvalidEvent
 __all__ = ["Pipeline"]
 
 _END = object()
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _safe_name(partition: str) -> str:
+    """A file-system-safe directory name for a partition key (``topic/3`` → ``topic_3``)."""
+    return _UNSAFE.sub("_", partition)
 _MAX_ACCOUNTS = 10_000
 
 
@@ -86,6 +93,10 @@ class Pipeline:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._account_times: dict[str, float] = {}
+        #: Partition-local state (Kafka): one engine and dedupe record per ``topic/partition``.
+        self.partitions: dict[str, tuple[DetectionEngine, Deduplicator]] = {}
+        for source in self.sources:
+            source.on_partitions(self._on_partitions)
         self.finished = asyncio.Event()
         self.restored = False
         self.started = False
@@ -233,7 +244,8 @@ class Pipeline:
         """Validate, dedupe and detect one batch (synchronous: the CPU part)."""
         out: list[Alert] = []
         origin = batch.origin
-        engine, dedupe, reorder = self.engine, self.dedupe, self.reorder
+        engine, dedupe = self._state_for(batch.partition)
+        reorder = self.reorder if batch.partition is None else None
         locations = batch.locations
         lags: list[float] = []
         accounts = self._account_times
@@ -267,10 +279,11 @@ class Pipeline:
                 engine.process(event, out)
         engine.advance(out)
         dedupe.expire()
-        self._record_batch_metrics(processed, duplicates, invalid, lags)
+        self._record_batch_metrics(processed, duplicates, invalid, lags, engine)
         return out
 
-    def _record_batch_metrics(self, processed: int, duplicates: int, invalid: int, times: list[float]) -> None:
+    def _record_batch_metrics(self, processed: int, duplicates: int, invalid: int, times: list[float],
+                              engine: DetectionEngine) -> None:
         metrics = self.metrics
         if processed:
             metrics.events_processed.inc(processed)
@@ -281,17 +294,83 @@ class Pipeline:
         self.counts["processed"] += processed
         self.counts["duplicate"] += duplicates
         self.counts["invalid"] += invalid
-        watermark = self.engine.watermark
+        watermark = self.watermark()
         if watermark != float("-inf"):
             metrics.watermark.set(watermark)
-        for detector, seconds in self.engine.take_timings().items():
+        for detector, seconds in engine.take_timings().items():
             if seconds:
                 metrics.detector_seconds.labels(detector=detector).inc(seconds)
 
+    def engines(self) -> list[DetectionEngine]:
+        """The default engine and every partition's engine."""
+        return [self.engine, *(engine for engine, _ in self.partitions.values())]
+
+    def watermark(self) -> float:
+        """The lowest watermark among engines that have seen events (the conservative one)."""
+        marks = [e.watermark for e in self.engines() if e.max_event_time != float("-inf")]
+        return min(marks) if marks else float("-inf")
+
+    def _state_for(self, partition: str | None) -> tuple[DetectionEngine, Deduplicator]:
+        if partition is None:
+            return self.engine, self.dedupe
+        found = self.partitions.get(partition)
+        if found is None:
+            found = self._new_partition(partition)
+        return found
+
+    def _new_partition(self, partition: str) -> tuple[DetectionEngine, Deduplicator]:
+        engine = DetectionEngine([d.fork() for d in self.engine.detectors],
+                                 allowed_lateness=self.engine.allowed_lateness, on_error=self.engine.on_error)
+        dedupe = Deduplicator(self.config.dedupe_horizon, self.config.dedupe_max_ids)
+        store = self._partition_store(partition)
+        body = store.load() if store is not None else None
+        if body:
+            engine.restore(body.get("engine") or {})
+            dedupe.restore(body.get("dedupe") or {})
+            self.log.info("partition state restored", partition=partition, dedupe_ids=len(dedupe))
+        self.partitions[partition] = (engine, dedupe)
+        return engine, dedupe
+
+    def _partition_store(self, partition: str) -> StateStore | None:
+        if self.store is None:
+            return None
+        store = StateStore(self.store.directory / "partitions" / _safe_name(partition))
+        store.prepare()
+        return store
+
+    def _partition_bodies(self) -> list[tuple[StateStore, bytes]]:
+        out = []
+        for partition, (engine, dedupe) in self.partitions.items():
+            store = self._partition_store(partition)
+            if store is not None:
+                out.append((store, store.encode({"engine": engine.snapshot(), "dedupe": dedupe.snapshot()})))
+        return out
+
+    async def _on_partitions(self, assigned: set[str], revoked: set[str]) -> None:
+        """Kafka rebalance: save and drop revoked partitions' state; load assigned ones' (between batches)."""
+        async with self._lock:
+            for partition in revoked:
+                found = self.partitions.pop(partition, None)
+                store = self._partition_store(partition)
+                if found is not None and store is not None:
+                    engine, dedupe = found
+                    data = store.encode({"engine": engine.snapshot(), "dedupe": dedupe.snapshot()})
+                    await asyncio.to_thread(store.write_encoded, data)
+            for partition in assigned:
+                if partition not in self.partitions:
+                    self._new_partition(partition)
+        if assigned or revoked:
+            self.log.info("partition state rebalanced", assigned=len(assigned), revoked=len(revoked),
+                          owned=len(self.partitions))
+
     def publish_state_metrics(self) -> None:
         """Export per-detector key counts and per-account last-seen times (called periodically)."""
-        for detector in self.engine.detectors:
-            self.metrics.state_keys.labels(detector=detector.name).set(detector.state_keys())
+        keys: dict[str, int] = defaultdict(int)
+        for engine in self.engines():
+            for detector in engine.detectors:
+                keys[detector.name] += detector.state_keys()
+        for name, count in keys.items():
+            self.metrics.state_keys.labels(detector=name).set(count)
         for account, event_time in self._account_times.items():
             self.metrics.account_last_event.labels(account=account).set(event_time)
 
@@ -342,7 +421,10 @@ class Pipeline:
                     "positions": {s.name: s.checkpoint_positions() for s in self.sources},
                 }
                 data = self.store.encode(body)
+                partition_data = self._partition_bodies()
                 await asyncio.to_thread(self.store.write_encoded, data)
+                for store, encoded in partition_data:
+                    await asyncio.to_thread(store.write_encoded, encoded)
         for source in self.sources:
             positions = pending.get(id(source))
             if positions:

@@ -36,13 +36,13 @@ __all__ = [
     "TESTS_SUFFIX",
     "CaseResult",
     "RuleResult",
-    "TestCase",
-    "TestFileError",
+    "RuleTestCase",
+    "SidecarError",
     "add_rules_parser",
     "load_tests",
     "metadata_problems",
     "run_rule_tests",
-    "tests_path",
+    "sidecar_path",
 ]
 
 TESTS_SUFFIX: Final = ".tests.json"
@@ -51,12 +51,12 @@ _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 _ATTACK_TECHNIQUE: Final = re.compile(r"attack\.t\d{4}(\.\d{3})?")
 
 
-class TestFileError(ValueError):
+class SidecarError(ValueError):
     """A tests sidecar that cannot be used (unreadable, not JSON, wrong shape)."""
 
 
 @dataclass(frozen=True, slots=True)
-class TestCase:
+class RuleTestCase:
     """One labelled event: the rule must match it (``expected``) or must not."""
 
     name: str
@@ -69,7 +69,7 @@ class TestCase:
 class CaseResult:
     """What the engine did with one case."""
 
-    case: TestCase
+    case: RuleTestCase
     matched: bool
     error: str | None = None
 
@@ -97,50 +97,50 @@ class RuleResult:
         return self.problem is None and all(result.passed for result in self.cases)
 
 
-def tests_path(rule_path: str | Path) -> Path:
+def sidecar_path(rule_path: str | Path) -> Path:
     """The sidecar of a rule file: ``x/NAME.yml`` → ``x/NAME.tests.json``."""
     path = Path(rule_path)
     return path.with_name(path.stem + TESTS_SUFFIX)
 
 
-def _cases(entries: Any, expected: bool, where: str) -> list[TestCase]:
+def _cases(entries: Any, expected: bool, where: str) -> list[RuleTestCase]:
     if entries is None:
         return []
     if not isinstance(entries, list):
-        raise TestFileError(f"{where}: '{'positive' if expected else 'negative'}' must be a list")
+        raise SidecarError(f"{where}: '{'positive' if expected else 'negative'}' must be a list")
     cases = []
     for index, entry in enumerate(entries):
         if isinstance(entry, dict) and "event" in entry:
             name = str(entry.get("name") or f"#{index}")
-            cases.append(TestCase(name, entry["event"], expected, str(entry.get("source") or "")))
+            cases.append(RuleTestCase(name, entry["event"], expected, str(entry.get("source") or "")))
         else:
-            cases.append(TestCase(f"#{index}", entry, expected))
+            cases.append(RuleTestCase(f"#{index}", entry, expected))
     return cases
 
 
-def load_tests(path: str | Path) -> dict[str | None, list[TestCase]]:
-    """Read a sidecar: rule id (``None`` when not given) → its cases.  Raises :class:`TestFileError`."""
+def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase]]:
+    """Read a sidecar: rule id (``None`` when not given) → its cases.  Raises :class:`SidecarError`."""
     try:
         document = orjson.loads(Path(path).read_bytes())
     except OSError as error:
-        raise TestFileError(f"{path}: cannot read: {error}") from None
+        raise SidecarError(f"{path}: cannot read: {error}") from None
     except orjson.JSONDecodeError as error:
-        raise TestFileError(f"{path}: not valid JSON: {error}") from None
+        raise SidecarError(f"{path}: not valid JSON: {error}") from None
     blocks = document if isinstance(document, list) else [document]
-    found: dict[str | None, list[TestCase]] = {}
+    found: dict[str | None, list[RuleTestCase]] = {}
     for block in blocks:
         if not isinstance(block, dict):
-            raise TestFileError(f"{path}: expected an object with 'positive' and 'negative' lists")
+            raise SidecarError(f"{path}: expected an object with 'positive' and 'negative' lists")
         unknown = set(block) - {"rule_id", "positive", "negative"}
         if unknown:
-            raise TestFileError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise SidecarError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         rule_id = block.get("rule_id")
         cases = _cases(block.get("positive"), True, str(path)) + _cases(block.get("negative"), False, str(path))
         found.setdefault(str(rule_id) if rule_id is not None else None, []).extend(cases)
     return found
 
 
-def _run_case(ruleset: RuleSet, rule: CompiledRule, case: TestCase) -> CaseResult:
+def _run_case(ruleset: RuleSet, rule: CompiledRule, case: RuleTestCase) -> CaseResult:
     try:
         event = Event(case.event, "rule-test")
     except InvalidEvent as error:
@@ -156,13 +156,13 @@ def run_rule_tests(ruleset: RuleSet) -> list[RuleResult]:
         by_file.setdefault(rule.path, []).append(rule)
     results: list[RuleResult] = []
     for path, rules in by_file.items():
-        sidecar = tests_path(path)
+        sidecar = sidecar_path(path)
         if not sidecar.exists():
             results.extend(RuleResult(rule, problem=f"no tests (expected {sidecar.name})") for rule in rules)
             continue
         try:
             tests = load_tests(sidecar)
-        except TestFileError as error:
+        except SidecarError as error:
             results.extend(RuleResult(rule, problem=str(error)) for rule in rules)
             continue
         for rule in rules:
@@ -194,8 +194,8 @@ def metadata_problems(rule: CompiledRule) -> list[str]:
         problems.append("no description")
     if not rule.falsepositives:
         problems.append("no falsepositives")
-    if not tests_path(rule.path).exists():
-        problems.append(f"no tests sidecar {tests_path(rule.path).name}")
+    if not sidecar_path(rule.path).exists():
+        problems.append(f"no tests sidecar {sidecar_path(rule.path).name}")
     return problems
 
 

@@ -292,7 +292,8 @@ class AccessDeniedBurst(Detector):
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
         self._apis.load(
-            [(thaw(key), [float(newest), tuple(codes), *pairs]) for key, newest, codes, pairs in data["apis"]],
+            [(thaw(key), [float(newest), tuple(codes), *pairs])
+             for key, newest, codes, pairs in data["apis"]],
             self._watermark,
         )
         self._throttle.restore(data["throttle"])

@@ -112,6 +112,13 @@ class Detector:
         """The configured severity override, or the detector's default."""
         return self.config.severity or self.severity
 
+    def fork(self) -> Detector:
+        """A twin with the same configuration and empty state (one per Kafka partition).
+
+        Detectors holding expensive immutable data (compiled rules) override this to share it.
+        """
+        return type(self)(self.config, self.context)
+
     def index_names(self) -> frozenset[str] | None:
         """Event names this instance needs (may depend on config); defaults to the class hint."""
         return self.event_names

@@ -181,7 +181,8 @@ class ConsoleLoginBruteforce(Detector):
         #: user names tried, per user the addresses tried from (exact for in-order arrivals; out of
         #: order it counts values seen up to the key's newest failure); the burst figures are what a
         #: later success alert reports.
-        self._recent: KeyedState[list] = KeyedState(horizon=max(window, within), max_keys=keys, newest=_newest)
+        self._recent: KeyedState[list] = KeyedState(horizon=max(window, within), max_keys=keys,
+                                                    newest=_newest)
         self._max_values = max(16, 2 * c.spray_users, evidence)
         self._ignored = tuple(ipaddress.ip_network(n, strict=False) for n in c.ignore_networks)
         self._watermark = float("-inf")
@@ -267,7 +268,7 @@ class ConsoleLoginBruteforce(Detector):
 
     # -- alerts ----------------------------------------------------------------------------
     def _spread_of(self, keys: list[str], start: float) -> tuple[list[str], list[str], int]:
-        """Users tried and addresses used since ``start``, from the records of ``keys``; and the users count."""
+        """Users tried and addresses used since ``start`` (records of ``keys``), and the users count."""
         users: list[str] = []
         addresses: list[str] = []
         user_count = 0
@@ -306,8 +307,8 @@ class ConsoleLoginBruteforce(Detector):
             target = ", ".join(users) or "unknown users"
             source = ", ".join(addresses) or "unknown addresses"
             what = f"{failures} failed console sign-ins for {target} from {source}"
-        summary = (f"{what} within {self.config.window / 60:g} min in account {event.account_id or 'unknown'}, "
-                   f"ending {format_time(end)}.")
+        summary = (f"{what} within {self.config.window / 60:g} min in account "
+                   f"{event.account_id or 'unknown'}, ending {format_time(end)}.")
         tags = [*self.tags, "attack.t1110.003"] if spraying else list(self.tags)
         return Alert(
             detector=self.name,

@@ -37,8 +37,9 @@ Two findings:
   do not count as inside for credentials not known as compute: services call on a human's behalf with
   the human's own credential.
 
-Both are judged order-independently: outside uses that do not qualify yet are kept (a few per
-credential) and re-judged when an earlier inside sighting or a compute reason arrives late.
+Both are judged order-independently: outside uses that do not qualify yet are kept (the latest
+four per credential) and re-judged when an earlier inside sighting or a compute reason arrives late.
+Events older than the watermark are counted as late (``on_late``) and still judged.
 
 Severity high; critical when an outside use succeeded with a write (``readOnly`` false and no
 ``errorCode``).  One alert per credential per ``throttle``; a later outside write that escalates the
@@ -84,6 +85,8 @@ _COMPUTE_AGENT: Final = re.compile(r"awslambda-worker|exec-env/AWS_Lambda_|exec-
 #: Networks that count as "inside AWS" for a first sighting.
 _INSIDE_FIRST: Final = frozenset({"aws", "private", "issued"})
 _HIGH, _CRITICAL = 0, 1
+#: Outside uses kept per credential while they do not qualify (yet); the latest are kept.
+_MAX_PENDING: Final = 4
 
 
 def _seconds(value: Any) -> Any:
@@ -271,7 +274,7 @@ class CredentialExfiltration(Detector):
             rank = _CRITICAL if readonly is False and event.error_code is None else _HIGH
             pending = credential.pending
             pending.append([t, ip, event.event_id or "", rank, event.event_name, event.region])
-            if len(pending) > self.config.max_networks:
+            if len(pending) > _MAX_PENDING:
                 del pending[0]
         return self._judge(key, credential, event)
 

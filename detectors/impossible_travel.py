@@ -31,8 +31,9 @@ the longest gap compared; also the throttle period, one alert per principal per 
 carries the suppressed count), ``max_places`` (addresses kept per principal, default 16, least
 recently seen dropped first), ``max_times`` (event times kept per address, default 16, oldest
 dropped first), ``max_keys`` (principals, default 100,000, least recently active evicted),
-``ignore_principal_patterns`` (``fnmatch`` globs of principals never tracked), plus
-``enabled``/``severity``.
+``ignore_principal_patterns`` (``fnmatch`` globs of principals never tracked), ``late_policy``
+(``evaluate``, default: events older than the watermark are counted as late and still compared;
+``drop``), plus ``enabled``/``severity``.
 
 Known false positives: VPNs, proxies and privacy relays that exit in another country (allowlist
 the corporate ones); GeoIP errors for mobile carriers and satellite links (Starlink exits far from

@@ -37,7 +37,8 @@ Parameters: ``learning_period`` (default 7 d), ``forget_after`` (default 90 d), 
 ``global_services``, ``ignore_aws_services`` (default true), ``ignore_principal_patterns``,
 ``principal_new_service`` (default false), ``service_learning_period`` (default 7 d),
 ``service_throttle`` (default 1 h), ``max_known_in_evidence`` (default 32), ``max_keys`` (default
-100,000 accounts/principals), plus ``enabled``/``severity``.
+100,000 accounts/principals), ``late_policy`` (``evaluate``, default, or ``drop``: events older than
+the watermark are counted as late either way), plus ``enabled``/``severity``.
 
 Known false positives: a team legitimately expanding into a region (approve it, or acknowledge the
 one alert); organisation-wide tooling run by an IAM role rather than a service principal (StackSets
@@ -178,8 +179,10 @@ class NewRegion(Detector):
             "late_policy": config.late_policy,
             "on_evict": lambda n: on_evict(self.name, n),
         }
-        self._regions = FirstSeen(config.learning_period, ttl=config.forget_after, max_values=_MAX_REGIONS, **hooks)
-        self._probes = FirstSeen(config.learning_period, ttl=config.forget_after, max_values=_MAX_REGIONS, **hooks)
+        # One learning clock per account for activity (value: the region) and disabled-region probes
+        # (value: ("disabled", region)), so that both learn from the account's first event.
+        self._regions = FirstSeen(config.learning_period, ttl=config.forget_after, max_values=2 * _MAX_REGIONS,
+                                  **hooks)
         self._services = FirstSeen(config.service_learning_period, ttl=config.forget_after,
                                    throttle=config.service_throttle, **hooks)
         #: account → {region: last active}: the known regions shown in evidence.
@@ -245,23 +248,23 @@ class NewRegion(Detector):
         elif t > state.newest:
             state.newest = t
         known = state.regions
-        before = self._known_regions(known, region)
         last = known.pop(region, None)
         known[region] = t if last is None or t > last else last
         if len(known) > _MAX_REGIONS:
             del known[next(iter(known))]
+        report = self._regions.add(account, t, region, event.event_id)
         approved = self.config.approved_regions
         if approved:
             if region in approved:
                 return
             suppressed = self._approved_throttle.allow((account, region), t)
             if suppressed is not None:
-                out.append(self._region_alert(event, "unapproved_region", 1, before, None, suppressed))
+                out.append(self._region_alert(event, "unapproved_region", 1, self._known_regions(known, region),
+                                              None, suppressed))
             return
-        report = self._regions.add(account, t, region, event.event_id)
         if report is not None:
-            out.append(self._region_alert(event, "new_region", 0, before, report.learning_started,
-                                          report.suppressed))
+            out.append(self._region_alert(event, "new_region", 0, self._known_regions(known, region),
+                                          report.learning_started, report.suppressed))
 
     def _on_probe(self, event: Event, account: str, region: str, out: list[Alert]) -> None:
         approved = self.config.approved_regions
@@ -269,7 +272,7 @@ class NewRegion(Detector):
             return
         state = self._known.get(account, touch=False)
         known = state.regions if state is not None else {}
-        report = self._probes.add(account, event.time, region, event.event_id)
+        report = self._regions.add(account, event.time, ("disabled", region), event.event_id)
         if report is None or region in known:
             return
         out.append(self._region_alert(event, "disabled_region_probe", -1, self._known_regions(known, region),
@@ -345,9 +348,8 @@ class NewRegion(Detector):
         )
 
     def on_watermark(self, watermark: float) -> None:
-        """Expire forgotten regions, probes, services and throttles."""
+        """Expire forgotten regions, services and throttles."""
         self._regions.advance(watermark)
-        self._probes.advance(watermark)
         self._services.advance(watermark)
         self._known.advance(watermark)
         self._approved_throttle.advance(watermark)
@@ -362,7 +364,6 @@ class NewRegion(Detector):
             "kind": self.name,
             "watermark": None if wm == _NEG_INF else wm,
             "regions": self._regions.snapshot(),
-            "probes": self._probes.snapshot(),
             "services": self._services.snapshot(),
             "known": [[account, k.newest, [[r, t] for r, t in k.regions.items()]]
                       for account, k in self._known.items()],
@@ -373,7 +374,6 @@ class NewRegion(Detector):
         """Load :meth:`snapshot` output (``ValueError`` for a foreign or newer snapshot)."""
         data = check_snapshot(state, self.name)
         self._regions.restore(data["regions"])
-        self._probes.restore(data["probes"])
         self._services.restore(data["services"])
         self._approved_throttle.restore(data["approved_throttle"])
         raw_wm = data.get("watermark")
@@ -385,6 +385,6 @@ class NewRegion(Detector):
         )
 
     def state_keys(self) -> int:
-        """Keys held: accounts (regions, known regions, probes), principals (services), throttled pairs."""
-        return (len(self._regions) + len(self._known) + len(self._probes) + len(self._services)
+        """Keys held: accounts (regions, known regions), principals (services), throttled pairs."""
+        return (len(self._regions) + len(self._known) + len(self._services)
                 + len(self._approved_throttle))

@@ -44,7 +44,7 @@ import re
 from fnmatch import translate
 from typing import Annotated, Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
@@ -214,16 +214,21 @@ class RunInstancesSpike(Detector):
                     raise ValueError(f"weight of {pattern!r} must be >= 1, got {weight}")
             return value
 
+        @model_validator(mode="after")
+        def _history_covers_a_bucket(self) -> RunInstancesSpike.Config:
+            if self.history < self.bucket:
+                raise ValueError("history must be at least one bucket long")
+            return self
+
     config: Config
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         super().__init__(config, context)
         c = self.config
-        if c.history < c.bucket:
-            raise ValueError("history must be at least one bucket")
         on_evict = self.context.on_evict
         self._rate = BaselineRate(
-            c.bucket, c.alpha, c.threshold_factor, c.min_instances - 1, warmup=c.warmup_buckets, ttl=c.history,
+            c.bucket, c.alpha, c.threshold_factor, c.min_instances - 1,
+            warmup=c.warmup_buckets, ttl=c.history,
             max_keys=c.max_keys, on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
         )
         self._buckets: KeyedState[_Bucket] = KeyedState(horizon=c.bucket, max_keys=c.max_keys,
@@ -340,7 +345,8 @@ class RunInstancesSpike(Detector):
         refused = f", {bucket.failed} of {bucket.calls} call(s) refused" if bucket.failed else ""
         summary = (
             f"{bucket.instances} EC2 instance(s) launched or requested ({types}; weighted {bucket.weighted}, "
-            f"limit {report.limit:g}, baseline {report.baseline:.1f}) in account {event.account_id or 'unknown'} "
+            f"limit {report.limit:g}, baseline {report.baseline:.1f}) "
+            f"in account {event.account_id or 'unknown'} "
             f"({', '.join(bucket.regions)}) between {format_time(report.start)} and {format_time(report.end)}"
             f"{refused}."
         )

@@ -30,7 +30,7 @@ def problems_of(path: Path) -> list[str]:
     ("sources:\n  - paths: [x]\n", "sources[0]: each entry needs a 'type'"),
     ("sinks:\n  - type: file\n", "sinks[0].path: required key is missing"),
     ("detectors:\n  no_such_detector: {}\n", "detectors.no_such_detector: unknown detector"),
-    ("detectors:\n  root_activity: {enabeld: false}\n", "detectors.root_activity.enabeld: unknown key"),
+    ("detectors:\n  cloudtrail_tampering: {enabeld: false}\n", "detectors.cloudtrail_tampering.enabeld: unknown key"),
     ("metrics:\n  port: 99999\n", "metrics.port"),
     ("sinks:\n  - type: stdout\n  - type: stdout\n", "two sinks are named 'stdout'"),
     ("sources: []\n", "no source configured"),
@@ -90,8 +90,8 @@ def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
 def test_defaults_need_no_file() -> None:
     built = check(load_config(None))
     assert [m.type for _, m in built.sinks] == ["stdout"]
-    assert {cls.name for cls, _ in built.detectors} >= {"root_activity", "cloudtrail_tampering",
-                                                        "console_login_without_mfa"}
+    assert {cls.name for cls, _ in built.detectors} >= {"sigma", "cloudtrail_tampering", "impossible_travel",
+                                                        "credential_exfiltration", "new_region"}
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("15m", 900), ("1.5h", 5400), ("250ms", 0.25),

@@ -69,7 +69,7 @@ class Every(Detector):
 
     name = "every"
 
-    def __init__(self) -> None:
+    def __init__(self, *_: Any) -> None:  # fork() passes (config, context)
         super().__init__(self.Config(), None)
 
     def on_event(self, event: Event) -> list[Alert]:

@@ -33,6 +33,8 @@ class SourceBatch:
     """Per record, its line number (JSON lines) in ``origin``; ``None``: its index in the document."""
     position: Any = None
     """Opaque; returned to :meth:`Source.acknowledge` once a checkpoint covers the batch."""
+    partition: str | None = None
+    """Which state partition the records belong to (Kafka: ``topic/partition``); ``None``: the default."""
     first_index: int = 0
     """Index of ``records[0]`` in its document (when ``locations`` is ``None``), for error context."""
 
@@ -85,6 +87,13 @@ class Source(ABC):
     def checkpoint_positions(self) -> dict[str, Any]:
         """Source positions to store in the checkpoint (file offsets, Kafka offsets)."""
         return {}
+
+    def on_partitions(self, callback: Any) -> None:
+        """Register ``callback(assigned, revoked)`` (sets of partition keys) for rebalances.
+
+        Only partitioned sources (Kafka) call it; others never change their partitions.
+        """
+        return None
 
     def restore_positions(self, positions: dict[str, Any]) -> None:
         """Resume from positions a checkpoint recorded."""

@@ -353,7 +353,8 @@ class KafkaSource(Source):
         else:
             records, locations = self._decode(tp, messages)
         position = KafkaPosition(tp.topic, tp.partition, messages[0].offset, messages[-1].offset, epoch)
-        return SourceBatch(self.name, records, f"{tp.topic}/{tp.partition}", locations, position)
+        key = f"{tp.topic}/{tp.partition}"
+        return SourceBatch(self.name, records, key, locations, position, partition=key)
 
     def _decode(self, tp: TopicPartition, messages: list[Any]) -> tuple[list[Any], list[int]]:
         """Records of every message and, per record, its message's offset (the dead-letter location)."""
@@ -435,6 +436,14 @@ class KafkaSource(Source):
         self.log.info("kafka partitions assigned", partitions=len(assigned))
         if new:
             await self._notify(AssignmentChange(frozenset((tp.topic, tp.partition) for tp in new), frozenset()))
+
+    def on_partitions(self, callback: Any) -> None:
+        """Rebalances as ``callback(assigned, revoked)`` with ``topic/partition`` keys (pipeline state)."""
+
+        def adapt(change: AssignmentChange) -> Any:
+            return callback({f"{t}/{p}" for t, p in change.assigned}, {f"{t}/{p}" for t, p in change.revoked})
+
+        self.on_assignment(adapt)
 
     async def _notify(self, change: AssignmentChange) -> None:
         for callback in self._callbacks:

@@ -18,6 +18,7 @@ A correlation rule that cannot be run is a load error like an unsupported detect
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -99,6 +100,7 @@ class SigmaDetector(Detector):
         #: Called with (rule_id, event) for every unsuppressed match, alerting or not.
         self.on_match: list[MatchListener] = []
         self.rules, plans, errors = self._load(self.paths)
+        self._plans = plans
         #: The running correlation rules and their window state.
         self.correlations = self._correlation_set(plans)
         #: Problems from the last load that went live (the initial one); for ``check-config``.
@@ -125,6 +127,13 @@ class SigmaDetector(Detector):
             on_evict=lambda n: context.on_evict(self.name, n),
         )
 
+    def fork(self) -> SigmaDetector:
+        """A twin sharing the compiled rules (immutable) with empty correlation state."""
+        twin = copy.copy(self)
+        twin.on_match = list(self.on_match)
+        twin.correlations = self._correlation_set(self._plans)
+        return twin
+
     def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
         """Build a complete new rule set; swap it in only if it loaded without errors.
 
@@ -140,6 +149,7 @@ class SigmaDetector(Detector):
         correlations = self._correlation_set(plans)
         correlations.adopt(self.correlations)
         self.rules = rules
+        self._plans = plans
         self.correlations = correlations
         self.paths = wanted
         self.load_errors = []

@@ -1,0 +1,177 @@
+"""The shipped Sigma rule pack (``config/rules``): it loads cleanly, every rule carries its metadata
+and passes its own positive and negative events, the migrated built-ins alert exactly as before, and
+the Panther yardstick stays above its targets."""
+
+from __future__ import annotations
+
+import uuid
+from functools import cache
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.yardstick import COVERED, EXPLAINED, NOT_COVERED, TARGET_FLAGGED, TARGET_SILENT, run_yardstick
+from daemon.components import DEFAULT_RULE_PATHS
+from daemon.rules_cli import load_tests, metadata_problems, run_rule_tests, sidecar_path
+from detectors.cloudtrail_tampering import CloudTrailTampering
+from detectors.event import Event
+from detectors.sigma import RuleSet, load_rules
+from detectors.sigma.detector import SigmaConfig, SigmaDetector
+
+PACK = Path(DEFAULT_RULE_PATHS[0])
+BUILTIN = Path(__file__).parent / "data" / "builtin"
+BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
+              "execution", "organizations", "sign_in", "root_usage"}
+
+
+@cache
+def pack() -> RuleSet:
+    rules, errors = load_rules([PACK])
+    assert errors == [], [str(e) for e in errors]
+    return rules
+
+
+def stem(path: str) -> str:
+    return str(Path(path).resolve().relative_to(PACK.resolve()).with_suffix(""))
+
+
+# -- the pack as a whole ---------------------------------------------------------------------------
+def test_every_rule_loads_with_no_issue_and_nothing_is_set_aside() -> None:
+    rules = pack()
+    assert len(rules) >= 70
+    assert rules.skipped == () and rules.correlation_rules == ()
+    files = sorted(p for p in PACK.rglob("*") if p.suffix in (".yml", ".yaml"))
+    assert {Path(r.path).resolve() for r in rules.rules} == {p.resolve() for p in files}
+
+
+def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -> None:
+    ids = set()
+    for rule in pack().rules:
+        sigma = rule.rule
+        assert sigma is not None
+        assert (sigma.logsource.product, sigma.logsource.service, sigma.logsource.category) == (
+            "aws", "cloudtrail", None), rule.path
+        assert str(uuid.UUID(rule.rule_id)) == rule.rule_id
+        ids.add(rule.rule_id)
+        assert metadata_problems(rule) == [], (rule.path, metadata_problems(rule))
+        assert rule.level in {"informational", "low", "medium", "high", "critical"}
+        assert sigma.author == "trailguard" and sigma.date is not None and rule.references
+        assert sigma.status is not None
+        assert Path(rule.path).parent.name in BEHAVIOURS, rule.path
+    assert len(ids) == len(pack())
+
+
+def test_every_rule_has_tests_and_they_pass_through_the_real_engine() -> None:
+    results = run_rule_tests(pack())
+    assert len(results) == len(pack())
+    failures = {stem(r.rule.path): [r.problem, *(c.explain() for c in r.cases if not c.passed)]
+                for r in results if not r.passed}
+    assert failures == {}
+    for result in results:
+        kinds = {case.case.expected for case in result.cases}
+        assert kinds == {True, False}, result.rule.path
+        assert all(case.case.source for case in result.cases), result.rule.path
+
+
+def test_sidecars_belong_to_their_rule_and_are_real_cloudtrail_records() -> None:
+    for rule in pack().rules:
+        tests = load_tests(sidecar_path(rule.path))
+        assert set(tests) == {rule.rule_id}, rule.path
+        for case in tests[rule.rule_id]:
+            Event(case.event, "sidecar")  # raises if not a usable record
+
+
+def test_only_root_rules_need_every_event() -> None:
+    """The index keeps every rule off events it cannot match, except the root rules (root can call
+    any API); everything else requires an eventName or eventSource."""
+    always = {stem(rule.path) for rule in pack().always_checked}
+    assert always and all(name.startswith("root_usage/") for name in always), always
+
+
+# -- the migrated built-ins: root_activity, console_login_without_mfa, StopLogging & co. -----------
+@cache
+def detectors() -> tuple[SigmaDetector, CloudTrailTampering]:
+    return SigmaDetector(SigmaConfig(paths=[str(PACK)])), CloudTrailTampering(CloudTrailTampering.Config())
+
+
+def alerts_of(raws: list[dict]) -> set[tuple[str, str, str]]:
+    sigma, tampering = detectors()
+    names = {rule.rule_id: stem(rule.path) for rule in sigma.rules.rules}
+    found = set()
+    for raw in raws:
+        event = Event(raw, "test")
+        for detector in (sigma, tampering):
+            for alert in detector.on_event(event) or ():
+                found.add((names.get(alert.rule_id or "", alert.detector), alert.severity, alert.event_ids[0]))
+    return found
+
+
+def records(path: Path) -> list[dict]:
+    data = orjson.loads(path.read_bytes())
+    return data["Records"] if isinstance(data, dict) else data
+
+
+@pytest.mark.parametrize(("file_name", "expected"), [
+    ("aws.defense-evasion.cloudtrail-stop.json",
+     ("logging_tampering/cloudtrail_logging_stopped", "critical", "10163ed2-2253-469d-a5ee-cbc6651f8934")),
+    ("aws.defense-evasion.cloudtrail-delete.json",
+     ("logging_tampering/cloudtrail_logging_stopped", "critical", "ee73c230-44bc-4492-8542-cfb189eae287")),
+    ("aws.defense-evasion.cloudtrail-event-selectors.json",
+     ("cloudtrail_tampering", "high", "c2a89408-340a-42f0-8ace-75d9f5769393")),
+    ("aws.initial-access.console-login-without-mfa.json",
+     ("sign_in/console_login_without_mfa", "high", "865d9377-9c6b-4fd7-8aad-725e95f6a140")),
+])
+def test_stratus_detonations_alert_exactly_as_the_python_built_ins_did(file_name: str, expected: tuple) -> None:
+    assert alerts_of(records(BUILTIN / "stratus" / file_name)) == {expected}
+
+
+def test_invictus_account_alerts_as_before_plus_the_user_data_reads() -> None:
+    """The same eight alerts (and severities) the three built-in detectors raised on this account,
+    now from pack rules, plus the userData reads of the Stratus discovery run and terraform."""
+    raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
+    found = alerts_of(raws)
+    user_data = {a for a in found if a[0] == "credential_access/ec2_user_data_read"}
+    assert len(user_data) == 15 and {a[1] for a in user_data} == {"low"}
+    assert found - user_data == {
+        ("cloudtrail_tampering", "high", "076e96d5-2983-473f-920a-2fc2d7e02777"),
+        ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "9790ee84-ed2b-4866-83d1-f32af0dd4cd2"),
+        ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "b4610d54-efe9-40b0-b9f9-71156081d520"),
+        ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "f6e10706-705c-47f2-94d4-112a9527ab8b"),
+        ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "b7e19efd-92be-4182-bbbc-b6468296710b"),
+        ("logging_tampering/cloudtrail_logging_stopped", "critical", "c0057a42-1625-4b1d-9db5-352f931f790a"),
+        ("logging_tampering/cloudtrail_logging_stopped", "critical", "fcec2e46-3cc3-4ac2-8144-3674f06990e4"),
+        ("sign_in/console_login_without_mfa", "high", "70e5932e-9022-4b38-837e-ca10dad94eb7"),
+    }
+
+
+def test_root_console_login_without_mfa_raises_the_login_and_the_mfa_rule() -> None:
+    case = next(c for c in load_tests(PACK / "sign_in" / "root_console_login_without_mfa.tests.json").popitem()[1]
+                if c.name == "Panther: root without MFA")
+    found = {(name, severity) for name, severity, _ in alerts_of([case.event])}
+    assert found == {("sign_in/root_console_login_without_mfa", "critical"), ("root_usage/root_console_login", "high")}
+
+
+def test_sigma_exceptions_replace_the_old_allowed_principals_knob() -> None:
+    case = load_tests(PACK / "sign_in" / "console_login_without_mfa.tests.json").popitem()[1][0]
+    event = Event(case.event, "test")
+    rule_id = next(r.rule_id for r in pack().rules if stem(r.path) == "sign_in/console_login_without_mfa")
+    assert SigmaDetector(SigmaConfig(paths=[str(PACK)])).on_event(event)
+    quiet = SigmaDetector(SigmaConfig(paths=[str(PACK)], exceptions=[
+        {"rule_ids": [rule_id], "principals": [event.principal]}]))
+    assert not quiet.on_event(event)
+
+
+# -- the Panther yardstick -----------------------------------------------------------------------
+def test_panther_yardstick_meets_its_targets_and_explains_every_miss() -> None:
+    report = run_yardstick()
+    assert report.unmapped == []
+    assert set(COVERED).isdisjoint(NOT_COVERED)
+    assert report.total.positives >= 90 and report.total.negatives >= 100
+    assert report.total.flagged_share >= TARGET_FLAGGED, report.total.to_dict()
+    assert report.total.silent_share >= TARGET_SILENT, report.total.to_dict()
+    unexplained = [(m.rule_id, m.test_name) for m in report.misses if (m.rule_id, m.test_name) not in EXPLAINED]
+    assert unexplained == []
+    owners = {owner for coverage in COVERED.values() for owner in coverage.owners}
+    known = {stem(rule.path) for rule in pack().rules} | {"cloudtrail_tampering"}
+    assert owners <= known, owners - known
