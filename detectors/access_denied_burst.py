@@ -42,12 +42,13 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable
 from fnmatch import translate
-from typing import Annotated, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.windows import CountReport, CountWindow, KeyedState, Throttle
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
@@ -70,20 +71,6 @@ DEFAULT_ERROR_CODES: Final = frozenset({
     "NotAuthorizedException",
 })
 
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _seconds(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"10m"``, ``"1h"`` → seconds (anything else is left for pydantic to refuse)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 #: Error codes remembered per principal (for the evidence).
 _MAX_CODES: Final = 8
@@ -133,7 +120,7 @@ class AccessDeniedBurst(Detector):
         """Tuning for :class:`AccessDeniedBurst`."""
 
         #: Sliding event-time window (seconds, or ``10m``-style).
-        window: Seconds = Field(600.0, gt=0)
+        window: Duration = Field(600.0, gt=0)
         #: Breadth trigger: at least this many failures …
         min_failures: int = Field(10, ge=1)
         #: … across at least this many distinct ``eventSource:eventName``.

@@ -40,13 +40,13 @@ pattern) — list them in ``ignore_networks``; password managers retrying a stal
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Annotated, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field, field_validator
 
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.windows import CountReport, CountWindow, KeyedState, SequenceWindow, Throttle
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot
@@ -60,21 +60,6 @@ _NO_ADDRESS: Final = "<none>"
 _IP: Final = "ip:"
 _USER: Final = "user:"
 _STEPS: Final = ("failures", "success")
-
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _seconds(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"10m"``, ``"1h"`` → seconds (anything else is left for pydantic to refuse)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 #: Where a key's record starts listing ``value, last time`` pairs (after newest, burst count, burst end).
@@ -139,13 +124,13 @@ class ConsoleLoginBruteforce(Detector):
         """Tuning for :class:`ConsoleLoginBruteforce`."""
 
         #: Sliding event-time window for counting failures (seconds, or ``10m``-style).
-        window: Seconds = Field(600.0, gt=0)
+        window: Duration = Field(600.0, gt=0)
         #: Failures per address or per user within ``window`` that make a burst.
         threshold: int = Field(5, ge=2)
         #: Distinct user names from one address (in a burst) that make it password spraying.
         spray_users: int = Field(3, ge=2)
         #: A success at most this long after a burst is reported as critical (default: ``window``).
-        success_within: Seconds | None = Field(None, gt=0)
+        success_within: Duration | None = Field(None, gt=0)
         #: CIDRs (or single addresses) whose failures are not counted.
         ignore_networks: tuple[str, ...] = ()
         #: Hard cap on tracked addresses + users, per structure.

@@ -42,12 +42,13 @@ from __future__ import annotations
 import math
 import re
 from fnmatch import translate
-from typing import Annotated, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.windows import BaselineRate, KeyedState, SpikeReport
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
@@ -72,21 +73,6 @@ _MAX_LISTED: Final = 20
 _MAX_IDS: Final = 256
 _ACCOUNT: Final = "account:"
 _PRINCIPAL: Final = "principal:"
-
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _seconds(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"10m"``, ``"1h"`` → seconds (anything else is left for pydantic to refuse)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 def _count(value: Any) -> int | None:
@@ -184,7 +170,7 @@ class RunInstancesSpike(Detector):
         """Tuning for :class:`RunInstancesSpike`."""
 
         #: Event-time bucket (seconds or ``10m``-style), aligned to the epoch.
-        bucket: Seconds = Field(600.0, gt=0)
+        bucket: Duration = Field(600.0, gt=0)
         #: Weighted instances in one bucket that are always reported (the absolute floor).
         min_instances: int = Field(20, ge=1)
         #: Report when a bucket exceeds this many times the key's baseline (if above the floor).
@@ -200,7 +186,7 @@ class RunInstancesSpike(Detector):
         #: fnmatch globs (case-sensitive) of principals never counted.
         ignore_principals: tuple[str, ...] = ()
         #: How long (event time) a key with no launches keeps its baseline.
-        history: Seconds = Field(7 * 86400.0, gt=0)
+        history: Duration = Field(7 * 86400.0, gt=0)
         #: Hard cap on tracked keys (account+region pairs plus principals).
         max_keys: int = Field(10_000, ge=1)
         #: Event ids listed in an alert at most.
