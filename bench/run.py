@@ -34,6 +34,7 @@ RESULTS = ROOT / "bench" / "results"
 SCENARIOS: dict[str, str] = {
     "archive": "bench.scenarios.archive:run",
     "rules": "bench.scenarios.rules:run",
+    "state": "bench.scenarios.state:run",
 }
 
 
