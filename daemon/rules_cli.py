@@ -15,6 +15,24 @@ id, level, ATT&CK tags, description, a tests sidecar).  ``test`` runs every case
 rule index and predicate (``RuleSet.match`` on a validated :class:`~detectors.event.Event`), so a
 rule the index would keep away from its own positive fails too.  A rule without tests fails.
 Both exit 1 on any failure, 0 otherwise.
+
+Correlation rules are tested with *timelines* instead, in the same sidecar format::
+
+    {"rule_id": "<uuid>",
+     "timelines": [{"name": "...", "source": "...", "expect": true,
+                    "events": [{"at": 0, "event": {...}}, {"at": 30, "repeat": 5, "every": 10, "event": {...}}]}]}
+
+Each timeline runs on a fresh copy of a real :class:`~detectors.sigma.detector.SigmaDetector` loaded
+with every rule file given plus the files next to each given file (where a correlation's base rules
+live), inside a :class:`~detectors.engine.DetectionEngine` with the default allowed lateness: events
+are fed one by one in the listed order (``eventTime`` rewritten to ``TIMELINE_EPOCH + at``; a
+``repeat``-ed event recurs every ``every`` seconds, its copies' ``eventID`` suffixed ``#n``), the
+watermark advancing after each, then a final watermark past every window so windows that are judged
+when they close are judged.  ``expect: true`` passes when the correlation fired (an alert with its
+``rule_id``); ``false`` when it did not.  A correlation that only feeds another (``generate: false``)
+is tested as if it alerted, and so is a detection rule with ``generate: false``: its positives must
+*match*.  Whether a rule alerts on its own is its ``generate`` flag, not its tests.  Rules in the
+files next to a given file are loaded (so references resolve) but neither tested nor reported.
 """
 
 from __future__ import annotations
@@ -22,26 +40,39 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import orjson
 
-from detectors.event import Event, InvalidEvent
-from detectors.sigma import CompiledRule, LoadIssue, RuleSet, load_rules
+from detectors.engine import DetectionEngine
+from detectors.event import Event, InvalidEvent, format_time
+from detectors.sigma import CORRELATION_NOTICE, CompiledRule, LoadIssue, RuleSet
+from detectors.sigma.correlation import CorrelationSet
+from detectors.sigma.correlation_plan import Plan
+from detectors.sigma.detector import SigmaConfig, SigmaDetector
+from detectors.sigma.loader import rule_files
 
 __all__ = [
     "TESTS_SUFFIX",
+    "TIMELINE_EPOCH",
     "CaseResult",
+    "LoadedRules",
     "RuleResult",
     "RuleTestCase",
     "SidecarError",
+    "TimedEvent",
+    "Timeline",
+    "TimelineResult",
     "add_rules_parser",
+    "load_rule_files",
     "load_tests",
     "metadata_problems",
+    "run_correlation_tests",
     "run_rule_tests",
+    "run_timeline",
     "sidecar_path",
 ]
 
@@ -49,6 +80,11 @@ TESTS_SUFFIX: Final = ".tests.json"
 EXIT_FAILED: Final = 1
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ATTACK_TECHNIQUE: Final = re.compile(r"attack\.t\d{4}(\.\d{3})?")
+#: Where timelines start: ``eventTime`` of an event is this plus its ``at`` (2024-01-01T00:00:00Z).
+TIMELINE_EPOCH: Final = 1_704_067_200.0
+_BLOCK_KEYS: Final = frozenset({"rule_id", "positive", "negative", "timelines"})
+_TIMELINE_KEYS: Final = frozenset({"name", "source", "expect", "events"})
+_TIMED_KEYS: Final = frozenset({"at", "event", "repeat", "every"})
 
 
 class SidecarError(ValueError):
@@ -84,12 +120,55 @@ class CaseResult:
         return f"{kind} {self.case.name!r}: rule {'matched' if self.matched else 'did not match'}"
 
 
+@dataclass(frozen=True, slots=True)
+class TimedEvent:
+    """One record of a timeline, at ``at`` seconds after its start (``repeat`` times, ``every`` s apart)."""
+
+    at: float
+    event: Any
+    repeat: int = 1
+    every: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """Records in delivery order; the correlation must fire on them (``expected``) or must not."""
+
+    name: str
+    events: tuple[TimedEvent, ...]
+    expected: bool
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineResult:
+    """What the detector did with one timeline: how many alerts the correlation raised."""
+
+    case: Timeline
+    alerts: int
+    late: int = 0
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and (self.alerts > 0) is self.case.expected
+
+    def explain(self) -> str:
+        kind = "positive" if self.case.expected else "negative"
+        if self.error is not None:
+            return f"{kind} timeline {self.case.name!r}: {self.error}"
+        late = f" ({self.late} event(s) arrived too late to count)" if self.late else ""
+        if self.alerts:
+            return f"{kind} timeline {self.case.name!r}: correlation fired {self.alerts} time(s){late}"
+        return f"{kind} timeline {self.case.name!r}: correlation did not fire{late}"
+
+
 @dataclass(slots=True)
 class RuleResult:
     """The outcome of one rule's tests (``problem`` is set when they could not run at all)."""
 
-    rule: CompiledRule
-    cases: list[CaseResult] = field(default_factory=list)
+    rule: CompiledRule | Plan
+    cases: list[CaseResult | TimelineResult] = field(default_factory=list)
     problem: str | None = None
 
     @property
@@ -118,7 +197,50 @@ def _cases(entries: Any, expected: bool, where: str) -> list[RuleTestCase]:
     return cases
 
 
-def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase]]:
+def _number(value: Any, what: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise SidecarError(f"{where}: {what} must be a number >= 0, not {value!r}")
+    return float(value)
+
+
+def _timed_event(entry: Any, where: str) -> TimedEvent:
+    if not isinstance(entry, dict) or "event" not in entry or "at" not in entry:
+        raise SidecarError(f"{where}: each event must be an object with 'at' and 'event'")
+    unknown = set(entry) - _TIMED_KEYS
+    if unknown:
+        raise SidecarError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    repeat = entry.get("repeat", 1)
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise SidecarError(f"{where}: 'repeat' must be an integer >= 1, not {repeat!r}")
+    every = _number(entry.get("every", 0), "'every'", where)
+    return TimedEvent(_number(entry["at"], "'at'", where), entry["event"], repeat, every)
+
+
+def _timelines(entries: Any, where: str) -> list[Timeline]:
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise SidecarError(f"{where}: 'timelines' must be a list")
+    timelines = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise SidecarError(f"{where}: timeline #{index} must be an object")
+        name = str(entry.get("name") or f"#{index}")
+        here = f"{where}: timeline {name!r}"
+        unknown = set(entry) - _TIMELINE_KEYS
+        if unknown:
+            raise SidecarError(f"{here}: unknown key(s) {', '.join(sorted(unknown))}")
+        if not isinstance(entry.get("expect"), bool):
+            raise SidecarError(f"{here}: needs 'expect': true or false")
+        events = entry.get("events")
+        if not isinstance(events, list) or not events:
+            raise SidecarError(f"{here}: 'events' must be a non-empty list")
+        timed = tuple(_timed_event(event, here) for event in events)
+        timelines.append(Timeline(name, timed, entry["expect"], str(entry.get("source") or "")))
+    return timelines
+
+
+def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase | Timeline]]:
     """Read a sidecar: rule id (``None`` when not given) → its cases.  Raises :class:`SidecarError`."""
     try:
         document = orjson.loads(Path(path).read_bytes())
@@ -127,15 +249,19 @@ def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase]]:
     except orjson.JSONDecodeError as error:
         raise SidecarError(f"{path}: not valid JSON: {error}") from None
     blocks = document if isinstance(document, list) else [document]
-    found: dict[str | None, list[RuleTestCase]] = {}
+    found: dict[str | None, list[RuleTestCase | Timeline]] = {}
     for block in blocks:
         if not isinstance(block, dict):
-            raise SidecarError(f"{path}: expected an object with 'positive' and 'negative' lists")
-        unknown = set(block) - {"rule_id", "positive", "negative"}
+            raise SidecarError(f"{path}: expected an object with 'positive' and 'negative' (or 'timelines') lists")
+        unknown = set(block) - _BLOCK_KEYS
         if unknown:
             raise SidecarError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         rule_id = block.get("rule_id")
-        cases = _cases(block.get("positive"), True, str(path)) + _cases(block.get("negative"), False, str(path))
+        cases: list[RuleTestCase | Timeline] = [
+            *_cases(block.get("positive"), True, str(path)),
+            *_cases(block.get("negative"), False, str(path)),
+            *_timelines(block.get("timelines"), str(path)),
+        ]
         found.setdefault(str(rule_id) if rule_id is not None else None, []).extend(cases)
     return found
 
@@ -149,37 +275,143 @@ def _run_case(ruleset: RuleSet, rule: CompiledRule, case: RuleTestCase) -> CaseR
     return CaseResult(case, matched=any(candidate is rule for candidate in matched))
 
 
-def run_rule_tests(ruleset: RuleSet) -> list[RuleResult]:
-    """Run every loaded rule's sidecar tests through ``ruleset``'s index and predicates."""
+def _labelled(cases: list[Any]) -> str | None:
+    """Why a rule's cases cannot stand as its tests: they need both a positive and a negative."""
+    expectations = {case.expected for case in cases}
+    return None if expectations == {True, False} else "needs at least one positive and one negative"
+
+
+def _sidecar_cases(
+    path: str, ids: list[str], others_in_file: int
+) -> tuple[dict[str, list[RuleTestCase | Timeline]], str | None]:
+    """The cases of each rule id of the file ``path`` (``ids``), or why the sidecar cannot be used."""
+    sidecar = sidecar_path(path)
+    if not sidecar.exists():
+        return {}, f"no tests (expected {sidecar.name})"
+    try:
+        tests = load_tests(sidecar)
+    except SidecarError as error:
+        return {}, str(error)
+    found = {rule_id: tests[rule_id] for rule_id in ids if rule_id in tests}
+    if len(ids) == 1 and not others_in_file and set(tests) <= {None} and None in tests:
+        found[ids[0]] = tests[None]
+    return found, None
+
+
+def _selected(path: str, only: Collection[str] | None) -> bool:
+    return only is None or str(Path(path).resolve()) in only
+
+
+def run_rule_tests(ruleset: RuleSet, *, only: Collection[str] | None = None) -> list[RuleResult]:
+    """Run every loaded detection rule's sidecar events through ``ruleset``'s index and predicates.
+
+    ``only``: resolved paths of the rule files to test (default: every rule in ``ruleset``).
+    """
     by_file: dict[str, list[CompiledRule]] = {}
     for rule in ruleset.rules:
-        by_file.setdefault(rule.path, []).append(rule)
+        if _selected(rule.path, only):
+            by_file.setdefault(rule.path, []).append(rule)
+    correlations_in: dict[str, int] = {}
+    for correlation in ruleset.correlation_rules:
+        if correlation.source is not None:
+            where = str(correlation.source.path)
+            correlations_in[where] = correlations_in.get(where, 0) + 1
     results: list[RuleResult] = []
     for path, rules in by_file.items():
-        sidecar = sidecar_path(path)
-        if not sidecar.exists():
-            results.extend(RuleResult(rule, problem=f"no tests (expected {sidecar.name})") for rule in rules)
-            continue
-        try:
-            tests = load_tests(sidecar)
-        except SidecarError as error:
-            results.extend(RuleResult(rule, problem=str(error)) for rule in rules)
-            continue
+        tests, problem = _sidecar_cases(path, [rule.rule_id for rule in rules], correlations_in.get(path, 0))
         for rule in rules:
             cases = tests.get(rule.rule_id)
-            if cases is None and len(rules) == 1 and set(tests) <= {None}:
-                cases = tests.get(None)
-            if not cases:
-                results.append(RuleResult(rule, problem=f"no tests for this rule in {sidecar.name}"))
+            if problem is not None or not cases:
+                missing = f"no tests for this rule in {sidecar_path(path).name}"
+                results.append(RuleResult(rule, problem=problem or missing))
                 continue
-            result = RuleResult(rule, [_run_case(ruleset, rule, case) for case in cases])
-            if not any(case.expected for case in cases) or all(case.expected for case in cases):
-                result.problem = "needs at least one positive and one negative event"
+            if any(isinstance(case, Timeline) for case in cases):
+                results.append(RuleResult(rule, problem="timelines are for correlation rules; give it "
+                                          "'positive' and 'negative' events"))
+                continue
+            events = [case for case in cases if isinstance(case, RuleTestCase)]
+            result = RuleResult(rule, [_run_case(ruleset, rule, case) for case in events])
+            result.problem = _labelled(cases)
             results.append(result)
     return results
 
 
-def metadata_problems(rule: CompiledRule) -> list[str]:
+def _timeline_events(timeline: Timeline) -> list[Event]:
+    """The timeline's records with ``eventTime`` (and repeated copies' ``eventID``) rewritten."""
+    events = []
+    for timed in timeline.events:
+        if not isinstance(timed.event, dict):
+            raise InvalidEvent("not_an_object", f"record is a {type(timed.event).__name__}, not an object")
+        for copy in range(timed.repeat):
+            raw = dict(timed.event)
+            raw["eventTime"] = format_time(TIMELINE_EPOCH + timed.at + copy * timed.every)
+            if copy and isinstance(raw.get("eventID"), str):
+                raw["eventID"] = f"{raw['eventID']}#{copy}"
+            events.append(Event(raw, "rule-test"))
+    return events
+
+
+def run_timeline(detector: SigmaDetector, rule_id: str, timeline: Timeline) -> TimelineResult:
+    """Feed ``timeline`` to a fresh copy of ``detector`` in an engine; count correlation ``rule_id``'s alerts.
+
+    Every correlation of the copy alerts (``generate`` forced on), so a correlation that only feeds
+    another can be tested as firing; ``detector`` itself is left untouched.
+    """
+    try:
+        events = _timeline_events(timeline)
+    except InvalidEvent as error:
+        return TimelineResult(timeline, 0, error=f"not a usable CloudTrail record ({error})")
+    late = [0]
+
+    def on_late(n: int) -> None:
+        late[0] += n
+
+    twin = detector.fork()
+    plans = detector.correlations.plans
+    twin.correlations = CorrelationSet([replace(plan, generate=True) for plan in plans],
+                                       severity_of=twin.severity_for, on_late=on_late)
+    engine = DetectionEngine([twin])
+    alerts = []
+    for event in events:
+        alerts.extend(engine.process_many([event]))
+    horizon = max((plan.timespan for plan in plans), default=0.0) + engine.allowed_lateness + 1.0
+    alerts.extend(twin.on_watermark(engine.max_event_time + horizon) or ())
+    return TimelineResult(timeline, sum(alert.rule_id == rule_id for alert in alerts), late=late[0])
+
+
+def run_correlation_tests(detector: SigmaDetector, *, only: Collection[str] | None = None) -> list[RuleResult]:
+    """Run every loaded correlation rule's sidecar timelines through ``detector`` (see :func:`run_timeline`).
+
+    ``only``: resolved paths of the rule files to test (default: every correlation loaded).
+    """
+    by_file: dict[str, list[Plan]] = {}
+    for plan in detector.correlations.plans:
+        if _selected(plan.path, only):
+            by_file.setdefault(plan.path, []).append(plan)
+    detections_in: dict[str, int] = {}
+    for rule in detector.rules.rules:
+        detections_in[rule.path] = detections_in.get(rule.path, 0) + 1
+    results: list[RuleResult] = []
+    for path, plans in by_file.items():
+        tests, problem = _sidecar_cases(path, [plan.rule_id for plan in plans], detections_in.get(path, 0))
+        for plan in plans:
+            cases = tests.get(plan.rule_id)
+            if problem is not None or not cases:
+                missing = f"no tests for this rule in {sidecar_path(path).name}"
+                results.append(RuleResult(plan, problem=problem or missing))
+                continue
+            if any(isinstance(case, RuleTestCase) for case in cases):
+                results.append(RuleResult(plan, problem="a correlation rule is tested with 'timelines', not "
+                                          "'positive'/'negative' events"))
+                continue
+            result = RuleResult(plan, [run_timeline(detector, plan.rule_id, case) for case in cases
+                                       if isinstance(case, Timeline)])
+            result.problem = _labelled(cases)
+            results.append(result)
+    return results
+
+
+def metadata_problems(rule: CompiledRule | Plan) -> list[str]:
     """What a rule of the shipped pack must carry beyond loading (``validate --strict``)."""
     problems = []
     if not _UUID.fullmatch(rule.rule_id):
@@ -199,6 +431,45 @@ def metadata_problems(rule: CompiledRule) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedRules:
+    """The rule files a command was given, loaded in a detector together with their neighbours."""
+
+    #: Loaded with the given files plus the files next to each given file.
+    detector: SigmaDetector
+    #: Resolved paths of the rule files the command was given (directories expanded).
+    selected: frozenset[str]
+    #: Load problems of the given files (and of paths that do not exist).
+    errors: tuple[LoadIssue, ...]
+    #: Rules of the given files set aside (other log sources, disabled); correlations are not.
+    skipped: tuple[LoadIssue, ...]
+
+    @property
+    def rules(self) -> list[CompiledRule]:
+        """The detection rules of the given files."""
+        return [rule for rule in self.detector.rules.rules if rule.path in self.selected]
+
+    @property
+    def plans(self) -> list[Plan]:
+        """The correlation rules of the given files that can run."""
+        return [plan for plan in self.detector.correlations.plans if plan.path in self.selected]
+
+
+def load_rule_files(paths: Sequence[str | Path]) -> LoadedRules:
+    """Load the rule files under ``paths`` and, so that correlations find their base rules, the files
+    next to each file given directly; report only the given files' problems."""
+    given, missing = rule_files(paths)
+    selected = frozenset(str(path.resolve()) for path in given)
+    neighbours, _ = rule_files(Path(entry).resolve().parent for entry in paths if Path(entry).is_file())
+    context = sorted(selected | {str(path.resolve()) for path in neighbours})
+    detector = SigmaDetector(SigmaConfig(paths=context))
+    errors = [*missing, *(issue for issue in detector.load_errors
+                          if issue.path in selected or issue.path not in context)]
+    skipped = tuple(issue for issue in detector.rules.skipped
+                    if issue.path in selected and issue.reason != CORRELATION_NOTICE)
+    return LoadedRules(detector, selected, tuple(errors), skipped)
+
+
 def _shown(path: str) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
@@ -213,13 +484,14 @@ def _issue_line(issue: LoadIssue) -> str:
 def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Load every rule under the paths; print each problem; exit 1 if any rule failed."""
     out = out or sys.stdout
-    ruleset, errors = load_rules(args.paths)
-    failed = len(errors)
-    for issue in errors:
+    loaded = load_rule_files(args.paths)
+    failed = len(loaded.errors)
+    for issue in loaded.errors:
         print(f"ERROR {_issue_line(issue)}", file=out)
-    for issue in ruleset.skipped:
+    for issue in loaded.skipped:
         print(f"SKIP  {_issue_line(issue)}", file=out)
-    for rule in ruleset.rules:
+    everything: list[CompiledRule | Plan] = [*loaded.rules, *loaded.plans]
+    for rule in everything:
         problems = metadata_problems(rule) if args.strict else []
         if problems:
             failed += 1
@@ -227,24 +499,28 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 print(f"ERROR {_shown(rule.path)}: rule {rule.rule_id} ({rule.title}): {problem}", file=out)
         elif args.verbose:
             print(f"OK    {_shown(rule.path)}: rule {rule.rule_id} ({rule.title})", file=out)
-    print(f"{len(ruleset.rules)} rule(s) loaded, {failed} with errors, {len(ruleset.skipped)} skipped", file=out)
+    correlations = f" ({len(loaded.plans)} correlation)" if loaded.plans else ""
+    print(f"{len(everything)} rule(s) loaded{correlations}, {failed} with errors, {len(loaded.skipped)} skipped",
+          file=out)
     return EXIT_FAILED if failed else 0
 
 
 def cmd_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run every rule's sidecar tests; print pass/fail per rule; exit 1 on any failure."""
+    """Run every rule's sidecar tests (events and timelines); print pass/fail per rule; exit 1 on any failure."""
     out = out or sys.stdout
-    ruleset, errors = load_rules(args.paths)
-    for issue in errors:
+    loaded = load_rule_files(args.paths)
+    for issue in loaded.errors:
         print(f"ERROR {_issue_line(issue)}", file=out)
-    results = run_rule_tests(ruleset)
+    results = [*run_rule_tests(loaded.detector.rules, only=loaded.selected),
+               *run_correlation_tests(loaded.detector, only=loaded.selected)]
     failed = 0
     for result in results:
         rule = result.rule
         where = f"{_shown(rule.path)} ({rule.title})"
         if result.passed:
             positives = sum(r.case.expected for r in result.cases)
-            print(f"PASS  {where}: {positives} positive, {len(result.cases) - positives} negative", file=out)
+            unit = " timeline(s)" if isinstance(rule, Plan) else ""
+            print(f"PASS  {where}: {positives} positive, {len(result.cases) - positives} negative{unit}", file=out)
             continue
         failed += 1
         print(f"FAIL  {where}" + (f": {result.problem}" if result.problem else ""), file=out)
@@ -252,6 +528,7 @@ def cmd_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if not case.passed:
                 print(f"        {case.explain()}", file=out)
     passed = len(results) - failed
+    errors = loaded.errors
     print(f"{len(results)} rule(s) tested: {passed} passed, {failed} failed"
           + (f"; {len(errors)} rule(s) did not load" if errors else ""), file=out)
     return EXIT_FAILED if failed or errors else 0

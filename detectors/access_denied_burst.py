@@ -18,8 +18,11 @@ sliding window of ``window`` seconds of event time, counting events whose ``erro
   script insisting on something it may not do.  The detector's severity (``medium``),
   ``evidence.finding: volume``.
 
-One alert per principal per ``window`` (later failures are counted in the next alert's
-``evidence.suppressed``).  Evidence: failures in the window, distinct APIs (at most
+Failures are counted by a :class:`~detectors.windows.CountWindow`; the distinct APIs of the window
+it fires for come from a small per-principal record of each API's last failure (exact for events
+in time order; for out-of-order arrivals it counts the APIs seen up to the principal's newest
+failure).  One alert per principal per ``window`` while failures go on (the next alert's
+``evidence.suppressed`` counts the reports held back).  Evidence: failures in the window, distinct APIs (at most
 ``max_evidence`` listed), error codes, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``min_failures`` (10),

@@ -24,8 +24,13 @@ What it reports:
   failures reached the threshold at most ``success_within`` seconds earlier (event time; arrival
   order does not matter): ``critical``.  Evidence names the success event.
 
-One alert per key per ``window`` for each of the two findings; ``evidence.suppressed`` counts what
-was held back.  Evidence: failures in the window, users tried, addresses, window bounds.
+Failures are counted by a :class:`~detectors.windows.CountWindow` per key, the success is matched
+by a :class:`~detectors.windows.SequenceWindow` (step ``failures``: every failure at or past the
+threshold; step ``success``), and users/addresses come from a small per-key record of each value's
+last failure (exact in time order; out of order it counts values seen up to the key's newest
+failure).  One alert per key per ``window`` for each of the two findings while the attack goes
+on; ``evidence.suppressed`` counts what was held back.  Evidence: failures in the window, users
+tried, addresses, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``threshold`` (5),
 ``spray_users`` (3), ``success_within`` (default: ``window``), ``ignore_networks`` (CIDRs whose

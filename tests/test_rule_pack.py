@@ -1,6 +1,6 @@
 """The shipped Sigma rule pack (``config/rules``): it loads cleanly, every rule carries its metadata
-and passes its own positive and negative events, the migrated built-ins alert exactly as before, and
-the Panther yardstick stays above its targets."""
+and passes its own positive and negative events (correlation rules: their timelines), the migrated
+built-ins alert exactly as before, and the Panther yardstick stays above its targets."""
 
 from __future__ import annotations
 
@@ -13,16 +13,37 @@ import pytest
 
 from bench.yardstick import COVERED, EXPLAINED, NOT_COVERED, TARGET_FLAGGED, TARGET_SILENT, run_yardstick
 from daemon.components import DEFAULT_RULE_PATHS
-from daemon.rules_cli import load_tests, metadata_problems, run_rule_tests, sidecar_path
+from daemon.rules_cli import (
+    Timeline,
+    TimelineResult,
+    load_tests,
+    metadata_problems,
+    run_correlation_tests,
+    run_rule_tests,
+    sidecar_path,
+)
 from detectors.cloudtrail_tampering import CloudTrailTampering
 from detectors.event import Event
-from detectors.sigma import RuleSet, load_rules
+from detectors.sigma import CORRELATION_NOTICE, RuleSet, load_rules
+from detectors.sigma.correlation_plan import Plan
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
 
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
 BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
-              "execution", "organizations", "sign_in", "root_usage"}
+              "execution", "organizations", "sign_in", "root_usage", "correlations"}
+CORRELATIONS = PACK / "correlations"
+#: The correlation rules the pack ships: file stem → (type, alerts by itself).
+SHIPPED_CORRELATIONS = {
+    "console_brute_force": ("event_count", True),
+    "console_brute_force_step": ("event_count", False),
+    "console_brute_force_then_success": ("temporal_ordered", True),
+    "console_password_spray": ("value_count", True),
+    "new_iam_user_made_admin": ("temporal_ordered", True),
+    "secrets_mass_read": ("value_count", True),
+    "s3_mass_object_deletion": ("event_count", True),
+    "destruction_burst": ("event_count", True),
+}
 
 
 @cache
@@ -37,12 +58,55 @@ def stem(path: str) -> str:
 
 
 # -- the pack as a whole ---------------------------------------------------------------------------
-def test_every_rule_loads_with_no_issue_and_nothing_is_set_aside() -> None:
+@cache
+def pack_detector() -> SigmaDetector:
+    detector = SigmaDetector(SigmaConfig(paths=[str(PACK)]))
+    assert detector.load_errors == [], [str(e) for e in detector.load_errors]
+    return detector
+
+
+def plans() -> tuple[Plan, ...]:
+    return pack_detector().correlations.plans
+
+
+def test_every_rule_loads_with_no_issue_and_only_correlations_are_set_aside() -> None:
     rules = pack()
     assert len(rules) >= 70
-    assert rules.skipped == () and rules.correlation_rules == ()
+    assert {issue.reason for issue in rules.skipped} == {CORRELATION_NOTICE}
+    assert len(rules.skipped) == len(rules.correlation_rules) == len(plans())
     files = sorted(p for p in PACK.rglob("*") if p.suffix in (".yml", ".yaml"))
-    assert {Path(r.path).resolve() for r in rules.rules} == {p.resolve() for p in files}
+    loaded = {Path(r.path).resolve() for r in rules.rules} | {Path(p.path).resolve() for p in plans()}
+    assert loaded == {p.resolve() for p in files}
+    assert {p.resolve() for p in files} - {Path(r.path).resolve() for r in rules.rules} == {
+        (CORRELATIONS / f"{name}.yml").resolve() for name in SHIPPED_CORRELATIONS}
+
+
+def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
+    by_stem = {Path(plan.path).stem: plan for plan in plans()}
+    assert {stem: (plan.kind, plan.generate) for stem, plan in by_stem.items()} == SHIPPED_CORRELATIONS
+    sigma = {str(rule.id): rule for rule in pack().correlation_rules}
+    for plan in plans():
+        assert metadata_problems(plan) == [], (plan.path, metadata_problems(plan))
+        assert str(uuid.UUID(plan.rule_id)) == plan.rule_id and plan.references
+        rule = sigma[plan.rule_id]
+        assert rule.author == "trailguard" and rule.date is not None and rule.status is not None
+    brute, chain = by_stem["console_brute_force"], by_stem["console_brute_force_then_success"]
+    assert (brute.op, brute.count, brute.timespan, brute.group_by) == ("gte", 5, 300, ("sourceIPAddress",))
+    assert (chain.level, chain.timespan, [i.chained for i in chain.inputs]) == ("critical", 900, [True, False])
+    spray = by_stem["console_password_spray"]
+    assert (spray.count, spray.timespan, spray.inputs[0].value_field) == (3, 600, "userIdentity.userName")
+    admin = by_stem["new_iam_user_made_admin"]
+    assert admin.timespan == 600 and {i.group_fields for i in admin.inputs} == {("requestParameters.userName",)}
+    secrets = by_stem["secrets_mass_read"]
+    assert (secrets.count, secrets.timespan, secrets.inputs[0].value_field) == (20, 300, "requestParameters.secretId")
+
+
+def test_only_the_dedicated_base_rules_are_silenced() -> None:
+    """Correlations reference their own ``generate: false`` base rules; no other pack rule loses its alerts."""
+    silent = {stem(rule.path) for rule in pack().rules if not rule.generate}
+    inputs = {i.rule_id for plan in plans() for i in plan.inputs if not i.chained}
+    assert silent == {stem(rule.path) for rule in pack().rules if rule.rule_id in inputs}
+    assert silent and all(name.startswith("correlations/") for name in silent)
 
 
 def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -> None:
@@ -60,6 +124,29 @@ def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -
         assert sigma.status is not None
         assert Path(rule.path).parent.name in BEHAVIOURS, rule.path
     assert len(ids) == len(pack())
+
+
+def test_every_correlation_has_timelines_and_they_pass_through_a_real_detector() -> None:
+    results = run_correlation_tests(pack_detector())
+    assert len(results) == len(plans()) == len(SHIPPED_CORRELATIONS)
+    failures = {stem(r.rule.path): [r.problem, *(c.explain() for c in r.cases if not c.passed)]
+                for r in results if not r.passed}
+    assert failures == {}
+    for result in results:
+        assert all(isinstance(case, TimelineResult) for case in result.cases)
+        assert {case.case.expected for case in result.cases} == {True, False}, result.rule.path
+        assert all(case.case.source for case in result.cases), result.rule.path
+        assert all(case.late == 0 for case in result.cases), result.rule.path
+
+
+def test_correlation_timelines_are_real_cloudtrail_records() -> None:
+    for plan in plans():
+        tests = load_tests(sidecar_path(plan.path))
+        assert set(tests) == {plan.rule_id}, plan.path
+        for timeline in tests[plan.rule_id]:
+            assert isinstance(timeline, Timeline)
+            for timed in timeline.events:
+                Event(timed.event, "sidecar")
 
 
 def test_every_rule_has_tests_and_they_pass_through_the_real_engine() -> None:
