@@ -9,6 +9,7 @@ only set a flag; a second SIGINT forces an immediate exit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -176,6 +177,9 @@ class Daemon:
             await self.server.start()
             self.log.info("operator endpoint listening", host=self.server.host, port=self.server.port)
         self.log_rule_problems()
+        # Rules, GeoIP tables and imports are long-lived: keep them out of every future GC pass.
+        gc.collect()
+        gc.freeze()
         try:
             await self.pipeline.start()
             self.log.info("trailguard started", version=__version__,

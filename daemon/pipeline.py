@@ -226,6 +226,9 @@ class Pipeline:
                 self._pending[id(source)].append(batch.position)
                 await self._emit(alerts)
             self.last_progress = time.monotonic()
+            # get() and put() do not yield when they need not wait: let the dispatcher, the
+            # checkpointer and the operator endpoint run between batches even under full input.
+            await asyncio.sleep(0)
 
     async def _emit(self, alerts: list[Alert]) -> None:
         if not alerts:

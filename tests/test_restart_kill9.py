@@ -173,6 +173,7 @@ def test_restart_after_sigkill_loses_no_detection(tmp_path: Path) -> None:
     print(f"\nkilled after {len(first)} of {len(expected)} alerts; resumed with {resumed_events:,} of "
           f"{total:,} events and {len(second)} alerts")
     assert resumed_events < total, "the second run started over instead of resuming"
+    assert summary(resumed.stderr)["received"] < total, "files the checkpoint covered were read again"
 
     missing = set(expected) - set(first) - set(second)
     assert not missing, f"detections lost across the restart: {sorted(missing)}"

@@ -121,6 +121,8 @@ class FileSource(Source):
 
     kind = "file"
     Config: ClassVar[type[FileSourceConfig]] = FileSourceConfig
+    #: Acknowledging only records positions in memory, so it happens before the snapshot that stores them.
+    local_acknowledge: ClassVar[bool] = True
 
     def __init__(
         self,
