@@ -3,7 +3,8 @@
 Templates are the real Invictus-IR and Stratus records in ``samples/trail``; each generated event
 gets a fresh eventID, an event time advancing at a steady rate, a principal drawn from a pool
 (Zipf-like: a few busy roles, a long tail of users), a source IP from a pool (public, private and
-AWS service names), ~5 % authorization failures, and a sprinkle of real attack events
+AWS service names), ~5 % authorization failures, (each principal sticks to its own one or two addresses, 0.5 % of calls from elsewhere), and a
+sprinkle of real attack events
 (StopLogging, console login without MFA, GetPasswordData bursts) so detectors do real work.
 """
 
@@ -73,7 +74,14 @@ def generate(count: int, *, seed: int = 7, rate: float = 2000.0, start: float = 
                                    else f"arn:aws:sts::{account}:assumed-role/app-{user_index % 50}/{user}")
             event["recipientAccountId"] = account
             event["awsRegion"] = rng.choice(regions)
-            event["sourceIPAddress"] = rng.choice(ips)
+            # a principal works from its own one or two addresses; 0.5 % of calls come from elsewhere
+            if rng.random() < 0.005:
+                event["sourceIPAddress"] = rng.choice(ips)
+            else:
+                home = ips[user_index % len(ips)]
+                if index & 1 and home.count(".") == 3 and home[0].isdigit():
+                    home = home.rsplit(".", 1)[0] + ".77"  # the same /24: the same place
+                event["sourceIPAddress"] = home
             if rng.random() < 0.05:
                 event["errorCode"] = rng.choice(["AccessDenied", "Client.UnauthorizedOperation",
                                                  "AccessDeniedException"])

@@ -35,6 +35,9 @@ SCENARIOS: dict[str, str] = {
     "archive": "bench.scenarios.archive:run",
     "rules": "bench.scenarios.rules:run",
     "state": "bench.scenarios.state:run",
+    "kafka": "bench.scenarios.kafka:run",
+    "sqs": "bench.scenarios.sqs:run",
+    "latency": "bench.scenarios.latency:run",
 }
 
 

@@ -233,21 +233,22 @@ class ImpossibleTravel(Detector):
         config = self.config
         window, min_distance, max_speed = config.window, config.min_distance_km, config.max_speed_kmh
         best: _Hit | None = None
+        lat, lon, accuracy = geo.latitude, geo.longitude, geo.accuracy_km
         for other, place in trail.places.items():
-            if other == ip:
+            if other == ip or (place.lat == lat and place.lon == lon):
+                continue  # the same address, or another address at the same place (same /24, NAT pool)
+            distance = haversine_km(lat, lon, place.lat, place.lon)
+            effective = distance - accuracy - place.accuracy
+            if effective < min_distance:
                 continue
             times = place.times
             j = bisect_left(times, t)
-            nearest = [i for i in (j - 1, j) if 0 <= i < len(times)
-                       and times[i] >= cutoff and abs(times[i] - t) <= window]
-            if not nearest:
-                continue
-            distance = haversine_km(geo.latitude, geo.longitude, place.lat, place.lon)
-            effective = distance - geo.accuracy_km - place.accuracy
-            if effective < min_distance:
-                continue
-            for i in nearest:
+            for i in (j - 1, j):
+                if not 0 <= i < len(times):
+                    continue
                 s = times[i]
+                if s < cutoff or abs(s - t) > window:
+                    continue
                 gap = max(abs(t - s), 1.0)
                 speed = effective / (gap / 3600.0)
                 if speed > max_speed and (best is None or speed > best.speed

@@ -1,6 +1,8 @@
 """The shipped Sigma rule pack (``config/rules``): it loads cleanly, every rule carries its metadata
-and passes its own positive and negative events (correlation rules: their timelines), the migrated
-built-ins alert exactly as before, and the Panther yardstick stays above its targets."""
+and passes its own positive and negative events (correlation rules: their timelines), no correlation
+duplicates a default Python detector, the migrated built-ins alert exactly as before, and the Panther
+yardstick stays above its targets.  Also the optional console sign-in correlations
+(``config/rules-optional/sign_in_correlations``), alone and loaded next to the pack."""
 
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ import orjson
 import pytest
 
 from bench.yardstick import COVERED, EXPLAINED, NOT_COVERED, TARGET_FLAGGED, TARGET_SILENT, run_yardstick
-from daemon.components import DEFAULT_RULE_PATHS
+from daemon.components import DEFAULT_RULE_PATHS, check
+from daemon.config import load_config
 from daemon.rules_cli import (
+    RuleTestCase,
     Timeline,
     TimelineResult,
     load_tests,
     metadata_problems,
     run_correlation_tests,
     run_rule_tests,
+    run_timeline,
     sidecar_path,
 )
 from detectors.cloudtrail_tampering import CloudTrailTampering
@@ -35,10 +40,6 @@ BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destru
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
-    "console_brute_force": ("event_count", True),
-    "console_brute_force_step": ("event_count", False),
-    "console_brute_force_then_success": ("temporal_ordered", True),
-    "console_password_spray": ("value_count", True),
     "new_iam_user_made_admin": ("temporal_ordered", True),
     "secrets_mass_read": ("value_count", True),
     "s3_mass_object_deletion": ("event_count", True),
@@ -90,11 +91,6 @@ def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
         assert str(uuid.UUID(plan.rule_id)) == plan.rule_id and plan.references
         rule = sigma[plan.rule_id]
         assert rule.author == "trailguard" and rule.date is not None and rule.status is not None
-    brute, chain = by_stem["console_brute_force"], by_stem["console_brute_force_then_success"]
-    assert (brute.op, brute.count, brute.timespan, brute.group_by) == ("gte", 5, 300, ("sourceIPAddress",))
-    assert (chain.level, chain.timespan, [i.chained for i in chain.inputs]) == ("critical", 900, [True, False])
-    spray = by_stem["console_password_spray"]
-    assert (spray.count, spray.timespan, spray.inputs[0].value_field) == (3, 600, "userIdentity.userName")
     admin = by_stem["new_iam_user_made_admin"]
     assert admin.timespan == 600 and {i.group_fields for i in admin.inputs} == {("requestParameters.userName",)}
     secrets = by_stem["secrets_mass_read"]
@@ -174,6 +170,89 @@ def test_only_root_rules_need_every_event() -> None:
     any API); everything else requires an eventName or eventSource."""
     always = {stem(rule.path) for rule in pack().always_checked}
     assert always and all(name.startswith("root_usage/") for name in always), always
+
+
+# -- no duplicate of a default Python detector; the optional console sign-in correlations ----------
+OPTIONAL = PACK.parent / "rules-optional" / "sign_in_correlations"
+#: The optional directory's correlations: file stem → (type, alerts by itself).
+OPTIONAL_CORRELATIONS = {
+    "console_brute_force": ("event_count", True),
+    "console_brute_force_step": ("event_count", False),
+    "console_brute_force_then_success": ("temporal_ordered", True),
+    "console_password_spray": ("value_count", True),
+}
+
+
+@cache
+def optional_detector() -> SigmaDetector:
+    detector = SigmaDetector(SigmaConfig(paths=[str(OPTIONAL)]))
+    assert detector.load_errors == [], [str(e) for e in detector.load_errors]
+    return detector
+
+
+def console_login_records() -> list[dict]:
+    """Real failed and successful ``ConsoleLogin`` records: the optional base rules' positives."""
+    found = []
+    for name in ("console_login_failure", "console_login_success"):
+        for cases in load_tests(OPTIONAL / f"{name}.tests.json").values():
+            found.extend(case.event for case in cases if isinstance(case, RuleTestCase) and case.expected)
+    assert found and all(raw["eventName"] == "ConsoleLogin" for raw in found)
+    return found
+
+
+def test_console_login_bruteforce_is_on_by_default_next_to_the_pack() -> None:
+    built = {cls.name: model for cls, model in check(load_config(None)).detectors}
+    assert "console_login_bruteforce" in built
+    assert built["sigma"].paths == DEFAULT_RULE_PATHS
+
+
+def test_no_pack_correlation_counts_console_sign_ins() -> None:
+    """``console_login_bruteforce`` owns brute force, spraying and success after failures: a correlation
+    in the default pack counting ``ConsoleLogin`` would raise a second alert for the same attack."""
+    counted = {i.rule_id for plan in plans() for i in plan.inputs if not i.chained}
+    assert counted
+    for raw in console_login_records():
+        matched = {rule.rule_id for rule in pack().match(raw, "ConsoleLogin", "signin.amazonaws.com")}
+        assert not matched & counted, raw["eventID"]
+    # the optional rules' own attacks (brute force, spray, success after it) raise no pack correlation
+    attacks = [timeline for plan in optional_detector().correlations.plans
+               for timeline in load_tests(sidecar_path(plan.path))[plan.rule_id]
+               if isinstance(timeline, Timeline) and timeline.expected]
+    assert len(attacks) >= len(OPTIONAL_CORRELATIONS)
+    fired = {(plan.title, timeline.name) for timeline in attacks for plan in plans()
+             if run_timeline(pack_detector(), plan.rule_id, timeline).alerts}
+    assert fired == set()
+
+
+def test_the_optional_sign_in_correlations_have_their_shape_and_pass_their_timelines() -> None:
+    detector = optional_detector()
+    by_stem = {Path(plan.path).stem: plan for plan in detector.correlations.plans}
+    assert {stem: (plan.kind, plan.generate) for stem, plan in by_stem.items()} == OPTIONAL_CORRELATIONS
+    brute, chain = by_stem["console_brute_force"], by_stem["console_brute_force_then_success"]
+    assert (brute.op, brute.count, brute.timespan, brute.group_by) == ("gte", 5, 300, ("sourceIPAddress",))
+    assert (chain.level, chain.timespan, [i.chained for i in chain.inputs]) == ("critical", 900, [True, False])
+    spray = by_stem["console_password_spray"]
+    assert (spray.count, spray.timespan, spray.inputs[0].value_field) == (3, 600, "userIdentity.userName")
+    for plan in by_stem.values():
+        assert metadata_problems(plan) == [], (plan.path, metadata_problems(plan))
+    results = [*run_correlation_tests(detector), *run_rule_tests(detector.rules)]
+    assert len(results) == 6
+    assert [r.rule.path for r in results if not r.passed] == []
+    assert {Path(r.path).stem for r in detector.rules.rules if not r.generate} == {
+        "console_login_failure", "console_login_success"}
+
+
+def test_the_optional_correlations_load_next_to_the_pack_without_silencing_it() -> None:
+    """What the optional README tells users to configure: pack + optional directory, one detector."""
+    both = SigmaDetector(SigmaConfig(paths=[str(PACK), str(OPTIONAL)]))
+    assert both.load_errors == [], [str(e) for e in both.load_errors]
+    assert len(both.correlations.plans) == len(SHIPPED_CORRELATIONS) + len(OPTIONAL_CORRELATIONS)
+    failed = next(raw for raw in console_login_records() if raw["responseElements"]["ConsoleLogin"] == "Failure")
+    alerting = {rule.rule_id for rule in both.rules.rules if rule.generate}
+    names = {rule.rule_id: Path(rule.path).stem for rule in both.rules.rules}
+    matched = {names[rule.rule_id] for rule in both.rules.match(failed, "ConsoleLogin", "signin.amazonaws.com")
+               if rule.rule_id in alerting}
+    assert "console_login_failed" in matched or "root_sign_in_failed" in matched, matched
 
 
 # -- the migrated built-ins: root_activity, console_login_without_mfa, StopLogging & co. -----------

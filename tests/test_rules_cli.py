@@ -1,5 +1,5 @@
-"""``trailguard rules validate|test``: the real CLI on the shipped pack (correlation timelines included) and on
-broken rules and tests."""
+"""``trailguard rules validate|test``: the real CLI on the shipped pack (correlation timelines included), on the
+optional console sign-in correlations, and on broken rules and tests."""
 
 from __future__ import annotations
 
@@ -144,6 +144,8 @@ def test_sidecar_format_errors(tmp_path: Path) -> None:
 # -- correlation rules and their timelines ---------------------------------------------------------
 CORRELATIONS = PACK / "correlations"
 NEW_ADMIN = CORRELATIONS / "new_iam_user_made_admin.yml"
+#: The console sign-in correlations, kept out of the default pack (``console_login_bruteforce`` owns them).
+SIGN_IN_CORRELATIONS = ROOT / "config" / "rules-optional" / "sign_in_correlations"
 
 
 def copy_correlations(tmp_path: Path) -> Path:
@@ -163,11 +165,27 @@ def test_the_shipped_correlations_pass_with_their_timelines() -> None:
     code, text = run_test_command(CORRELATIONS)
     assert code == 0, text
     lines = text.splitlines()
+    chain = next(line for line in lines if "new_iam_user_made_admin.yml" in line)
+    assert chain.startswith("PASS") and "positive" in chain and "timeline(s)" in chain
+    base = next(line for line in lines if "iam_user_created.yml" in line)
+    assert base.startswith("PASS") and "timeline" not in base
+    assert not any("console_" in line for line in lines), text
+    assert lines[-1] == "9 rule(s) tested: 9 passed, 0 failed"
+
+
+def test_the_optional_sign_in_correlations_pass_and_validate() -> None:
+    result = run_cli("rules", "test", str(SIGN_IN_CORRELATIONS))
+    text = output(result)
+    assert result.returncode == 0, text
+    lines = text.splitlines()
     chain = next(line for line in lines if "console_brute_force_then_success.yml" in line)
     assert chain.startswith("PASS") and "positive" in chain and "timeline(s)" in chain
     base = next(line for line in lines if "console_login_failure.yml" in line)
     assert base.startswith("PASS") and "timeline" not in base
-    assert lines[-1] == "15 rule(s) tested: 15 passed, 0 failed"
+    assert lines[-1] == "6 rule(s) tested: 6 passed, 0 failed"
+    result = run_cli("rules", "validate", "--strict", str(SIGN_IN_CORRELATIONS))
+    assert result.returncode == 0, output(result)
+    assert "6 rule(s) loaded (4 correlation), 0 with errors, 0 skipped" in output(result)
 
 
 def test_a_failing_correlation_timeline_fails_rules_test(tmp_path: Path) -> None:
@@ -185,7 +203,7 @@ def test_a_failing_correlation_timeline_fails_rules_test(tmp_path: Path) -> None
     assert any(line.startswith("FAIL") and NEW_ADMIN.name in line for line in text.splitlines()), text
     assert "positive timeline 'admin attached to a different user': correlation did not fire" in text
     assert "negative timeline 'claimed quiet': correlation fired 1 time(s)" in text
-    assert "15 rule(s) tested: 14 passed, 1 failed" in text
+    assert "9 rule(s) tested: 8 passed, 1 failed" in text
 
 
 def test_a_correlation_given_alone_is_run_with_the_base_rules_next_to_it() -> None:
@@ -223,7 +241,7 @@ def test_a_detection_rule_tested_with_timelines_fails(tmp_path: Path) -> None:
 def test_validate_counts_correlations_and_reports_a_dangling_reference(tmp_path: Path) -> None:
     result = run_cli("rules", "validate", "--strict", str(CORRELATIONS))
     assert result.returncode == 0, output(result)
-    assert "15 rule(s) loaded (8 correlation), 0 with errors, 0 skipped" in output(result)
+    assert "9 rule(s) loaded (4 correlation), 0 with errors, 0 skipped" in output(result)
     rules = copy_correlations(tmp_path)
     (rules / "iam_user_created.yml").unlink()
     out = io.StringIO()
@@ -235,10 +253,10 @@ def test_validate_counts_correlations_and_reports_a_dangling_reference(tmp_path:
 
 
 def test_timelines_rewrite_times_repeat_events_and_run_generate_false_correlations() -> None:
-    detector = SigmaDetector(SigmaConfig(paths=[str(CORRELATIONS)]))
+    detector = SigmaDetector(SigmaConfig(paths=[str(SIGN_IN_CORRELATIONS)]))
     step = next(p for p in detector.correlations.plans if p.title.endswith("(Sequence Step)"))
     assert step.generate is False
-    failure = load_tests(sidecar_path(CORRELATIONS / "console_login_failure.yml"))
+    failure = load_tests(sidecar_path(SIGN_IN_CORRELATIONS / "console_login_failure.yml"))
     record = next(c for c in next(iter(failure.values())) if isinstance(c, RuleTestCase) and c.expected).event
     burst = Timeline("burst", (TimedEvent(0, record, repeat=5, every=60),), True)
     result = run_timeline(detector, step.rule_id, burst)
