@@ -165,11 +165,16 @@ def test_sidecars_belong_to_their_rule_and_are_real_cloudtrail_records() -> None
             Event(case.event, "sidecar")  # raises if not a usable record
 
 
-def test_only_root_rules_need_every_event() -> None:
-    """The index keeps every rule off events it cannot match, except the root rules (root can call
-    any API); everything else requires an eventName or eventSource."""
-    always = {stem(rule.path) for rule in pack().always_checked}
-    assert always and all(name.startswith("root_usage/") for name in always), always
+def test_no_rule_needs_every_event() -> None:
+    """The index keeps every rule off events it cannot match: rules require an eventName or an
+    eventSource, and the root rules (root can call any API) are indexed by ``userIdentity.type``."""
+    rules = pack()
+    assert rules.always_checked == ()
+    identity_indexed = {stem(rule.path) for rule in rules.rules
+                        if rule.required_names is None and rule.required_sources is None}
+    assert identity_indexed and all(name.startswith("root_usage/") for name in identity_indexed)
+    assert all(rule.required_identity_types == frozenset({"root"}) for rule in rules.rules
+               if stem(rule.path) in identity_indexed)
 
 
 # -- no duplicate of a default Python detector; the optional console sign-in correlations ----------

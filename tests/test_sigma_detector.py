@@ -184,9 +184,22 @@ def generated_rules() -> list[tuple[str, str]]:
                      "condition": "selection"}
         sources.append((f"source{n}.yml", rule_yaml(uid(2000 + n), detection)))
     for n in range(5):
-        detection = {"selection": {"userIdentity.type": "Root", "awsRegion": f"region-{n}"}, "condition": "selection"}
+        detection = {"selection": {"awsRegion": f"region-{n}", "readOnly": False}, "condition": "selection"}
         sources.append((f"always{n}.yml", rule_yaml(uid(3000 + n), detection)))
     return sources
+
+
+def test_rules_requiring_an_identity_type_are_only_evaluated_for_it() -> None:
+    """Root rules cannot be indexed by eventName; they are indexed by ``userIdentity.type``."""
+    root = rule_yaml(uid(1), {"s": {"userIdentity.type": "Root", "readOnly": False}, "condition": "s"})
+    rules, errors = load_sources([("root.yml", root)])
+    assert errors == [] and rules.always_checked == ()
+    counts = count_evaluations(rules)
+    user = record("Action0001")
+    assert rules.match(user, "Action0001", SERVICES[0]) == [] and counts == {}
+    root_event = {**record("Action0001"), "userIdentity": {"type": "Root"}, "readOnly": False}
+    assert [r.rule_id for r in rules.match(root_event, "Action0001", SERVICES[0])] == [uid(1)]
+    assert counts == {uid(1): 1}
 
 
 def count_evaluations(rules: RuleSet) -> dict[str, int]:
@@ -229,7 +242,7 @@ def test_an_event_is_evaluated_only_against_its_candidate_rules() -> None:
 
     counts.clear()
     unknown = record("DescribeInstances", eventSource="ec2.amazonaws.com", userIdentity={"type": "Root"},
-                     awsRegion="region-3")
+                     awsRegion="region-3", readOnly=False)
     assert [rule.rule_id for rule in rules.match(unknown, "DescribeInstances", "ec2.amazonaws.com")] == [uid(3003)]
     assert sum(counts.values()) == 5
 

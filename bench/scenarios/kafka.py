@@ -12,7 +12,9 @@ repetition.
   the shipped rule pack, GeoIP on) plus only a ``kafka`` source, a ``file`` sink (so stdout costs
   nothing) and the metrics endpoint.  ``trailguard_events_processed_total`` is polled every 0.2 s;
   events/s from the first non-zero reading to N, so start-up (imports, rule compilation, the group
-  join) is excluded and reported as ``startup_seconds``.  Stopped with SIGTERM.
+  join) is excluded and reported as ``startup_seconds`` / ``first_event_seconds``.  Stopped with
+  SIGTERM.  Both sides poll up to 500 messages at a time and use a 10 s session timeout (see
+  :data:`SESSION_TIMEOUT_MS`).
 
 The helpers that run and watch a daemon (:class:`Daemon`, :func:`measure_daemon`) are shared with
 the ``sqs`` and ``latency`` scenarios.
@@ -46,6 +48,12 @@ PARTITIONS: Final = 4
 POLL_INTERVAL: Final = 0.2
 #: No progress on the processed counter for this long: the run is declared stuck.
 STALL_TIMEOUT: Final = 60.0
+#: Both sides poll at most this many messages at a time (trailguard's default ``max_records``).
+MAX_RECORDS: Final = 500
+#: tansu holds a JoinGroup for half the session timeout (a real broker waits
+#: ``group.initial.rebalance.delay.ms``, 3 s): trailguard's 45 s default would add 23 s of idle
+#: start-up per repetition, so both sides use aiokafka's default, 10 s.  Throughput is unaffected.
+SESSION_TIMEOUT_MS: Final = 10_000
 _PROCESSED: Final = b"trailguard_events_processed_total "
 _runs = itertools.count()
 
@@ -112,32 +120,38 @@ def measure_daemon(config: dict[str, Any], count: int, extra: dict[str, Any],
                    env: dict[str, str] | None = None) -> float:
     """Run trailguard on ``config`` until it processed ``count`` events; events/s after its first one.
 
-    The rate is (final − first non-zero reading) / (time between them), readings every 0.2 s;
-    start-up (spawn to first non-zero reading) is appended to ``extra["startup_seconds"]``.
+    The rate is (final − first non-zero reading) / (time between them), readings every 0.2 s.
+    Appended to ``extra``: ``startup_seconds`` (spawn to the metrics endpoint answering: imports,
+    rule compilation, GeoIP) and ``first_event_seconds`` (spawn to the first processed event, which
+    adds connecting and, for Kafka, the consumer-group join).
     """
     with tempfile.TemporaryDirectory(prefix="tg-bench-daemon-") as tmp:
         daemon = Daemon(config, Path(tmp), env)
         try:
-            first_time = first_value = None
-            last_value, last_change = 0.0, time.perf_counter()
-            while True:
+            up_time = first_time = first_value = None
+            value, last_value, last_change = 0.0, 0.0, time.perf_counter()
+            while value < count:
+                time.sleep(POLL_INTERVAL)
                 now = time.perf_counter()
-                value = daemon.processed() or 0.0
+                reading = daemon.processed()
+                if reading is None:
+                    if now - daemon.started > STALL_TIMEOUT:
+                        raise RuntimeError(f"trailguard's metrics endpoint not up: {daemon.stderr_tail()}")
+                    continue
+                up_time = up_time or now
+                value = reading
                 if value and first_time is None:
                     first_time, first_value = now, value
                 if value != last_value:
                     last_value, last_change = value, now
-                if value >= count:
-                    break
-                if now - last_change > STALL_TIMEOUT:
+                elif now - last_change > STALL_TIMEOUT:
                     raise RuntimeError(f"trailguard stuck at {value:.0f}/{count} events: {daemon.stderr_tail()}")
-                time.sleep(POLL_INTERVAL)
         finally:
             daemon.stop()
-    assert first_time is not None and first_value is not None
-    extra.setdefault("startup_seconds", []).append(round(first_time - daemon.started, 2))
-    if now <= first_time:  # everything arrived before the first reading: too small to time
+    if up_time is None or first_time is None or first_value is None or now <= first_time:
         raise RuntimeError(f"{count} events were processed within one {POLL_INTERVAL}s poll; use more events")
+    extra.setdefault("startup_seconds", []).append(round(up_time - daemon.started, 2))
+    extra.setdefault("first_event_seconds", []).append(round(first_time - daemon.started, 2))
     return (value - first_value) / (now - first_time)
 
 
@@ -194,7 +208,8 @@ async def raw_consume(bootstrap: str, topic: str, count: int, timeout: float = 1
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-raw-{uuid.uuid4().hex}",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                session_timeout_ms=SESSION_TIMEOUT_MS)
     await consumer.start()
     loads = orjson.loads
     try:
@@ -204,7 +219,7 @@ async def raw_consume(bootstrap: str, topic: str, count: int, timeout: float = 1
         while seen < count:
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"raw consumer got {seen}/{count} messages in {timeout}s")
-            batches = await consumer.getmany(timeout_ms=1000)
+            batches = await consumer.getmany(timeout_ms=1000, max_records=MAX_RECORDS)
             for records in batches.values():
                 for message in records:
                     loads(message.value)
@@ -221,9 +236,13 @@ async def raw_consume(bootstrap: str, topic: str, count: int, timeout: float = 1
 
 # -- B: trailguard --------------------------------------------------------------------------------
 def kafka_config(bootstrap: str, topic: str, sink_path: Path) -> dict[str, Any]:
-    """The default configuration with only a kafka source (fresh group), a file sink and metrics."""
+    """The default configuration with only a kafka source (fresh group), a file sink and metrics.
+
+    The one non-default source key is ``session_timeout_ms`` (see :data:`SESSION_TIMEOUT_MS`).
+    """
     return {"sources": [{"type": "kafka", "bootstrap_servers": bootstrap, "topics": [topic],
-                         "group_id": f"bench-trailguard-{uuid.uuid4().hex}"}],
+                         "group_id": f"bench-trailguard-{uuid.uuid4().hex}",
+                         "session_timeout_ms": SESSION_TIMEOUT_MS}],
             "sinks": [file_sink_config(sink_path)]}
 
 

@@ -183,7 +183,7 @@ class SigmaDetector(Detector):
 
     def on_event(self, event: Event) -> list[Alert] | None:
         """Alerts for the rules ``event`` matches (``None`` when it matches none)."""
-        matched = self.rules.match(event.raw, event.event_name, event.event_source)
+        matched = self.rules.match(event.raw, event.event_name, event.event_source, event.identity_type)
         if not matched:
             return None
         alerts: list[Alert] = []

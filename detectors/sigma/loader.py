@@ -164,6 +164,7 @@ def _compile(rule: SigmaRule, rule_id: str, path: str) -> CompiledRule:
         predicate=predicate,
         required_names=names,
         required_sources=required_values(rule, "eventSource"),
+        required_identity_types=required_values(rule, "userIdentity.type"),
         name_spellings=spellings(rule, "eventName") if names is not None else frozenset(),
         rule=rule,
     )

@@ -63,6 +63,8 @@ class CompiledRule:
     #: Lowercased eventName / eventSource values every match has, or ``None`` when unknown.
     required_names: frozenset[str] | None
     required_sources: frozenset[str] | None
+    #: Lowercased ``userIdentity.type`` values every match has (root rules: ``{"root"}``), or ``None``.
+    required_identity_types: frozenset[str] | None = None
     #: The eventName values as the rule spells them (for the engine's case-sensitive index).
     name_spellings: frozenset[str] = frozenset()
     rule: SigmaRule | None = field(default=None, repr=False)
@@ -93,6 +95,7 @@ class RuleSet:
         self._position = {id(rule): position for position, rule in enumerate(self.rules)}
         self._by_name: dict[str, list[CompiledRule]] = {}
         self._by_source: dict[str, list[CompiledRule]] = {}
+        self._by_identity: dict[str, list[CompiledRule]] = {}
         self._always: list[CompiledRule] = []
         for rule in self.rules:
             if rule.required_names is not None:
@@ -101,9 +104,12 @@ class RuleSet:
             elif rule.required_sources is not None:
                 for source in rule.required_sources:
                     self._by_source.setdefault(source, []).append(rule)
+            elif rule.required_identity_types is not None:
+                for kind in rule.required_identity_types:
+                    self._by_identity.setdefault(kind, []).append(rule)
             else:
                 self._always.append(rule)
-        self._cache: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[CompiledRule, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -114,12 +120,21 @@ class RuleSet:
 
     @property
     def always_checked(self) -> tuple[CompiledRule, ...]:
-        """Rules that no eventName/eventSource requirement keeps off any event."""
+        """Rules that no eventName/eventSource/identity-type requirement keeps off any event."""
         return tuple(self._always)
 
-    def candidates(self, event_name: str, event_source: str) -> tuple[CompiledRule, ...]:
-        """The rules an event with this eventName/eventSource could match, in load order."""
-        key = (event_name, event_source)
+    @property
+    def identity_indexed(self) -> bool:
+        """True when some rule is indexed by ``userIdentity.type`` (the caller must pass it)."""
+        return bool(self._by_identity)
+
+    def candidates(self, event_name: str, event_source: str, identity_type: str | None = None,
+                   ) -> tuple[CompiledRule, ...]:
+        """The rules an event with this eventName/eventSource/identity type could match, in load order.
+
+        ``identity_type`` ``None`` means "unknown": identity-indexed rules are then all candidates.
+        """
+        key = (event_name, event_source, identity_type if identity_type is not None else "\x00")
         found = self._cache.get(key)
         if found is not None:
             return found
@@ -130,16 +145,25 @@ class RuleSet:
             if rule.required_sources is None or source in rule.required_sources
         ]
         chosen.extend(self._by_source.get(source, ()))
+        if identity_type is None:
+            chosen.extend(rule for rules in self._by_identity.values() for rule in rules)
+        else:
+            chosen.extend(self._by_identity.get(identity_type.lower(), ()))
         chosen.extend(self._always)
         position = self._position
-        found = tuple(sorted(chosen, key=lambda rule: position[id(rule)]))
+        found = tuple(sorted(set(chosen), key=lambda rule: position[id(rule)]))
         if len(self._cache) < _CACHE_LIMIT:
             self._cache[key] = found
         return found
 
-    def match(self, raw: dict[str, Any], event_name: str, event_source: str) -> list[CompiledRule]:
+    def match(self, raw: dict[str, Any], event_name: str, event_source: str,
+              identity_type: str | None = None) -> list[CompiledRule]:
         """The rules that match this record (tested only against its candidates)."""
-        candidates = self.candidates(event_name, event_source)
+        if identity_type is None and self._by_identity:
+            identity = raw.get("userIdentity")
+            kind = identity.get("type") if isinstance(identity, dict) else None
+            identity_type = kind if isinstance(kind, str) else ""
+        candidates = self.candidates(event_name, event_source, identity_type)
         self.evaluations += len(candidates)
         return [rule for rule in candidates if rule.predicate(raw)]
 
