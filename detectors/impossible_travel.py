@@ -60,6 +60,10 @@ from detectors.windows.throttle import Throttle
 
 __all__ = ["ImpossibleTravel", "haversine_km"]
 
+_UNKNOWN: Final = object()
+#: Addresses whose enrichment is remembered (cleared wholesale when full).
+_MAX_CACHED_IPS: Final = 65_536
+
 _NEG_INF: Final = float("-inf")
 _EARTH_RADIUS_KM: Final = 6371.0088
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -178,6 +182,10 @@ class ImpossibleTravel(Detector):
             newest=_newest,
             on_evict=lambda n: on_evict(self.name, n),
         )
+        #: address → its place (or None: not a place), so each address is enriched once.
+        self._ip_places: dict[str, object] = {}
+        #: (lat, lon, lat, lon) → great-circle km: principals keep comparing the same few places.
+        self._distances: dict[tuple[float, float, float, float], float] = {}
         self._throttle = Throttle(
             self.config.window,
             max_keys=self.config.max_keys,
@@ -190,13 +198,24 @@ class ImpossibleTravel(Detector):
         if event.source_ip_kind != IP_PUBLIC:
             return None
         ip = event.source_ip
+        places = self._ip_places
+        geo = places.get(ip, _UNKNOWN)
+        if geo is _UNKNOWN:
+            geo = self._place_of(ip)
+            if len(places) >= _MAX_CACHED_IPS:
+                places.clear()  # enrichment is static: a cold cache only costs lookups
+            places[ip] = geo
+        if geo is None or _is_failed_console_login(event):
+            return None
+        return geo  # type: ignore[return-value]
+
+    def _place_of(self, ip: str) -> GeoInfo | None:
+        """One enrichment pass per address: not AWS, not allowlisted, and geolocated."""
         enricher = self.context.enricher
         if enricher.network_kind(ip) != IP_PUBLIC:
             return None
         allowlisted = getattr(enricher, "is_allowlisted", None)
         if allowlisted is not None and allowlisted(ip):
-            return None
-        if _is_failed_console_login(event):
             return None
         return enricher.geo(ip)
 
@@ -234,10 +253,17 @@ class ImpossibleTravel(Detector):
         window, min_distance, max_speed = config.window, config.min_distance_km, config.max_speed_kmh
         best: _Hit | None = None
         lat, lon, accuracy = geo.latitude, geo.longitude, geo.accuracy_km
+        distances = self._distances
         for other, place in trail.places.items():
             if other == ip or (place.lat == lat and place.lon == lon):
                 continue  # the same address, or another address at the same place (same /24, NAT pool)
-            distance = haversine_km(lat, lon, place.lat, place.lon)
+            pair = (lat, lon, place.lat, place.lon)
+            distance = distances.get(pair)
+            if distance is None:
+                distance = haversine_km(lat, lon, place.lat, place.lon)
+                if len(distances) >= _MAX_CACHED_IPS:
+                    distances.clear()
+                distances[pair] = distance
             effective = distance - accuracy - place.accuracy
             if effective < min_distance:
                 continue
