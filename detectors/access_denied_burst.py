@@ -19,11 +19,12 @@ sliding window of ``window`` seconds of event time, counting events whose ``erro
   ``evidence.finding: volume``.
 
 Failures are counted by a :class:`~detectors.windows.CountWindow`; the distinct APIs of the window
-it fires for come from a small per-principal record of each API's last failure (exact for events
-in time order; for out-of-order arrivals it counts the APIs seen up to the principal's newest
-failure).  One alert per principal per ``window`` while failures go on (the next alert's
-``evidence.suppressed`` counts the reports held back).  Evidence: failures in the window, distinct APIs (at most
-``max_evidence`` listed), error codes, window bounds.
+it fires for come from a per-principal record of each API's last failure (a
+:class:`~detectors.windows.recent.RecentValues`: exact for events in time order; for out-of-order
+arrivals it counts the APIs seen up to the principal's newest failure).  One alert per principal
+per ``window`` while failures go on (the next alert's ``evidence.suppressed`` counts the reports
+held back).  Evidence: failures in the window, distinct APIs (at most ``max_evidence`` listed),
+error codes, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``min_failures`` (10),
 ``min_distinct_apis`` (5), ``volume_threshold`` (20), ``error_codes`` (AccessDenied,
@@ -53,7 +54,8 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
-from detectors.windows import CountReport, CountWindow, KeyedState, Throttle
+from detectors.windows import CountReport, CountWindow, Throttle
+from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
 
 __all__ = ["DEFAULT_ERROR_CODES", "AccessDeniedBurst"]
@@ -77,34 +79,16 @@ DEFAULT_ERROR_CODES: Final = frozenset({
 
 #: Error codes remembered per principal (for the evidence).
 _MAX_CODES: Final = 8
-#: Where a principal's record starts listing ``api, last time`` pairs.
-_PAIRS: Final = 2
 
 
-def _newest(record: list) -> float:
-    return record[0]
+class _Failures(LastSeen):
+    """A principal's APIs with their last failure, plus the error codes it received."""
 
+    __slots__ = ("codes",)
 
-def _seen(record: list, value: str, time: float, cap: int) -> None:
-    """Note that ``value`` occurred at ``time`` in a record listing ``value, last time`` pairs.
-
-    At most ``cap`` values are kept; beyond that, the one seen least recently is forgotten.
-    """
-    for i in range(_PAIRS, len(record), 2):
-        if record[i] == value:
-            if time > record[i + 1]:
-                record[i + 1] = time
-            return
-    record.append(value)
-    record.append(time)
-    if (len(record) - _PAIRS) >> 1 > cap:
-        stalest = min(range(_PAIRS, len(record), 2), key=lambda i: record[i + 1])
-        del record[stalest : stalest + 2]
-
-
-def _values_since(record: list, start: float) -> list[str]:
-    """The values of a record last seen at or after ``start``, in first-seen order."""
-    return [record[i] for i in range(_PAIRS, len(record), 2) if record[i + 1] >= start]
+    def __init__(self, newest: float, pairs: list[Any] | None = None, codes: tuple[str, ...] = ()) -> None:
+        super().__init__(newest, pairs)
+        self.codes = codes
 
 
 class AccessDeniedBurst(Detector):
@@ -153,11 +137,12 @@ class AccessDeniedBurst(Detector):
             window, lowest, max_events=4 * max(c.min_failures, c.volume_threshold), max_keys=keys,
             on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
         )
-        #: principal → [newest time, error codes, api, last time, api, last time, …]: the distinct APIs
-        #: in the window that a count fires for (exact in order; out of order it counts APIs seen up to
-        #: the principal's newest failure).
-        self._apis: KeyedState[list] = KeyedState(horizon=window, max_keys=keys, newest=_newest)
-        self._max_apis = max(16, 2 * c.min_distinct_apis)
+        #: principal → its APIs' last failures and its error codes: the distinct APIs in the window
+        #: that a count fires for (exact in order; out of order it counts APIs seen up to the
+        #: principal's newest failure).
+        self._apis: RecentValues[_Failures] = RecentValues(
+            _Failures, horizon=window, max_keys=keys, cap=max(16, 2 * c.min_distinct_apis)
+        )
         self._throttle = Throttle(window, max_keys=keys)
         self._watermark = float("-inf")
         patterns = c.ignore_principals
@@ -180,26 +165,20 @@ class AccessDeniedBurst(Detector):
         if time < self._watermark:
             self.context.on_late(self.name, 1)
         count = self._failures.add(key, time, event_id)
-        record = self._apis.get(key)
-        if record is None:
-            record = [time, ()]
-            self._apis.insert(key, record)
-        elif time > record[0]:
-            record[0] = time
-        _seen(record, f"{event.event_source}:{event.event_name}", time, self._max_apis)
-        if code not in record[1] and len(record[1]) < _MAX_CODES:
-            record[1] = (*record[1], code)
+        record = self._apis.see(key, f"{event.event_source}:{event.event_name}", time)
+        if code not in record.codes and len(record.codes) < _MAX_CODES:
+            record.codes = (*record.codes, code)
         if count is None:
             return None
         config = self.config
-        apis = _values_since(record, count.start)
+        apis = record.since(count.start)
         breadth = count.count >= config.min_failures and len(apis) >= config.min_distinct_apis
         if not breadth and count.count < config.volume_threshold:
             return None
         suppressed = self._throttle.allow(key, count.end)
         if suppressed is None:
             return None
-        return [self._alert(event, key, count, apis, record[1], breadth, suppressed)]
+        return [self._alert(event, key, count, apis, record.codes, breadth, suppressed)]
 
     def on_watermark(self, watermark: float) -> None:
         """Expire principals whose failures all left the window."""
@@ -271,7 +250,7 @@ class AccessDeniedBurst(Detector):
             "kind": self.name,
             "watermark": None if self._watermark == float("-inf") else self._watermark,
             "failures": self._failures.snapshot(),
-            "apis": [[freeze(key), r[0], list(r[1]), r[_PAIRS:]] for key, r in self._apis.items()],
+            "apis": [[freeze(key), r.newest, list(r.codes), list(r.pairs)] for key, r in self._apis.items()],
             "throttle": self._throttle.snapshot(),
         }
 
@@ -282,7 +261,7 @@ class AccessDeniedBurst(Detector):
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
         self._apis.load(
-            [(thaw(key), [float(newest), tuple(codes), *pairs])
+            [(thaw(key), _Failures(float(newest), list(pairs), tuple(codes)))
              for key, newest, codes, pairs in data["apis"]],
             self._watermark,
         )

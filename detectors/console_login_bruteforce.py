@@ -26,11 +26,11 @@ What it reports:
 
 Failures are counted by a :class:`~detectors.windows.CountWindow` per key, the success is matched
 by a :class:`~detectors.windows.SequenceWindow` (step ``failures``: every failure at or past the
-threshold; step ``success``), and users/addresses come from a small per-key record of each value's
-last failure (exact in time order; out of order it counts values seen up to the key's newest
-failure).  One alert per key per ``window`` for each of the two findings while the attack goes
-on; ``evidence.suppressed`` counts what was held back.  Evidence: failures in the window, users
-tried, addresses, window bounds.
+threshold; step ``success``), and users/addresses come from a per-key record of each value's last
+failure (a :class:`~detectors.windows.recent.RecentValues`: exact in time order; out of order it
+counts values seen up to the key's newest failure).  One alert per key per ``window`` for each of
+the two findings while the attack goes on; ``evidence.suppressed`` counts what was held back.
+Evidence: failures in the window, users tried, addresses, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``threshold`` (5),
 ``spray_users`` (3), ``success_within`` (default: ``window``), ``ignore_networks`` (CIDRs whose
@@ -53,7 +53,8 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
-from detectors.windows import CountReport, CountWindow, KeyedState, SequenceWindow, Throttle
+from detectors.windows import CountReport, CountWindow, SequenceWindow, Throttle
+from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot
 
 __all__ = ["ConsoleLoginBruteforce"]
@@ -67,34 +68,17 @@ _USER: Final = "user:"
 _STEPS: Final = ("failures", "success")
 
 
-#: Where a key's record starts listing ``value, last time`` pairs (after newest, burst count, burst end).
-_PAIRS: Final = 3
+class _Tried(LastSeen):
+    """Per address the user names tried, per user the addresses; plus the key's last burst."""
 
+    __slots__ = ("burst", "burst_end")
 
-def _newest(record: list) -> float:
-    return record[0]
-
-
-def _seen(record: list, value: str, time: float, cap: int) -> None:
-    """Note that ``value`` occurred at ``time`` in a record listing ``value, last time`` pairs.
-
-    At most ``cap`` values are kept; beyond that, the one seen least recently is forgotten.
-    """
-    for i in range(_PAIRS, len(record), 2):
-        if record[i] == value:
-            if time > record[i + 1]:
-                record[i + 1] = time
-            return
-    record.append(value)
-    record.append(time)
-    if (len(record) - _PAIRS) >> 1 > cap:
-        stalest = min(range(_PAIRS, len(record), 2), key=lambda i: record[i + 1])
-        del record[stalest : stalest + 2]
-
-
-def _values_since(record: list, start: float) -> list[str]:
-    """The values of a record last seen at or after ``start``, in first-seen order."""
-    return [record[i] for i in range(_PAIRS, len(record), 2) if record[i + 1] >= start]
+    def __init__(self, newest: float, pairs: list[Any] | None = None, burst: int = 0,
+                 burst_end: float = float("-inf")) -> None:
+        super().__init__(newest, pairs)
+        #: Failures in the key's last burst and when it ended: what a later success alert reports.
+        self.burst = burst
+        self.burst_end = burst_end
 
 
 def user_of(event: Event) -> str | None:
@@ -167,13 +151,12 @@ class ConsoleLoginBruteforce(Detector):
         self._sequence = SequenceWindow(_STEPS, within, max_per_step=64, max_keys=keys, throttle=window,
                                         max_evidence=evidence)
         self._throttle = Throttle(window, max_keys=keys)
-        #: key → [newest failure, last burst count, last burst end, value, last time, …]: per address the
-        #: user names tried, per user the addresses tried from (exact for in-order arrivals; out of
-        #: order it counts values seen up to the key's newest failure); the burst figures are what a
-        #: later success alert reports.
-        self._recent: KeyedState[list] = KeyedState(horizon=max(window, within), max_keys=keys,
-                                                    newest=_newest)
-        self._max_values = max(16, 2 * c.spray_users, evidence)
+        #: key → per address the user names tried, per user the addresses tried from, each with its last
+        #: failure (exact for in-order arrivals; out of order it counts values seen up to the key's
+        #: newest failure), and the key's last burst.
+        self._recent: RecentValues[_Tried] = RecentValues(
+            _Tried, horizon=max(window, within), max_keys=keys, cap=max(16, 2 * c.spray_users, evidence)
+        )
         self._ignored = tuple(ipaddress.ip_network(n, strict=False) for n in c.ignore_networks)
         self._watermark = float("-inf")
 
@@ -212,11 +195,10 @@ class ConsoleLoginBruteforce(Detector):
         matches: list[tuple[str, Any]] = []
         for key in keys:
             count = self._failures.add(key, time, event_id)
-            recent = self._recent_of(key, time)
-            _seen(recent, user if key.startswith(_IP) else address, time, self._max_values)
+            recent = self._recent.see(key, user if key.startswith(_IP) else address, time)
             if count is None:
                 continue
-            recent[1], recent[2] = count.count, count.end
+            recent.burst, recent.burst_end = count.count, count.end
             match = self._sequence.add(key, count.end, "failures", event_id)
             if match is not None:  # a success that arrived before these (late) failures
                 matches.append((key, match))
@@ -238,15 +220,6 @@ class ConsoleLoginBruteforce(Detector):
                 matches.append((key, match))
         return [self._success_alert(event, matches, success_id=event.event_id)] if matches else None
 
-    def _recent_of(self, key: str, time: float) -> list:
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = [time, 0, float("-inf")]
-            self._recent.insert(key, recent)
-        elif time > recent[0]:
-            recent[0] = time
-        return recent
-
     def on_watermark(self, watermark: float) -> None:
         """Expire addresses and users whose failures all left the window."""
         if watermark > self._watermark:
@@ -263,8 +236,8 @@ class ConsoleLoginBruteforce(Detector):
         addresses: list[str] = []
         user_count = 0
         for key in keys:
-            recent = self._recent.get(key, touch=False)
-            values = _values_since(recent, start) if recent is not None else []
+            recent = self._recent.get(key)
+            values = recent.since(start) if recent is not None else []
             if key.startswith(_IP):
                 addresses.append(key[len(_IP):])
                 users.extend(v for v in values if v not in users)
@@ -334,9 +307,9 @@ class ConsoleLoginBruteforce(Detector):
         failures = 0
         burst_end = float("-inf")
         for key in keys:
-            recent = self._recent.get(key, touch=False)
-            if recent is not None and recent[1] > failures:
-                failures, burst_end = recent[1], recent[2]
+            recent = self._recent.get(key)
+            if recent is not None and recent.burst > failures:
+                failures, burst_end = recent.burst, recent.burst_end
         users, addresses, user_count = self._spread_of(keys, burst_end - self.config.window)
         event_ids: list[str] = []
         for _, match in matches:
@@ -390,7 +363,7 @@ class ConsoleLoginBruteforce(Detector):
             "failures": self._failures.snapshot(),
             "sequence": self._sequence.snapshot(),
             "throttle": self._throttle.snapshot(),
-            "recent": [[key, r[0], r[1], r[2], r[_PAIRS:]] for key, r in self._recent.items()],
+            "recent": [[key, r.newest, r.burst, r.burst_end, list(r.pairs)] for key, r in self._recent.items()],
         }
 
     def restore(self, state: Any) -> None:
@@ -402,7 +375,7 @@ class ConsoleLoginBruteforce(Detector):
         self._sequence.restore(data["sequence"])
         self._throttle.restore(data["throttle"])
         self._recent.load(
-            [(str(key), [float(newest), int(burst), float(burst_end), *pairs])
+            [(str(key), _Tried(float(newest), list(pairs), int(burst), float(burst_end)))
              for key, newest, burst, burst_end, pairs in data.get("recent") or []],
             self._watermark,
         )

@@ -7,22 +7,18 @@ Times are seconds after ``T0``; everything goes through :class:`DetectionEngine`
 
 from __future__ import annotations
 
-import copy
 import random
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import orjson
 import pydantic
 import pytest
 
 from detectors.access_denied_burst import AccessDeniedBurst
-from detectors.alert import Alert
-from detectors.base import DetectorContext
-from detectors.engine import DetectionEngine
 from detectors.event import Event, format_time, parse_event_time
 from detectors.registry import detector_class
+from tests.stateful_helpers import Counters, detector_engine, from_template, roundtrip, run_engine
 
 DATA = Path(__file__).parent / "data" / "stateful" / "burst"
 REAL = orjson.loads((DATA / "invictus_get_password_data.json").read_bytes())["Records"]
@@ -37,9 +33,7 @@ APIS = [("ec2.amazonaws.com", "DescribeInstances"), ("s3.amazonaws.com", "ListBu
 def failure(t: float, n: int, *, api: tuple[str, str] = ("ec2.amazonaws.com", "GetPasswordData"),
             principal: str = ROLE, code: str | None = "Client.UnauthorizedOperation",
             identity_type: str = "AssumedRole") -> Event:
-    record: dict[str, Any] = copy.deepcopy(TEMPLATE)
-    record["eventTime"] = format_time(T0 + t)
-    record["eventID"] = f"{principal}-{n}"
+    record = from_template(TEMPLATE, T0 + t, f"{principal}-{n}")
     record["eventSource"], record["eventName"] = api
     record["userIdentity"]["arn"] = principal
     record["userIdentity"]["type"] = identity_type
@@ -50,32 +44,8 @@ def failure(t: float, n: int, *, api: tuple[str, str] = ("ec2.amazonaws.com", "G
     return Event(record)
 
 
-class Hooks:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def context(self) -> DetectorContext:
-        return DetectorContext(on_late=self.on_late, on_evict=self.on_evict)
-
-    def on_late(self, _detector: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _detector: str, n: int) -> None:
-        self.evicted += n
-
-
-def engine(hooks: Hooks | None = None, lateness: float = 60.0, **settings: Any) -> DetectionEngine:
-    context = hooks.context() if hooks else DetectorContext()
-    return DetectionEngine([AccessDeniedBurst(AccessDeniedBurst.Config(**settings), context)],
-                           allowed_lateness=lateness)
-
-
-def run(eng: DetectionEngine, events: list[Event], batch: int = 7) -> list[Alert]:
-    out: list[Alert] = []
-    for start in range(0, len(events), batch):
-        out.extend(eng.process_many(events[start:start + batch]))
-    return out
+engine = partial(detector_engine, AccessDeniedBurst)
+run = partial(run_engine, batch=7)
 
 
 def test_registered_and_configured_like_yaml() -> None:
@@ -147,14 +117,14 @@ def test_one_alert_per_window_and_the_next_one_counts_what_was_held_back() -> No
 def test_out_of_order_within_lateness_still_fires_once() -> None:
     events = [failure(20 * i, i, api=APIS[i % 5]) for i in range(12)]
     random.Random(7).shuffle(events)
-    hooks = Hooks()
+    hooks = Counters()
     alerts = run(engine(hooks, lateness=900), events, batch=12)
     assert len(alerts) == 1 and alerts[0].evidence["finding"] == "breadth"
     assert hooks.late == 0
 
 
 def test_late_beyond_lateness_is_counted_and_cannot_complete_an_expired_window() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, lateness=60)
     early = [failure(i, i, api=APIS[i % 5]) for i in range(9)]
     assert run(eng, early) == []
@@ -164,17 +134,13 @@ def test_late_beyond_lateness_is_counted_and_cannot_complete_an_expired_window()
 
 
 def test_key_spray_respects_the_cap_and_counts_evictions() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, max_keys=100)
     events = [failure(i * 0.01, i, principal=f"arn:aws:iam::1:user/u{i}") for i in range(1000)]
     assert run(eng, events, batch=100) == []
     detector = eng.detectors[0]
     assert detector.state_keys() <= 100
     assert hooks.evicted >= 900
-
-
-def roundtrip(state: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(state, use_bin_type=True), raw=False, strict_map_key=False)
 
 
 def test_snapshot_msgpack_restore_behaves_identically() -> None:

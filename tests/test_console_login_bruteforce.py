@@ -8,22 +8,19 @@ ids, addresses and user names changed.  Times are seconds after ``T0``; everythi
 
 from __future__ import annotations
 
-import copy
 import ipaddress
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import orjson
 import pydantic
 import pytest
 
 from detectors.alert import Alert
-from detectors.base import DetectorContext
 from detectors.console_login_bruteforce import ConsoleLoginBruteforce, user_of
-from detectors.engine import DetectionEngine
-from detectors.event import Event, format_time, parse_event_time
+from detectors.event import Event, parse_event_time
 from detectors.registry import detector_class
+from tests.stateful_helpers import Counters, detector_engine, from_template, roundtrip, run_engine
 
 DATA = orjson.loads((Path(__file__).parent / "data" / "stateful" / "burst" / "console_logins.json")
                     .read_bytes())
@@ -36,9 +33,7 @@ ATTACKER = "203.0.113.66"
 
 def login(t: float, n: int, *, ok: bool = False, user: str = "bert-jan", ip: str = ATTACKER,
           kind: str = "IAMUser") -> Event:
-    record: dict[str, Any] = copy.deepcopy(SUCCESS if ok else FAILURE)
-    record["eventTime"] = format_time(T0 + t)
-    record["eventID"] = f"login-{n}"
+    record = from_template(SUCCESS if ok else FAILURE, T0 + t, f"login-{n}")
     record["sourceIPAddress"] = ip
     record["recipientAccountId"] = ACCOUNT
     record["userIdentity"] = {"type": kind, "accountId": ACCOUNT, "userName": user,
@@ -48,32 +43,8 @@ def login(t: float, n: int, *, ok: bool = False, user: str = "bert-jan", ip: str
     return Event(record)
 
 
-class Hooks:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def context(self) -> DetectorContext:
-        return DetectorContext(on_late=self.on_late, on_evict=self.on_evict)
-
-    def on_late(self, _detector: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _detector: str, n: int) -> None:
-        self.evicted += n
-
-
-def engine(hooks: Hooks | None = None, lateness: float = 60.0, **settings: Any) -> DetectionEngine:
-    context = hooks.context() if hooks else DetectorContext()
-    detector = ConsoleLoginBruteforce(ConsoleLoginBruteforce.Config(**settings), context)
-    return DetectionEngine([detector], allowed_lateness=lateness)
-
-
-def run(eng: DetectionEngine, events: list[Event], batch: int = 3) -> list[Alert]:
-    out: list[Alert] = []
-    for start in range(0, len(events), batch):
-        out.extend(eng.process_many(events[start:start + batch]))
-    return out
+engine = partial(detector_engine, ConsoleLoginBruteforce)
+run = partial(run_engine, batch=3)
 
 
 def timeline(alerts: list[Alert]) -> list[tuple[float, str, str]]:
@@ -167,7 +138,7 @@ def test_failures_within_the_same_second_and_ignored_networks() -> None:
 
 def test_out_of_order_within_lateness_still_matches_the_success() -> None:
     arrivals = [login(240, 99, ok=True), *[login(30 * i, i) for i in range(7, -1, -1)]]
-    hooks = Hooks()
+    hooks = Counters()
     alerts = run(engine(hooks, lateness=900), arrivals, batch=9)
     findings = sorted(a.evidence["finding"] for a in alerts)
     assert findings == ["burst", "success_after_failures"]
@@ -177,7 +148,7 @@ def test_out_of_order_within_lateness_still_matches_the_success() -> None:
 
 
 def test_late_beyond_lateness_is_counted() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, lateness=60)
     assert run(eng, [login(i, i) for i in range(3)]) == []
     assert run(eng, [login(3000, 50, ip="192.0.2.200", user="other")]) == []
@@ -186,17 +157,13 @@ def test_late_beyond_lateness_is_counted() -> None:
 
 
 def test_address_spray_respects_the_cap_and_counts_evictions() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, max_keys=100)
     base = int(ipaddress.ip_address("100.64.0.0"))
     events = [login(i * 0.01, i, ip=str(ipaddress.ip_address(base + i)), user=f"u{i}") for i in range(1000)]
     assert run(eng, events, batch=100) == []
     assert eng.detectors[0].state_keys() <= 100
     assert hooks.evicted >= 1800  # address and user keys alike
-
-
-def roundtrip(state: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(state, use_bin_type=True), raw=False, strict_map_key=False)
 
 
 def test_snapshot_msgpack_restore_behaves_identically() -> None:

@@ -7,7 +7,6 @@ Events are real flaws2.cloud records (``tests/data/stateful/travel/flaws2``): th
 
 from __future__ import annotations
 
-import copy
 import gzip
 from functools import cache
 from pathlib import Path
@@ -19,11 +18,13 @@ import pydantic
 import pytest
 
 from detectors.alert import Alert
-from detectors.base import DetectorContext, GeoInfo
+from detectors.base import GeoInfo
 from detectors.credential_exfiltration import CredentialExfiltration, compute_reasons_of_name
 from detectors.engine import DetectionEngine
-from detectors.event import Event, classify_source_ip, format_time, parse_event_time
+from detectors.event import Event, classify_source_ip, parse_event_time
 from detectors.registry import detector_class
+from tests.stateful_helpers import Counters, from_template
+from tests.stateful_helpers import run_detector as run
 
 DATA = Path(__file__).parent / "data" / "stateful" / "travel" / "flaws2"
 T0 = parse_event_time("2024-05-01T00:00:00Z")
@@ -54,20 +55,18 @@ def flaws2_records() -> list[dict[str, Any]]:
 
 
 def _template(event_name: str, identity_type: str) -> dict[str, Any]:
-    return copy.deepcopy(next(r for r in flaws2_records()
-                              if r["eventName"] == event_name and r["userIdentity"]["type"] == identity_type))
+    return next(r for r in flaws2_records()
+                if r["eventName"] == event_name and r["userIdentity"]["type"] == identity_type)
 
 
 def use(t: float, ip: str, *, role: str = "app", session: str = "alice", key: str = "ASIAKEY1",
         path: str = "", ua: str = "aws-cli/2.13.5", name: str = "ListBuckets", readonly: bool | None = True,
         error: str | None = None, eid: str | None = None, **identity: Any) -> Event:
     """An assumed-role call of ``role``/``session`` with access key ``key`` from ``ip`` at ``T0 + t``."""
-    raw = _template("CreateLogStream", "AssumedRole")
-    raw["eventTime"] = format_time(T0 + t)
+    raw = from_template(_template("CreateLogStream", "AssumedRole"), T0 + t, eid or f"{key}-{ip}-{t}-{name}")
     raw["eventName"] = name
     raw["sourceIPAddress"] = ip
     raw["userAgent"] = ua
-    raw["eventID"] = eid or f"{key}-{ip}-{t}-{name}"
     raw.pop("errorCode", None)
     raw.pop("errorMessage", None)
     if error:
@@ -84,39 +83,16 @@ def use(t: float, ip: str, *, role: str = "app", session: str = "alice", key: st
 
 def issue(t: float, service: str, *, role: str, session: str, key: str) -> Event:
     """``service`` assumed ``role`` and got access key ``key`` (a real AssumeRole record rewritten)."""
-    raw = _template("AssumeRole", "AWSService")
-    raw["eventTime"] = format_time(T0 + t)
-    raw["eventID"] = f"issue-{key}"
+    raw = from_template(_template("AssumeRole", "AWSService"), T0 + t, f"issue-{key}")
     raw["userIdentity"]["invokedBy"] = raw["sourceIPAddress"] = raw["userAgent"] = service
     raw["requestParameters"] = {"roleSessionName": session, "roleArn": f"arn:aws:iam::{ACCOUNT}:role/{role}"}
     raw["responseElements"]["credentials"]["accessKeyId"] = key
     return Event(raw)
 
 
-class Counters:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def on_late(self, _name: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _name: str, n: int) -> None:
-        self.evicted += n
-
-
 def make(counters: Counters | None = None, **settings: Any) -> CredentialExfiltration:
-    counters = counters or Counters()
-    context = DetectorContext(enricher=FakeEnricher(), on_late=counters.on_late, on_evict=counters.on_evict)
+    context = (counters or Counters()).context(FakeEnricher())
     return CredentialExfiltration(CredentialExfiltration.Config(**settings), context)
-
-
-def run(detector: CredentialExfiltration, *batches: list[Event], lateness: float = 900.0) -> list[Alert]:
-    engine = DetectionEngine([detector], allowed_lateness=lateness)
-    out: list[Alert] = []
-    for batch in batches:
-        out.extend(engine.process_many(batch))
-    return out
 
 
 def findings(alerts: list[Alert]) -> list[tuple[str, str, float]]:

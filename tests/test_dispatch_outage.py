@@ -1,7 +1,8 @@
 """A receiver outage with 1,000 alerts and restarts in the middle: every alert arrives exactly once.
 
-``TRAILGUARD_OUTAGE_SECONDS`` sets how long the receiver is down (default 60 s, as the issue asks;
-set it lower for a quick local run).  Two kinds of restart: a clean stop/start of the dispatcher on the same spool directory
+``TRAILGUARD_OUTAGE_SECONDS`` sets how long the receiver is down (default 60 s as the issue asks;
+set it lower for a quick local run).  Two kinds of restart: a clean stop/start of the dispatcher on
+the same spool directory
 (with the checkpoint snapshot restored, and the unacknowledged tail of the input replayed), and a
 real ``SIGKILL`` of a subprocess that spooled alerts and never flushed or stopped.
 """

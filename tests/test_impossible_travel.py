@@ -7,26 +7,20 @@ the test that uses the real enricher with its bundled DB-IP database.
 
 from __future__ import annotations
 
-import copy
-import gzip
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import msgpack
-import orjson
 import pydantic
 import pytest
 
-from detectors.alert import Alert
-from detectors.base import DetectorContext, GeoInfo
+from detectors.base import GeoInfo
 from detectors.engine import DetectionEngine
-from detectors.event import Event, classify_source_ip, format_time, parse_event_time
+from detectors.event import Event, classify_source_ip, parse_event_time
 from detectors.impossible_travel import ImpossibleTravel, haversine_km
 from detectors.registry import detector_class
+from tests.stateful_helpers import Counters, from_template, invictus_iam_user_record
+from tests.stateful_helpers import run_detector as run
 
-DATA = Path(__file__).parent / "data" / "stateful" / "travel"
-TEMPLATE_FILE = DATA / "invictus" / "218007301253_CloudTrail_us-east-1_20230710T1150Z_1vnLavRRp0ek1mP4.json.gz"
 T0 = parse_event_time("2024-05-01T00:00:00Z")
 ALICE = "arn:aws:iam::218007301253:user/alice"
 
@@ -63,17 +57,9 @@ class FakeEnricher:
         return ip == ALLOWED_VPN
 
 
-@cache
-def template() -> dict[str, Any]:
-    records = orjson.loads(gzip.decompress(TEMPLATE_FILE.read_bytes()))["Records"]
-    return next(r for r in records if r["userIdentity"]["type"] == "IAMUser" and r.get("sourceIPAddress"))
-
-
 def event(t: float, ip: str, principal: str = ALICE, name: str | None = None, **extra: Any) -> Event:
-    raw = copy.deepcopy(template())
-    raw["eventTime"] = format_time(T0 + t)
+    raw = from_template(invictus_iam_user_record(), T0 + t, f"{principal}-{ip}-{t}")
     raw["sourceIPAddress"] = ip
-    raw["eventID"] = f"{principal}-{ip}-{t}"
     raw["userIdentity"]["arn"] = principal
     if name is not None:
         raw["eventName"] = name
@@ -81,31 +67,9 @@ def event(t: float, ip: str, principal: str = ALICE, name: str | None = None, **
     return Event(raw)
 
 
-class Counters:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def on_late(self, _name: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _name: str, n: int) -> None:
-        self.evicted += n
-
-
 def make(counters: Counters | None = None, enricher: Any = None, **settings: Any) -> ImpossibleTravel:
-    counters = counters or Counters()
-    context = DetectorContext(enricher=enricher or FakeEnricher(), on_late=counters.on_late,
-                              on_evict=counters.on_evict)
+    context = (counters or Counters()).context(enricher or FakeEnricher())
     return ImpossibleTravel(ImpossibleTravel.Config(**settings), context)
-
-
-def run(detector: ImpossibleTravel, *batches: list[Event], lateness: float = 900.0) -> list[Alert]:
-    engine = DetectionEngine([detector], allowed_lateness=lateness)
-    out: list[Alert] = []
-    for batch in batches:
-        out.extend(engine.process_many(batch))
-    return out
 
 
 def test_registered_and_config_is_strict() -> None:

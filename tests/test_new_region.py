@@ -6,46 +6,32 @@ region, account, event source and eventID rewritten.
 
 from __future__ import annotations
 
-import copy
-import gzip
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import msgpack
-import orjson
 import pydantic
 import pytest
 
 from detectors.alert import Alert
-from detectors.base import DetectorContext
 from detectors.engine import DetectionEngine
 from detectors.event import Event, format_time, parse_event_time
 from detectors.new_region import NewRegion
 from detectors.registry import detector_class
+from tests.stateful_helpers import Counters, from_template, invictus_iam_user_record
+from tests.stateful_helpers import run_detector as run
 
-DATA = Path(__file__).parent / "data" / "stateful" / "travel"
-TEMPLATE_FILE = DATA / "invictus" / "218007301253_CloudTrail_us-east-1_20230710T1150Z_1vnLavRRp0ek1mP4.json.gz"
 T0 = parse_event_time("2024-05-01T00:00:00Z")
 DAY = 86400.0
 ACCOUNT = "218007301253"
 
 
-@cache
-def template() -> dict[str, Any]:
-    records = orjson.loads(gzip.decompress(TEMPLATE_FILE.read_bytes()))["Records"]
-    return next(r for r in records if r["userIdentity"]["type"] == "IAMUser" and r.get("sourceIPAddress"))
-
-
 def event(t: float, region: str, *, account: str = ACCOUNT, source: str = "ec2.amazonaws.com",
           error: str | None = None, user: str = "alice", identity: dict[str, Any] | None = None,
           **extra: Any) -> Event:
-    raw = copy.deepcopy(template())
-    raw["eventTime"] = format_time(T0 + t)
+    raw = from_template(invictus_iam_user_record(), T0 + t, f"{account}-{region}-{source}-{t}-{user}")
     raw["awsRegion"] = region
     raw["recipientAccountId"] = account
     raw["eventSource"] = source
-    raw["eventID"] = f"{account}-{region}-{source}-{t}-{user}"
     raw["userIdentity"]["arn"] = f"arn:aws:iam::{account}:user/{user}"
     raw.pop("errorCode", None)
     if error:
@@ -61,30 +47,8 @@ def learned(account: str = ACCOUNT, regions: tuple[str, ...] = ("us-east-1", "eu
     return [event(h * 12 * 3600, r, account=account) for h in range(15) for r in regions]
 
 
-class Counters:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def on_late(self, _name: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _name: str, n: int) -> None:
-        self.evicted += n
-
-
 def make(counters: Counters | None = None, **settings: Any) -> NewRegion:
-    counters = counters or Counters()
-    return NewRegion(NewRegion.Config(**settings),
-                     DetectorContext(on_late=counters.on_late, on_evict=counters.on_evict))
-
-
-def run(detector: NewRegion, *batches: list[Event], lateness: float = 900.0) -> list[Alert]:
-    engine = DetectionEngine([detector], allowed_lateness=lateness)
-    out: list[Alert] = []
-    for batch in batches:
-        out.extend(engine.process_many(batch))
-    return out
+    return NewRegion(NewRegion.Config(**settings), (counters or Counters()).context())
 
 
 def brief(alerts: list[Alert]) -> list[tuple[str, str, str, float]]:

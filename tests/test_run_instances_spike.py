@@ -10,22 +10,18 @@ seconds after ``T0`` (aligned to a 10-minute bucket); everything goes through
 
 from __future__ import annotations
 
-import copy
 import random
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import orjson
 import pydantic
 import pytest
 
-from detectors.alert import Alert
-from detectors.base import DetectorContext
-from detectors.engine import DetectionEngine
 from detectors.event import Event, format_time, parse_event_time
 from detectors.registry import detector_class
 from detectors.run_instances_spike import RunInstancesSpike, launched_instances
+from tests.stateful_helpers import Counters, detector_engine, from_template, roundtrip, run_engine
 
 DATA = Path(__file__).parent / "data" / "stateful" / "burst"
 INVICTUS = orjson.loads((DATA / "invictus_run_instances.json").read_bytes())["Records"]
@@ -39,9 +35,7 @@ ROLE = "arn:aws:sts::111122223333:assumed-role/ci-deployer/session"
 
 def launch(t: float, n: int, count: int, *, kind: str = "t3.micro", refused: bool = False,
            region: str = "us-east-1", principal: str = ROLE, event_id: str | None = None) -> Event:
-    record: dict[str, Any] = copy.deepcopy(REFUSED if refused else LAUNCHED)
-    record["eventTime"] = format_time(T0 + t)
-    record["eventID"] = event_id or f"run-{n}"
+    record = from_template(REFUSED if refused else LAUNCHED, T0 + t, event_id or f"run-{n}")
     record["awsRegion"] = region
     record["recipientAccountId"] = ACCOUNT
     record["userIdentity"]["arn"] = principal
@@ -54,32 +48,8 @@ def launch(t: float, n: int, count: int, *, kind: str = "t3.micro", refused: boo
     return Event(record)
 
 
-class Hooks:
-    def __init__(self) -> None:
-        self.late = 0
-        self.evicted = 0
-
-    def context(self) -> DetectorContext:
-        return DetectorContext(on_late=self.on_late, on_evict=self.on_evict)
-
-    def on_late(self, _detector: str, n: int) -> None:
-        self.late += n
-
-    def on_evict(self, _detector: str, n: int) -> None:
-        self.evicted += n
-
-
-def engine(hooks: Hooks | None = None, lateness: float = 60.0, **settings: Any) -> DetectionEngine:
-    context = hooks.context() if hooks else DetectorContext()
-    return DetectionEngine([RunInstancesSpike(RunInstancesSpike.Config(**settings), context)],
-                           allowed_lateness=lateness)
-
-
-def run(eng: DetectionEngine, events: list[Event], batch: int = 4) -> list[Alert]:
-    out: list[Alert] = []
-    for start in range(0, len(events), batch):
-        out.extend(eng.process_many(events[start:start + batch]))
-    return out
+engine = partial(detector_engine, RunInstancesSpike)
+run = partial(run_engine, batch=4)
 
 
 def test_registered_and_configured_like_yaml() -> None:
@@ -161,14 +131,14 @@ def test_repeated_event_counts_once_and_out_of_order_still_fires() -> None:
     assert run(engine(), [same, launch(5, 1, 15), launch(9, 2, 4)]) == []  # the repeat is not 15 more
     events = [launch(20 * i, i, 3) for i in range(8)]
     random.Random(3).shuffle(events)
-    hooks = Hooks()
+    hooks = Counters()
     alerts = run(engine(hooks, lateness=900), events, batch=8)
     assert len(alerts) == 1 and alerts[0].evidence["instances"] >= 20
     assert hooks.late == 0
 
 
 def test_late_beyond_lateness_is_counted_and_closed_buckets_stay_closed() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, lateness=60)
     assert run(eng, [launch(0, 1, 15)]) == []
     other = launch(3000, 2, 1, principal="arn:aws:iam::111122223333:user/other", region="eu-west-1")
@@ -178,17 +148,13 @@ def test_late_beyond_lateness_is_counted_and_closed_buckets_stay_closed() -> Non
 
 
 def test_principal_spray_respects_the_cap_and_counts_evictions() -> None:
-    hooks = Hooks()
+    hooks = Counters()
     eng = engine(hooks, max_keys=100)
     events = [launch(i * 0.01, i, 1, principal=f"arn:aws:iam::1:user/u{i}") for i in range(1000)]
     alerts = run(eng, events, batch=100)
     assert [a.evidence["scopes"] for a in alerts] == [["account_region"]]  # 1,000 launches in one account
     assert eng.detectors[0].state_keys() <= 100
     assert hooks.evicted >= 850
-
-
-def roundtrip(state: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(state, use_bin_type=True), raw=False, strict_map_key=False)
 
 
 def test_snapshot_msgpack_restore_behaves_identically() -> None:

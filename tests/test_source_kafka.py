@@ -20,20 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import ValidationError
 
-from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
-from daemon.dispatch import Dispatcher
 from daemon.metrics import Metrics
-from daemon.pipeline import Pipeline
-from daemon.sinks.base import Sink, SinkConfig
 from daemon.sources.base import SourceBatch
 from daemon.sources.kafka import AssignmentChange, KafkaPosition, KafkaSource, KafkaSourceConfig
 from daemon.sources.kafka_offsets import PartitionOffsets
-from detectors.alert import Alert
-from detectors.base import Detector
-from detectors.engine import DetectionEngine
-from detectors.event import Event
 from tests.brokers import Tansu
+from tests.pipeline_harness import pipeline_for
 
 DATA = Path(__file__).parent / "data" / "sources"
 _names = itertools.count()
@@ -61,42 +54,6 @@ def envelope(record: dict[str, Any]) -> dict[str, Any]:
 
 def account_key(record: dict[str, Any]) -> bytes:
     return (record.get("recipientAccountId") or record.get("userIdentity", {}).get("accountId", "")).encode()
-
-
-# -- pipeline harness -----------------------------------------------------------------------------
-class Every(Detector):
-    """Alerts on every event: the alerts are the record of what got through."""
-
-    name = "every"
-
-    def __init__(self, *_: Any) -> None:  # fork() passes (config, context)
-        super().__init__(self.Config(), None)
-
-    def on_event(self, event: Event) -> list[Alert]:
-        return [Alert.from_event(event, detector="every", title="seen", severity="low", summary="seen")]
-
-
-class Recording(Sink):
-    kind = "recording"
-
-    def __init__(self) -> None:
-        super().__init__(SinkConfig(type="recording"))
-        self.alerts: list[Alert] = []
-
-    async def send(self, alerts: list[Alert]) -> None:
-        self.alerts.extend(alerts)
-
-    def event_ids(self) -> set[str]:
-        return {event_id for alert in self.alerts for event_id in alert.event_ids}
-
-
-def pipeline_for(source: KafkaSource, metrics: Metrics, invalid: InvalidReporter) -> tuple[Pipeline, Recording]:
-    sink = Recording()
-    pipeline = Pipeline(sources=[source], engine=DetectionEngine([Every()], allowed_lateness=10 * 365 * 86400),
-                        dispatcher=Dispatcher([sink], metrics), invalid=invalid, metrics=metrics,
-                        config=PipelineConfig(queue_size=4, allowed_lateness=10 * 365 * 86400),
-                        checkpoint_interval=0)
-    return pipeline, sink
 
 
 # -- broker helpers -------------------------------------------------------------------------------
@@ -233,7 +190,7 @@ async def test_every_shape_flows_through_a_pipeline_and_commits_after_the_checkp
     metrics = Metrics()
     invalid = InvalidReporter(metrics, tmp_path / "dead.jsonl")
     source = kafka_source(bootstrap, topic, "flow", metrics, invalid)
-    pipeline, sink = pipeline_for(source, metrics, invalid)
+    pipeline, sink = pipeline_for(source, metrics)
     await pipeline.start()
     try:
         async with asyncio.timeout(20):

@@ -20,24 +20,16 @@ import pytest
 from aiobotocore.session import AioSession
 from pydantic import ValidationError
 
-from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
-from daemon.dispatch import Dispatcher
 from daemon.metrics import Metrics
-from daemon.pipeline import Pipeline
-from daemon.sinks.base import Sink, SinkConfig
 from daemon.sources.base import SourceBatch
 from daemon.sources.sqs import SqsSource, SqsSourceConfig
 from daemon.sources.sqs_messages import BadMessage, ObjectRef, parse_message
-from detectors.alert import Alert
-from detectors.base import Detector
-from detectors.engine import DetectionEngine
-from detectors.event import Event
 from tests.brokers import MotoServer, _free_port
+from tests.pipeline_harness import pipeline_for
 
 DATA = Path(__file__).parent / "data" / "sources"
 PREFIX = "AWSLogs/o-abc123/111122223333/CloudTrail/us-east-1/2024/01/01/"
-LATENESS = 10 * 365 * 86400
 
 
 def flaws2_files() -> dict[str, bytes]:
@@ -53,41 +45,6 @@ def invictus_records() -> list[dict[str, Any]]:
     for path in sorted((DATA / "invictus").glob("*.json")):
         out.extend(orjson.loads(path.read_bytes())["Records"])
     return out
-
-
-# -- pipeline harness -----------------------------------------------------------------------------
-class Every(Detector):
-    """Alerts on every event: the alerts are the record of what got through."""
-
-    name = "every"
-
-    def __init__(self, *_: Any) -> None:  # fork() passes (config, context)
-        super().__init__(self.Config(), None)
-
-    def on_event(self, event: Event) -> list[Alert]:
-        return [Alert.from_event(event, detector="every", title="seen", severity="low", summary="seen")]
-
-
-class Recording(Sink):
-    kind = "recording"
-
-    def __init__(self) -> None:
-        super().__init__(SinkConfig(type="recording"))
-        self.alerts: list[Alert] = []
-
-    async def send(self, alerts: list[Alert]) -> None:
-        self.alerts.extend(alerts)
-
-    def event_ids(self) -> set[str]:
-        return {event_id for alert in self.alerts for event_id in alert.event_ids}
-
-
-def pipeline_for(source: SqsSource, metrics: Metrics) -> tuple[Pipeline, Recording]:
-    sink = Recording()
-    pipeline = Pipeline(sources=[source], engine=DetectionEngine([Every()], allowed_lateness=LATENESS),
-                        dispatcher=Dispatcher([sink], metrics), invalid=source.invalid, metrics=metrics,
-                        config=PipelineConfig(queue_size=4, allowed_lateness=LATENESS), checkpoint_interval=0)
-    return pipeline, sink
 
 
 # -- AWS resources --------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ Backpressure is the pipeline's bounded queue: a source awaits ``put`` and so sto
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +53,7 @@ class Source(ABC):
         self.name = name
         self.invalid = invalid
         self._stopping = False
+        self._closer: asyncio.Task[None] | None = None
 
     @property
     def finite(self) -> bool:
@@ -77,8 +79,45 @@ class Source(ABC):
 
     async def wait_closed(self) -> None:
         """After the final checkpoint: wait until connections are closed (they close once every
-        handed-out batch is acknowledged, or after the source's close timeout)."""
-        return None
+        handed-out batch is acknowledged, or after the source's close timeout).
+
+        Returns at once for a source that never started closing in the background (see
+        :meth:`_close_when_drained`).
+        """
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
+    def _close_when_drained(
+        self,
+        drained: asyncio.Event,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        """From :meth:`stop`: close in the background once every handed-out batch is acknowledged.
+
+        Why: a source with external acknowledgement (Kafka commit, SQS delete) must keep its
+        connection until the pipeline's final checkpoint acknowledged what it handed out, but not
+        forever.  The task waits until ``drained`` is set or ``timeout`` seconds passed, calling
+        ``on_timeout()`` (which logs what is left) in the second case, then runs ``close()`` either
+        way.  :meth:`wait_closed` awaits it.
+        """
+        self._closer = asyncio.create_task(self._drain_then_close(drained, timeout, on_timeout, close),
+                                           name=f"{self.kind}-close:{self.name}")
+
+    @staticmethod
+    async def _drain_then_close(
+        drained: asyncio.Event,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        try:
+            await asyncio.wait_for(drained.wait(), timeout)
+        except TimeoutError:
+            on_timeout()
+        finally:
+            await close()
 
     async def acknowledge(self, positions: list[Any]) -> None:
         """Positions now covered by a checkpoint: commit offsets / delete messages / record files."""

@@ -170,7 +170,6 @@ class KafkaSource(Source):
         self._connected = False
         self._outage = False
         self._probe_task: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
         metrics = invalid.metrics
         self._lag = metrics.kafka_lag
         self._m_errors = metrics.source_errors.labels(source=self.name)
@@ -208,36 +207,30 @@ class KafkaSource(Source):
         await super().stop()
         self._stop_event.set()
         self._check_drained()
-        self._closer = asyncio.create_task(self._close_when_drained(), name=f"kafka-close:{self.name}")
+        # wait_closed() then waits until the consumer has committed what it can and left the group.
+        self._close_when_drained(self._drained, self.config.close_timeout, self._undrained, self._close)
 
-    async def wait_closed(self) -> None:
-        """Wait until the consumer has committed what it can and left the group."""
-        if self._closer is not None:
-            await asyncio.shield(self._closer)
+    def _undrained(self) -> None:
+        outstanding = sum(p.outstanding for p in self._partitions.values())
+        self.log.warning("kafka batches not acknowledged before close; they will be read again",
+                         batches=outstanding)
 
-    async def _close_when_drained(self) -> None:
-        try:
-            await asyncio.wait_for(self._drained.wait(), self.config.close_timeout)
-        except TimeoutError:
-            outstanding = sum(p.outstanding for p in self._partitions.values())
-            self.log.warning("kafka batches not acknowledged before close; they will be read again",
-                             batches=outstanding)
-        finally:
-            if self._probe_task is not None:
-                self._probe_task.cancel()
-                await asyncio.gather(self._probe_task, return_exceptions=True)
-                self._probe_task = None
-            await self._commit()
-            consumer, self._consumer = self._consumer, None
-            self._connected = False
-            for tp in list(self._partitions):
-                self._forget_lag(tp)
-            self._partitions.clear()
-            if consumer is not None:
-                try:
-                    await consumer.stop()
-                except _ERRORS as error:
-                    self.log.warning("kafka consumer did not close cleanly", error=type(error).__name__)
+    async def _close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+            self._probe_task = None
+        await self._commit()
+        consumer, self._consumer = self._consumer, None
+        self._connected = False
+        for tp in list(self._partitions):
+            self._forget_lag(tp)
+        self._partitions.clear()
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except _ERRORS as error:
+                self.log.warning("kafka consumer did not close cleanly", error=type(error).__name__)
 
     def _check_drained(self) -> None:
         if self._stopping and not self._polling and all(not p.outstanding for p in self._partitions.values()):

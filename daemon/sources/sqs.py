@@ -175,7 +175,6 @@ class SqsSource(Source):
         self._s3: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pollers: list[asyncio.Task[None]] = []
-        self._closer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._connected = False
         self._outage = False
@@ -236,31 +235,26 @@ class SqsSource(Source):
             del self._inflight[message.token]
         await self._release(unfinished)
         self._check_drained()
-        self._closer = asyncio.create_task(self._close_when_drained(), name=f"sqs-close:{self.name}")
+        # wait_closed() then waits until the clients are closed (all in-flight messages acknowledged,
+        # or timed out).
+        self._close_when_drained(self._drained, self.config.close_timeout, self._undrained, self._close)
 
-    async def wait_closed(self) -> None:
-        """Wait until the clients are closed (all in-flight messages acknowledged, or timed out)."""
-        if self._closer is not None:
-            await asyncio.shield(self._closer)
+    def _undrained(self) -> None:
+        self.log.warning("sqs messages not acknowledged before close; released for redelivery",
+                         messages=len(self._inflight))
 
-    async def _close_when_drained(self) -> None:
-        try:
-            await asyncio.wait_for(self._drained.wait(), self.config.close_timeout)
-        except TimeoutError:
-            self.log.warning("sqs messages not acknowledged before close; released for redelivery",
-                             messages=len(self._inflight))
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
-            leftover = list(self._inflight.values())
-            self._inflight.clear()
-            await self._release(leftover)
-            stack, self._stack = self._stack, None
-            self._sqs = self._s3 = None
-            if stack is not None:
-                await stack.aclose()
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        leftover = list(self._inflight.values())
+        self._inflight.clear()
+        await self._release(leftover)
+        stack, self._stack = self._stack, None
+        self._sqs = self._s3 = None
+        if stack is not None:
+            await stack.aclose()
 
     def _check_drained(self) -> None:
         if self._stopping and not self._pollers and not self._inflight:
