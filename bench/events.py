@@ -2,10 +2,10 @@
 
 Templates are the real Invictus-IR and Stratus records in ``samples/trail``; each generated event
 gets a fresh eventID, an event time advancing at a steady rate, a principal drawn from a pool
-(Zipf-like: a few busy roles, a long tail of users), a source IP from a pool (public, private and
-AWS service names), ~5 % authorization failures, (each principal sticks to its own one or two addresses, 0.5 % of calls from elsewhere), and a
-sprinkle of real attack events
-(StopLogging, console login without MFA, GetPasswordData bursts) so detectors do real work.
+(Zipf-like: a few busy roles, a long tail of users), a source IP (public, private or an AWS service
+name; each principal sticks to its own address or its /24 neighbour, 0.5 % of calls come from
+elsewhere), ~5 % authorization failures, and a sprinkle of real attack events (StopLogging,
+console login without MFA, GetPasswordData bursts) so detectors do real work.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Kafka throughput: a pre-loaded 4-partition topic.  A: aiokafka ``getmany`` + ``orjson.loads``.  B: ``trailguard run``.
+"""Kafka throughput on a pre-loaded 4-partition topic.  A: aiokafka + ``orjson.loads``.  B: ``trailguard run``.
 
 Why it exists: Kafka is the highest-volume way into trailguard, so what the daemon costs on top of
 merely reading and parsing the same messages is the number to watch.  The topic (tansu, in-memory)
@@ -264,7 +264,7 @@ def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]
                                                count, extra), reps)
         finally:
             broker.stop()
-    return [{"name": f"kafka consume ({count:,} events, {PARTITIONS} partitions)", **result, **extra,
+    return [{"name": f"kafka ({count:,} events, {PARTITIONS} partitions)", **result, **extra,
              "note": "target B/A >= 0.5 (stretch 0.7); B excludes start-up (startup_seconds)"}]
 
 

@@ -79,6 +79,8 @@ class KafkaSourceConfig(BaseModel):
     #: Most messages one poll returns (over all partitions).
     max_records: int = Field(500, ge=1)
     poll_timeout_ms: int = Field(1000, ge=1)
+    #: How long the broker may hold a fetch waiting for data (aiokafka's default 500 ms adds latency).
+    fetch_max_wait_ms: int = Field(100, ge=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -246,6 +248,7 @@ class KafkaSource(Source):
             "session_timeout_ms": c.session_timeout_ms, "heartbeat_interval_ms": c.heartbeat_interval_ms,
             "max_poll_interval_ms": c.max_poll_interval_ms, "request_timeout_ms": c.request_timeout_ms,
             "metadata_max_age_ms": c.metadata_max_age_ms, "security_protocol": c.security_protocol,
+            "fetch_max_wait_ms": c.fetch_max_wait_ms,
         }
         if c.security_protocol.endswith("SSL"):
             context = create_ssl_context(

@@ -1,0 +1,209 @@
+"""Alert latency under steady load: produce to Kafka → alert line in the file sink, per injected attack.
+
+Why it exists: throughput says how much trailguard keeps up with; a SOC cares how soon an attack
+shows up.  Background CloudTrail traffic (:func:`bench.events.generate` templates, re-stamped with
+a fresh eventID and eventTime = now) is produced at a steady 2,000 events/s into a 4-partition tansu
+topic while ``trailguard run`` (default configuration, kafka source, ``file`` sink) consumes it.
+Once the daemon has caught up with what was produced during its start-up, a StopLogging record
+(the Stratus Red Team sample, fresh eventID, eventTime = now) is injected every 0.5 s and its
+produce time noted.  A thread tails the alert file every 5 ms; an injected event's latency is the
+time its first alert line (``event_ids`` holds its id) appeared minus its produce time — the whole
+path: producer batching, broker, consumer poll, detectors, delivery, the write.
+
+The row reports p50/p99/max in ms, how many injected events raised no alert (``missed``), and in
+the A/B columns the target and the achieved produce rate.  Target p99 ≤ 100 ms.  One run, whatever
+``--reps``: its 20 (quick) or 60 injections are the distribution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from bench.events import generate
+from bench.scenarios.kafka import Daemon, account_key, create_topic, kafka_config
+
+__all__ = ["AlertTail", "percentile", "run"]
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+ATTACK: Final = next((ROOT / "samples" / "trail" / "4-stratus-red-team").glob("*cloudtrail-stop.json"))
+RATE: Final = 2000.0
+INJECT_EVERY: Final = 0.5
+TICK: Final = 0.005
+TAIL_INTERVAL: Final = 0.005
+#: Background templates (re-stamped on every send, so a few thousand are plenty).
+TEMPLATES: Final = 4000
+#: After the last injection, how long alerts may still arrive.
+GRACE: Final = 5.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a non-empty list (``fraction`` in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class AlertTail:
+    """Follows a JSON-lines alert file in a thread; notes when each watched event id first shows up."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.arrived: dict[str, float] = {}
+        self.watched: set[str] = set()
+        self.lines = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alert-tail", daemon=True)
+
+    def __enter__(self) -> AlertTail:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        fd = None
+        pending = b""
+        try:
+            while not self._stop.is_set():
+                if fd is None:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        time.sleep(TAIL_INTERVAL)
+                        continue
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    time.sleep(TAIL_INTERVAL)
+                    continue
+                now = time.perf_counter()
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._line(line, now)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _line(self, line: bytes, now: float) -> None:
+        self.lines += 1
+        for event_id in orjson.loads(line).get("event_ids") or ():
+            if event_id in self.watched and event_id not in self.arrived:
+                self.arrived[event_id] = now
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _templates() -> list[tuple[dict[str, Any], bytes]]:
+    events = [orjson.loads(raw) for raw in generate(TEMPLATES)]
+    return [(event, account_key(event)) for event in events]
+
+
+def _cycle(templates: list[tuple[dict[str, Any], bytes]]) -> Iterator[tuple[dict[str, Any], bytes]]:
+    while True:
+        yield from templates
+
+
+async def _produce(bootstrap: str, topic: str, daemon: Daemon, tail: AlertTail, seconds: float,
+                   extra: dict[str, Any]) -> dict[str, float]:
+    """Steady background load; injections once the daemon caught up.  Returns eventID → produce time."""
+    from aiokafka import AIOKafkaProducer
+
+    background = _cycle(_templates())
+    attack = orjson.loads(ATTACK.read_bytes())[0]
+    attack_key = account_key(attack)
+    injected: dict[str, float] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        sent = 0
+        phase_start = phase_sent = 0.0
+        next_injection = math.inf
+        pending: list[asyncio.Future[Any]] = []
+        while True:
+            now = time.perf_counter()
+            if phase_start and now - phase_start >= seconds:
+                break
+            stamp = _iso_now()
+            for _ in range(int((now - started) * RATE) - sent):
+                template, key = next(background)
+                event = {**template, "eventID": str(uuid.uuid4()), "eventTime": stamp}
+                pending.append(await producer.send(topic, orjson.dumps(event), key=key))
+                sent += 1
+            if not phase_start and now - started > 1.0:
+                processed = await asyncio.to_thread(daemon.processed) or 0.0
+                if processed >= sent - RATE * 0.25:  # caught up with the start-up backlog
+                    phase_start, phase_sent, next_injection = now, sent, now
+                    extra["startup_backlog"] = sent
+            if now >= next_injection:
+                event_id = str(uuid.uuid4())
+                tail.watched.add(event_id)
+                value = orjson.dumps({**attack, "eventID": event_id, "eventTime": stamp})
+                injected[event_id] = time.perf_counter()
+                pending.append(await producer.send(topic, value, key=attack_key))
+                next_injection += INJECT_EVERY
+            if len(pending) > 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if now - started > 120 and not phase_start:
+                raise RuntimeError(f"trailguard did not catch up within 120s: {daemon.stderr_tail()}")
+            await asyncio.sleep(TICK)
+        await asyncio.gather(*pending)
+        extra["produce_rate"] = round((sent - phase_sent) / (time.perf_counter() - phase_start), 1)
+    finally:
+        await producer.stop()
+    return injected
+
+
+def measure(bootstrap: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    """One latency run against a fresh topic and a fresh daemon."""
+    topic = asyncio.run(create_topic(bootstrap))
+    sink = workdir / "alerts.jsonl"
+    extra: dict[str, Any] = {}
+    daemon = Daemon(kafka_config(bootstrap, topic, sink), workdir)
+    try:
+        with AlertTail(sink) as tail:
+            injected = asyncio.run(_produce(bootstrap, topic, daemon, tail, seconds, extra))
+            deadline = time.perf_counter() + GRACE
+            while len(tail.arrived) < len(injected) and time.perf_counter() < deadline:
+                time.sleep(0.05)
+    finally:
+        daemon.stop()
+    latencies = [(tail.arrived[event_id] - produced) * 1000 for event_id, produced in injected.items()
+                 if event_id in tail.arrived]
+    if not latencies:
+        raise RuntimeError(f"no alert for any of {len(injected)} injected StopLogging events: {daemon.stderr_tail()}")
+    return {"p50_ms": round(percentile(latencies, 0.5), 1), "p99_ms": round(percentile(latencies, 0.99), 1),
+            "max_ms": round(max(latencies), 1), "injected": len(injected),
+            "missed": len(injected) - len(latencies), "alert_lines": tail.lines, **extra}
+
+
+def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]:
+    """The latency scenario's row, one measured run (``size`` overrides the seconds, for smoke tests)."""
+    from tests.brokers import Tansu
+
+    seconds = float(size or (10 if quick else 30))
+    with tempfile.TemporaryDirectory(prefix="tg-bench-latency-") as tmp:
+        broker = Tansu(log_dir=Path(tmp)).start()
+        try:
+            result = measure(broker.bootstrap, seconds, Path(tmp))
+        finally:
+            broker.stop()
+    return [{"name": f"alert latency ({seconds:.0f}s at {RATE:,.0f}/s)", "a_eps": RATE,
+             "b_eps": result["produce_rate"], "ratio": None, **result,
+             "note": (f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
+                      f"(target p99 <= 100 ms); A: target rate, B: achieved produce rate")}]

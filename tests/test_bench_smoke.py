@@ -1,0 +1,52 @@
+"""The kafka, sqs and latency benchmark scenarios still run end to end (tiny sizes, real brokers).
+
+A benchmark that silently broke — a renamed metric, a config key the daemon now rejects, a sink
+that no longer writes — would only be noticed at the next release measurement.  Each scenario's
+``run`` is called with a ``size`` small enough for a test and its row checked for real figures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.run import SCENARIOS
+from bench.scenarios import kafka, latency, sqs
+
+
+def _positive(row: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = row[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, row)
+
+
+def test_scenarios_are_registered() -> None:
+    assert SCENARIOS["kafka"] == "bench.scenarios.kafka:run"
+    assert SCENARIOS["sqs"] == "bench.scenarios.sqs:run"
+    assert SCENARIOS["latency"] == "bench.scenarios.latency:run"
+
+
+def test_kafka_scenario() -> None:
+    [row] = kafka.run(quick=True, reps=1, size=8000)
+    _positive(row, "a_eps", "b_eps", "ratio")
+    assert len(row["startup_seconds"]) == 1 and row["startup_seconds"][0] > 0
+    assert row["first_event_seconds"][0] >= row["startup_seconds"][0]
+
+
+def test_sqs_scenario() -> None:
+    [row] = sqs.run(quick=True, reps=1, size=600)
+    _positive(row, "a_eps", "b_eps", "ratio")
+
+
+def test_latency_scenario() -> None:
+    [row] = latency.run(quick=True, reps=1, size=3)
+    _positive(row, "b_eps", "p50_ms", "p99_ms", "max_ms", "injected")
+    assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["missed"] == 0, row
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert latency.percentile(values, 0.5) == 50.0
+    assert latency.percentile(values, 0.99) == 99.0
+    assert latency.percentile([7.0], 0.99) == 7.0
