@@ -86,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(SCENARIOS):
         module_name, _, function = SCENARIOS[name].partition(":")
         print(f"-- {name}", file=sys.stderr, flush=True)
+        scenario_started = time.monotonic()
         scenario_rows = getattr(import_module(module_name), function)(quick=args.quick, reps=args.reps)
+        elapsed = round(time.monotonic() - scenario_started, 1)
+        print(f"   {name}: {elapsed} s", file=sys.stderr, flush=True)
         for row in scenario_rows:
             row.setdefault("scenario", name)
+            row.setdefault("scenario_seconds", elapsed)
         rows.extend(scenario_rows)
     print_table(rows)
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),

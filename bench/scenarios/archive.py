@@ -70,7 +70,7 @@ def run(quick: bool, reps: int) -> list[dict[str, Any]]:
     """The archive scenario's row."""
     from bench.run import ab
 
-    count = 20_000 if quick else 200_000
+    count = 20_000 if quick else 100_000
     with tempfile.TemporaryDirectory(prefix="tg-bench-archive-") as tmp:
         directory = Path(tmp)
         write_archive(directory, count)

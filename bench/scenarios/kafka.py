@@ -251,7 +251,7 @@ def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]
     from bench.run import ab
     from tests.brokers import Tansu
 
-    count = size or (20_000 if quick else 200_000)
+    count = size or (20_000 if quick else 150_000)
     events = list(generate(count))
     with tempfile.TemporaryDirectory(prefix="tg-bench-kafka-") as tmp:
         broker = Tansu(log_dir=Path(tmp)).start()

@@ -205,7 +205,7 @@ def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]
     from bench.run import ab
     from tests.brokers import AWS_TEST_ENV
 
-    count = size or (1_500 if quick else 3_000)
+    count = size or (1_000 if quick else 2_000)
     bodies = [envelope(orjson.loads(raw)).decode() for raw in generate(count)]
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tg-bench-sqs-") as tmp:
