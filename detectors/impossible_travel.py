@@ -103,6 +103,20 @@ class _Place:
         self.ids = ids
 
 
+def _continues_newest(trail: _Trail, ip: str, t: float) -> bool:
+    """True when the event adds nothing to compare: same address as the trail's newest sighting, and
+    not older than it.  Every other place's sightings are then at or before the newest one, which
+    was already compared with them when it arrived, and a later time only makes any gap longer.
+    """
+    if t < trail.newest or not trail.places:
+        return False
+    last_ip = next(reversed(trail.places))
+    if last_ip != ip:
+        return False
+    times = trail.places[last_ip].times
+    return bool(times) and times[-1] == trail.newest
+
+
 class _Trail:
     """A principal's places (address → :class:`_Place`) and the newest event time among them."""
 
@@ -237,7 +251,8 @@ class ImpossibleTravel(Detector):
         cutoff = store.watermark - self.config.window
         ip = event.source_ip
         trail = store.get(principal)
-        hit = self._fastest(trail, ip, geo, t, cutoff) if trail is not None else None
+        hit = (self._fastest(trail, ip, geo, t, cutoff)
+               if trail is not None and not _continues_newest(trail, ip, t) else None)
         if t >= cutoff:
             self._remember(principal, trail, ip, geo, t, event.event_id or "", cutoff)
         if hit is None:
