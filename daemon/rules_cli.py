@@ -16,23 +16,13 @@ rule index and predicate (``RuleSet.match`` on a validated :class:`~detectors.ev
 rule the index would keep away from its own positive fails too.  A rule without tests fails.
 Both exit 1 on any failure, 0 otherwise.
 
-Correlation rules are tested with *timelines* instead, in the same sidecar format::
-
-    {"rule_id": "<uuid>",
-     "timelines": [{"name": "...", "source": "...", "expect": true,
-                    "events": [{"at": 0, "event": {...}}, {"at": 30, "repeat": 5, "every": 10, "event": {...}}]}]}
-
-Each timeline runs on a fresh copy of a real :class:`~detectors.sigma.detector.SigmaDetector` loaded
-with every rule file given plus the files next to each given file (where a correlation's base rules
-live), inside a :class:`~detectors.engine.DetectionEngine` with the default allowed lateness: events
-are fed one by one in the listed order (``eventTime`` rewritten to ``TIMELINE_EPOCH + at``; a
-``repeat``-ed event recurs every ``every`` seconds, its copies' ``eventID`` suffixed ``#n``), the
-watermark advancing after each, then a final watermark past every window so windows that are judged
-when they close are judged.  ``expect: true`` passes when the correlation fired (an alert with its
-``rule_id``); ``false`` when it did not.  A correlation that only feeds another (``generate: false``)
-is tested as if it alerted, and so is a detection rule with ``generate: false``: its positives must
-*match*.  Whether a rule alerts on its own is its ``generate`` flag, not its tests.  Rules in the
-files next to a given file are loaded (so references resolve) but neither tested nor reported.
+Correlation rules are tested with *timelines* instead, under ``timelines`` in the same sidecar (format
+and how they run: :mod:`daemon.rules_timelines`).  The detector they run on is loaded with every rule
+file given plus the files next to each given file (where a correlation's base rules live).  A
+correlation that only feeds another (``generate: false``) is tested as if it alerted, and so is a
+detection rule with ``generate: false``: its positives must *match*.  Whether a rule alerts on its own
+is its ``generate`` flag, not its tests.  Rules in the files next to a given file are loaded (so
+references resolve) but neither tested nor reported.
 """
 
 from __future__ import annotations
@@ -41,38 +31,32 @@ import argparse
 import re
 import sys
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import orjson
 
-from detectors.engine import DetectionEngine
-from detectors.event import Event, InvalidEvent, format_time
+from daemon.rules_timelines import Timeline, TimelineError, TimelineResult, parse_timelines, run_timeline
+from detectors.event import Event, InvalidEvent
 from detectors.sigma import CORRELATION_NOTICE, CompiledRule, LoadIssue, RuleSet
-from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
 from detectors.sigma.loader import rule_files
 
 __all__ = [
     "TESTS_SUFFIX",
-    "TIMELINE_EPOCH",
     "CaseResult",
     "LoadedRules",
     "RuleResult",
     "RuleTestCase",
     "SidecarError",
-    "TimedEvent",
-    "Timeline",
-    "TimelineResult",
     "add_rules_parser",
     "load_rule_files",
     "load_tests",
     "metadata_problems",
     "run_correlation_tests",
     "run_rule_tests",
-    "run_timeline",
     "sidecar_path",
 ]
 
@@ -80,11 +64,7 @@ TESTS_SUFFIX: Final = ".tests.json"
 EXIT_FAILED: Final = 1
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _ATTACK_TECHNIQUE: Final = re.compile(r"attack\.t\d{4}(\.\d{3})?")
-#: Where timelines start: ``eventTime`` of an event is this plus its ``at`` (2024-01-01T00:00:00Z).
-TIMELINE_EPOCH: Final = 1_704_067_200.0
 _BLOCK_KEYS: Final = frozenset({"rule_id", "positive", "negative", "timelines"})
-_TIMELINE_KEYS: Final = frozenset({"name", "source", "expect", "events"})
-_TIMED_KEYS: Final = frozenset({"at", "event", "repeat", "every"})
 
 
 class SidecarError(ValueError):
@@ -118,49 +98,6 @@ class CaseResult:
         if self.error is not None:
             return f"{kind} {self.case.name!r}: {self.error}"
         return f"{kind} {self.case.name!r}: rule {'matched' if self.matched else 'did not match'}"
-
-
-@dataclass(frozen=True, slots=True)
-class TimedEvent:
-    """One record of a timeline, at ``at`` seconds after its start (``repeat`` times, ``every`` s apart)."""
-
-    at: float
-    event: Any
-    repeat: int = 1
-    every: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Timeline:
-    """Records in delivery order; the correlation must fire on them (``expected``) or must not."""
-
-    name: str
-    events: tuple[TimedEvent, ...]
-    expected: bool
-    source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineResult:
-    """What the detector did with one timeline: how many alerts the correlation raised."""
-
-    case: Timeline
-    alerts: int
-    late: int = 0
-    error: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and (self.alerts > 0) is self.case.expected
-
-    def explain(self) -> str:
-        kind = "positive" if self.case.expected else "negative"
-        if self.error is not None:
-            return f"{kind} timeline {self.case.name!r}: {self.error}"
-        late = f" ({self.late} event(s) arrived too late to count)" if self.late else ""
-        if self.alerts:
-            return f"{kind} timeline {self.case.name!r}: correlation fired {self.alerts} time(s){late}"
-        return f"{kind} timeline {self.case.name!r}: correlation did not fire{late}"
 
 
 @dataclass(slots=True)
@@ -197,49 +134,6 @@ def _cases(entries: Any, expected: bool, where: str) -> list[RuleTestCase]:
     return cases
 
 
-def _number(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise SidecarError(f"{where}: {what} must be a number >= 0, not {value!r}")
-    return float(value)
-
-
-def _timed_event(entry: Any, where: str) -> TimedEvent:
-    if not isinstance(entry, dict) or "event" not in entry or "at" not in entry:
-        raise SidecarError(f"{where}: each event must be an object with 'at' and 'event'")
-    unknown = set(entry) - _TIMED_KEYS
-    if unknown:
-        raise SidecarError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    repeat = entry.get("repeat", 1)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise SidecarError(f"{where}: 'repeat' must be an integer >= 1, not {repeat!r}")
-    every = _number(entry.get("every", 0), "'every'", where)
-    return TimedEvent(_number(entry["at"], "'at'", where), entry["event"], repeat, every)
-
-
-def _timelines(entries: Any, where: str) -> list[Timeline]:
-    if entries is None:
-        return []
-    if not isinstance(entries, list):
-        raise SidecarError(f"{where}: 'timelines' must be a list")
-    timelines = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise SidecarError(f"{where}: timeline #{index} must be an object")
-        name = str(entry.get("name") or f"#{index}")
-        here = f"{where}: timeline {name!r}"
-        unknown = set(entry) - _TIMELINE_KEYS
-        if unknown:
-            raise SidecarError(f"{here}: unknown key(s) {', '.join(sorted(unknown))}")
-        if not isinstance(entry.get("expect"), bool):
-            raise SidecarError(f"{here}: needs 'expect': true or false")
-        events = entry.get("events")
-        if not isinstance(events, list) or not events:
-            raise SidecarError(f"{here}: 'events' must be a non-empty list")
-        timed = tuple(_timed_event(event, here) for event in events)
-        timelines.append(Timeline(name, timed, entry["expect"], str(entry.get("source") or "")))
-    return timelines
-
-
 def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase | Timeline]]:
     """Read a sidecar: rule id (``None`` when not given) → its cases.  Raises :class:`SidecarError`."""
     try:
@@ -257,11 +151,14 @@ def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase | Timelin
         if unknown:
             raise SidecarError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         rule_id = block.get("rule_id")
-        cases: list[RuleTestCase | Timeline] = [
-            *_cases(block.get("positive"), True, str(path)),
-            *_cases(block.get("negative"), False, str(path)),
-            *_timelines(block.get("timelines"), str(path)),
-        ]
+        try:
+            cases: list[RuleTestCase | Timeline] = [
+                *_cases(block.get("positive"), True, str(path)),
+                *_cases(block.get("negative"), False, str(path)),
+                *parse_timelines(block.get("timelines"), str(path)),
+            ]
+        except TimelineError as error:
+            raise SidecarError(str(error)) from None
         found.setdefault(str(rule_id) if rule_id is not None else None, []).extend(cases)
     return found
 
@@ -336,51 +233,9 @@ def run_rule_tests(ruleset: RuleSet, *, only: Collection[str] | None = None) -> 
     return results
 
 
-def _timeline_events(timeline: Timeline) -> list[Event]:
-    """The timeline's records with ``eventTime`` (and repeated copies' ``eventID``) rewritten."""
-    events = []
-    for timed in timeline.events:
-        if not isinstance(timed.event, dict):
-            raise InvalidEvent("not_an_object", f"record is a {type(timed.event).__name__}, not an object")
-        for copy in range(timed.repeat):
-            raw = dict(timed.event)
-            raw["eventTime"] = format_time(TIMELINE_EPOCH + timed.at + copy * timed.every)
-            if copy and isinstance(raw.get("eventID"), str):
-                raw["eventID"] = f"{raw['eventID']}#{copy}"
-            events.append(Event(raw, "rule-test"))
-    return events
-
-
-def run_timeline(detector: SigmaDetector, rule_id: str, timeline: Timeline) -> TimelineResult:
-    """Feed ``timeline`` to a fresh copy of ``detector`` in an engine; count correlation ``rule_id``'s alerts.
-
-    Every correlation of the copy alerts (``generate`` forced on), so a correlation that only feeds
-    another can be tested as firing; ``detector`` itself is left untouched.
-    """
-    try:
-        events = _timeline_events(timeline)
-    except InvalidEvent as error:
-        return TimelineResult(timeline, 0, error=f"not a usable CloudTrail record ({error})")
-    late = [0]
-
-    def on_late(n: int) -> None:
-        late[0] += n
-
-    twin = detector.fork()
-    plans = detector.correlations.plans
-    twin.correlations = CorrelationSet([replace(plan, generate=True) for plan in plans],
-                                       severity_of=twin.severity_for, on_late=on_late)
-    engine = DetectionEngine([twin])
-    alerts = []
-    for event in events:
-        alerts.extend(engine.process_many([event]))
-    horizon = max((plan.timespan for plan in plans), default=0.0) + engine.allowed_lateness + 1.0
-    alerts.extend(twin.on_watermark(engine.max_event_time + horizon) or ())
-    return TimelineResult(timeline, sum(alert.rule_id == rule_id for alert in alerts), late=late[0])
-
-
 def run_correlation_tests(detector: SigmaDetector, *, only: Collection[str] | None = None) -> list[RuleResult]:
-    """Run every loaded correlation rule's sidecar timelines through ``detector`` (see :func:`run_timeline`).
+    """Run every loaded correlation rule's sidecar timelines through ``detector`` (see
+    :func:`~daemon.rules_timelines.run_timeline`).
 
     ``only``: resolved paths of the rule files to test (default: every correlation loaded).
     """

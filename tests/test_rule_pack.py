@@ -18,15 +18,13 @@ from daemon.components import DEFAULT_RULE_PATHS, check
 from daemon.config import load_config
 from daemon.rules_cli import (
     RuleTestCase,
-    Timeline,
-    TimelineResult,
     load_tests,
     metadata_problems,
     run_correlation_tests,
     run_rule_tests,
-    run_timeline,
     sidecar_path,
 )
+from daemon.rules_timelines import Timeline, TimelineResult, run_timeline
 from detectors.cloudtrail_tampering import CloudTrailTampering
 from detectors.event import Event
 from detectors.sigma import CORRELATION_NOTICE, RuleSet, load_rules

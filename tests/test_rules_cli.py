@@ -14,14 +14,12 @@ import pytest
 from daemon.rules_cli import (
     RuleTestCase,
     SidecarError,
-    TimedEvent,
-    Timeline,
     cmd_test,
     cmd_validate,
     load_tests,
-    run_timeline,
     sidecar_path,
 )
+from daemon.rules_timelines import TimedEvent, Timeline, run_timeline
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
 from tests.conftest import ROOT, run_cli
 

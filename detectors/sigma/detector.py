@@ -19,6 +19,7 @@ A correlation rule that cannot be run is a load error like an unsupported detect
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -127,11 +128,19 @@ class SigmaDetector(Detector):
             on_evict=lambda n: context.on_evict(self.name, n),
         )
 
-    def fork(self) -> SigmaDetector:
-        """A twin sharing the compiled rules (immutable) with empty correlation state."""
+    def fork(self, *, generate_all: bool = False, context: DetectorContext | None = None) -> SigmaDetector:
+        """A twin sharing the compiled rules (immutable) with empty correlation state.
+
+        ``generate_all``: every correlation of the twin alerts, also one that only feeds another
+        (``generate: false``), so rule tests can see it fire.  ``context``: the twin's own context
+        (e.g. to count its late events apart) instead of this detector's.
+        """
         twin = copy.copy(self)
+        if context is not None:
+            twin.context = context
         twin.on_match = list(self.on_match)
-        twin.correlations = self._correlation_set(self._plans)
+        plans = [dataclasses.replace(plan, generate=True) for plan in self._plans] if generate_all else self._plans
+        twin.correlations = twin._correlation_set(plans)
         return twin
 
     def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
