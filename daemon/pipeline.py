@@ -10,9 +10,11 @@ Three kinds of task, one asyncio loop:
 
 The checkpoint order is written down once, here, and nowhere else:
 
-    1. pause the processor between two batches;
-    2. wait until every alert produced so far is handed to the sinks, and flush the sinks;
-    3. snapshot detector state, dedupe record and source positions, and write it atomically;
+    1. pause the processor between two batches, snapshot detector state, dedupe record and source
+       positions, and let the processor go on;
+    2. wait until every alert the snapshot's batches produced is handed to the sinks, and flush
+       the sinks (fsync, spool commit);
+    3. write the snapshot atomically;
     4. acknowledge the input the snapshot covers (delete SQS messages, commit Kafka offsets).
 
 So restored state is never ahead of acknowledged input, and acknowledged input never has alerts
@@ -87,6 +89,12 @@ class Pipeline:
         self.alerts: asyncio.Queue[Any] = asyncio.Queue(config.alert_queue_size)
         self.log = structlog.get_logger("trailguard.pipeline")
         self._lock = asyncio.Lock()
+        #: Serialises checkpoints (and partition hand-overs), which finish outside ``_lock``.
+        self._checkpoint_lock = asyncio.Lock()
+        #: Alert batches put in the alert queue / handed to the sinks (checkpoint bookkeeping).
+        self._emitted = 0
+        self._delivered = 0
+        self._delivery_progress = asyncio.Event()
         self._pending: dict[int, list[Any]] = defaultdict(list)  # id(source) -> positions
         self._sources_by_name = {s.name: s for s in self.sources}
         self._pumps: list[asyncio.Task[None]] = []
@@ -251,6 +259,7 @@ class Pipeline:
             self.alerts_by_detector[alert.detector] += 1
         self.counts["alerts"] += len(alerts)
         await self.alerts.put(alerts)
+        self._emitted += 1
         self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
 
     def _handle(self, batch: SourceBatch, start: int = 0, end: int | None = None) -> list[Alert]:
@@ -363,7 +372,7 @@ class Pipeline:
 
     async def _on_partitions(self, assigned: set[str], revoked: set[str]) -> None:
         """Kafka rebalance: save and drop revoked partitions' state; load assigned ones' (between batches)."""
-        async with self._lock:
+        async with self._checkpoint_lock, self._lock:
             for partition in revoked:
                 found = self.partitions.pop(partition, None)
                 store = self._partition_store(partition)
@@ -396,7 +405,17 @@ class Pipeline:
                 await self.dispatcher.deliver(alerts)
             finally:
                 self.alerts.task_done()
+                self._delivered += 1
+                self._delivery_progress.set()
                 self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
+
+    async def _delivered_through(self, covered: int) -> None:
+        """Wait until the first ``covered`` alert batches have been handed to the sinks."""
+        while self._delivered < covered:
+            if self._dispatch_task is None or self._dispatch_task.done():
+                return
+            self._delivery_progress.clear()
+            await self._delivery_progress.wait()
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
@@ -416,35 +435,46 @@ class Pipeline:
                                error=type(error).__name__, detail=str(error)[:300])
 
     async def checkpoint(self) -> None:
-        """Flush sinks → snapshot state → acknowledge input (see the module docstring)."""
+        """Flush sinks → snapshot state → acknowledge input (see the module docstring).
+
+        The processor is paused only while the snapshot is taken and encoded: waiting for the
+        sinks (delivery of every alert the snapshot's batches produced, then fsync) and writing the
+        file happen after it resumes, so a checkpoint does not stall detection for an fsync.  The
+        snapshot file is still written only after that flush, and input acknowledged only after the
+        file is durable; checkpoints never overlap.
+        """
         started = time.perf_counter()
-        async with self._lock:
-            pending, self._pending = self._pending, defaultdict(list)
-            if self._dispatch_task is not None and not self._dispatch_task.done():
-                await self.alerts.join()
+        async with self._checkpoint_lock:
+            async with self._lock:
+                pending, self._pending = self._pending, defaultdict(list)
+                for source in self.sources:
+                    if source.local_acknowledge and pending.get(id(source)):
+                        await source.acknowledge(pending.pop(id(source)))
+                self.publish_state_metrics()
+                covered = self._emitted
+                data: bytes | None = None
+                partition_data: list[tuple[StateStore, bytes]] = []
+                if self.store is not None:
+                    body = {
+                        "engine": self.engine.snapshot(),
+                        "dedupe": self.dedupe.snapshot(),
+                        "dispatch": self.dispatcher.snapshot(),
+                        "reorder": self.reorder.snapshot() if self.reorder is not None else [],
+                        "positions": {s.name: s.checkpoint_positions() for s in self.sources},
+                    }
+                    data = self.store.encode(body)
+                    partition_data = self._partition_bodies()
+            await self._delivered_through(covered)
             await self.dispatcher.flush()
-            for source in self.sources:
-                if source.local_acknowledge and pending.get(id(source)):
-                    await source.acknowledge(pending.pop(id(source)))
-            self.publish_state_metrics()
-            if self.store is not None:
-                body = {
-                    "engine": self.engine.snapshot(),
-                    "dedupe": self.dedupe.snapshot(),
-                    "dispatch": self.dispatcher.snapshot(),
-                    "reorder": self.reorder.snapshot() if self.reorder is not None else [],
-                    "positions": {s.name: s.checkpoint_positions() for s in self.sources},
-                }
-                data = self.store.encode(body)
-                partition_data = self._partition_bodies()
+            if self.store is not None and data is not None:
                 await asyncio.to_thread(self.store.write_encoded, data)
                 for store, encoded in partition_data:
                     await asyncio.to_thread(store.write_encoded, encoded)
-        for source in self.sources:
-            positions = pending.get(id(source))
-            if positions:
-                await source.acknowledge(positions)
-                self.metrics.source_acknowledged.labels(source=source.name).inc(len(positions))
+            for source in self.sources:
+                positions = pending.get(id(source))
+                if positions:
+                    await source.acknowledge(positions)
+                    self.metrics.source_acknowledged.labels(source=source.name).inc(len(positions))
         self.metrics.checkpoints.labels(outcome="written" if self.store else "memory").inc()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         self.metrics.last_checkpoint.set(time.time())
