@@ -99,7 +99,7 @@ class Daemon:
         )
         self.stop_requested = asyncio.Event()
         self._reload_requests: list[asyncio.Task[bool]] = []
-        self._interrupts = 0
+        self._first_interrupt: float | None = None
         self.started_at = time.monotonic()
 
     def _detector_error(self, detector: str, event: Event | None, error: BaseException) -> None:
@@ -124,12 +124,20 @@ class Daemon:
         return True, "ok"
 
     def request_stop(self, signum: int | None = None) -> None:
-        """Signal handler body: set the flag; a second SIGINT forces exit."""
+        """Signal handler body: set the flag; a second SIGINT forces exit.
+
+        A SIGINT within half a second of the first is the same Ctrl-C delivered twice (to the
+        process and again through its process group by a wrapper such as ``timeout``), not a
+        second keypress, so it does not force the exit.
+        """
         if signum == signal.SIGINT:
-            self._interrupts += 1
-            if self._interrupts > 1:
+            now = time.monotonic()
+            if self._first_interrupt is not None and now - self._first_interrupt >= 0.5:
                 self.log.error("second interrupt: exiting now without draining")
                 os._exit(130)
+            if self._first_interrupt is not None:
+                return
+            self._first_interrupt = now
         self.log.info("stop requested; draining", signal=signal.Signals(signum).name if signum else None)
         self.stop_requested.set()
 

@@ -174,3 +174,46 @@ def test_default_run_uses_the_sample_trail(tmp_path: Path, start_daemon) -> None
     wait_for(lambda: {"sigma", "cloudtrail_tampering", "credential_exfiltration"} <= detectors(), 60,
              what="alerts from the sample trail")
     assert daemon.stop(signal.SIGINT) == 0
+
+
+def test_sigint_twice_at_once_still_drains(tmp_path: Path, start_daemon) -> None:
+    """One Ctrl-C delivered twice (process + process group) is not a second keypress."""
+    trail = tmp_path / "trail"
+    trail.mkdir()
+    daemon = start_daemon(f"sources:\n  - type: file\n    paths: [{trail}]\n    follow: true\n"
+                          "metrics:\n  host: 127.0.0.1\n  port: {port}\nlogging:\n  format: json\n")
+    daemon.wait_ready()
+    daemon.proc.send_signal(signal.SIGINT)
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(30) == 0
+    logs = [orjson.loads(line) for line in daemon.stderr_path.read_text().splitlines() if line.startswith("{")]
+    assert any(entry.get("event") == "pipeline stopped" for entry in logs)
+
+
+def test_a_second_sigint_later_forces_exit(tmp_path: Path, start_daemon) -> None:
+    """While shutdown waits on a hung webhook, a second Ctrl-C exits at once (130)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    trail = tmp_path / "trail"
+    trail.mkdir()
+    shutil.copy(STRATUS / "aws.defense-evasion.cloudtrail-stop.json", trail / "stop.json")
+    daemon = start_daemon(
+        f"sources:\n  - type: file\n    paths: [{trail}]\n    follow: true\n"
+        f"sinks:\n  - type: webhook\n    url: http://127.0.0.1:{listener.getsockname()[1]}/hook\n    timeout: 60s\n"
+        "metrics:\n  host: 127.0.0.1\n  port: {port}\nshutdown:\n  deadline: 25s\nlogging:\n  format: json\n")
+    daemon.wait_ready()
+    wait_for(lambda: held, 30, what="the webhook request to hang")
+    daemon.proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert daemon.proc.poll() is None, "the first interrupt must drain, not exit"
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(10) == 130
+    assert time.monotonic() - started < 5
+    listener.close()
