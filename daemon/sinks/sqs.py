@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
+from daemon.awsurls import region_from_queue_url
 from daemon.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
 from detectors.alert import Alert
 
@@ -46,11 +47,7 @@ class SqsSink(AwsSink):
         self._fifo = config.queue_url.endswith(".fifo")
 
     def _region(self) -> str | None:
-        if self._aws.region:
-            return self._aws.region
-        host = urlsplit(self.queue_url).hostname or ""
-        parts = host.split(".")
-        return parts[1] if len(parts) > 3 and parts[0] == "sqs" else None
+        return self._aws.region or region_from_queue_url(self.queue_url)
 
     def where(self) -> str:
         """The queue URL."""

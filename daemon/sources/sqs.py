@@ -44,6 +44,7 @@ from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from daemon.awsurls import region_from_queue_url
 from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
 from daemon.sources.base import Source, SourceBatch
@@ -55,7 +56,6 @@ from detectors.event import MAX_RECORD_BYTES
 __all__ = ["SqsPosition", "SqsSource", "SqsSourceConfig"]
 
 DEFAULT_KEY_PATTERN: Final = r"(^|/)CloudTrail/.+\.json(\.gz)?$"
-_REGION_IN_URL: Final = re.compile(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 _DEFAULT_VISIBILITY: Final = 30
 _ENTRIES_PER_CALL: Final = 10
 _TRANSPORT_ERRORS: Final = (BotoCoreError, ClientError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -162,8 +162,7 @@ class SqsSource(Source):
         self.log = structlog.get_logger("trailguard.source.sqs").bind(source=self.name)
         self._key_pattern = re.compile(config.object_key_pattern)
         self._queue_name = config.queue_url.rstrip("/").rsplit("/", 1)[-1]
-        match = _REGION_IN_URL.match(config.queue_url)
-        self._region = config.region or (match.group(1) if match else None)
+        self._region = config.region or region_from_queue_url(config.queue_url)
         self._visibility = config.visibility_timeout or _DEFAULT_VISIBILITY
         self._attributes_known = False
         self._inflight: dict[int, _Message] = {}
