@@ -23,11 +23,11 @@ from daemon import __version__
 from daemon.components import Built, build_detectors, build_sinks, build_sources
 from daemon.config import Config
 from daemon.deadletter import InvalidReporter
-from daemon.dispatch import Dispatcher
+from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.sinks.base import Sink
 from daemon.http import OperatorServer
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
-from daemon.sinks.base import Sink
 from daemon.sources.base import Source
 from daemon.state import StateStore
 from detectors.base import DetectorContext

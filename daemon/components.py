@@ -25,14 +25,14 @@ SOURCES: Final[dict[str, str]] = {
 }
 
 SINKS: Final[dict[str, str]] = {
-    "stdout": "daemon.sinks.stdout:StdoutSink",
-    "file": "daemon.sinks.file:FileSink",
-    "webhook": "daemon.sinks.webhook:WebhookSink",
-    "slack": "daemon.sinks.slack:SlackSink",
-    "pagerduty": "daemon.sinks.pagerduty:PagerDutySink",
-    "kafka": "daemon.sinks.kafka:KafkaSink",
-    "sns": "daemon.sinks.sns:SnsSink",
-    "sqs": "daemon.sinks.sqs:SqsSink",
+    "stdout": "daemon.delivery.sinks.stdout:StdoutSink",
+    "file": "daemon.delivery.sinks.file:FileSink",
+    "webhook": "daemon.delivery.sinks.webhook:WebhookSink",
+    "slack": "daemon.delivery.sinks.slack:SlackSink",
+    "pagerduty": "daemon.delivery.sinks.pagerduty:PagerDutySink",
+    "kafka": "daemon.delivery.sinks.kafka:KafkaSink",
+    "sns": "daemon.delivery.sinks.sns:SnsSink",
+    "sqs": "daemon.delivery.sinks.sqs:SqsSink",
 }
 
 
@@ -133,9 +133,9 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         if model.enabled:
             built.detectors.append((cls, model))
         problems.extend(f"{origin}: detectors.{name}: {p}" for p in _detector_problems(cls, model))
-    from daemon.dispatch import DeliveryConfig
+    from daemon.delivery.dispatch import DeliveryConfig
+    from daemon.delivery.routing import RoutingConfig, validate_routes
     from daemon.enrich import EnrichmentConfig
-    from daemon.routing import RoutingConfig, validate_routes
 
     try:
         EnrichmentConfig.model_validate(config.enrichment)

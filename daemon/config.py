@@ -105,9 +105,9 @@ class Config(Strict):
     enrichment: dict[str, Any] = Field(default_factory=dict)
     """GeoIP and network classification (validated by ``daemon.enrich.EnrichmentConfig``)."""
     routing: dict[str, Any] = Field(default_factory=dict)
-    """Which alerts go to which sinks (validated by ``daemon.routing.RoutingConfig``)."""
+    """Which alerts go to which sinks (validated by ``daemon.delivery.routing.RoutingConfig``)."""
     delivery: dict[str, Any] = Field(default_factory=dict)
-    """Spool, retries, dedup and throttling of alert delivery (``daemon.dispatch.DeliveryConfig``)."""
+    """Spool, retries, dedup and throttling of alert delivery (``daemon.delivery.dispatch.DeliveryConfig``)."""
     pipeline: PipelineConfig = PipelineConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -36,7 +36,7 @@ import structlog
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.dedupe import Deduplicator
-from daemon.dispatch import Dispatcher
+from daemon.delivery.dispatch import Dispatcher
 from daemon.metrics import Metrics
 from daemon.reorder import ReorderBuffer
 from daemon.sources.base import Source, SourceBatch

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.config import PipelineConfig
-from daemon.dispatch import Dispatcher
+from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.sinks.base import Sink, SinkConfig
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
-from daemon.sinks.base import Sink, SinkConfig
 from daemon.sources.base import Source
 from detectors.alert import Alert
 from detectors.base import Detector

@@ -12,12 +12,12 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.routing import RoutingConfig
+from daemon.delivery.sinks.pagerduty import PagerDutySink, PagerDutySinkConfig
+from daemon.delivery.sinks.slack import SlackSink, SlackSinkConfig
+from daemon.delivery.sinks.webhook import WebhookSink, WebhookSinkConfig
 from daemon.metrics import Metrics
-from daemon.routing import RoutingConfig
-from daemon.sinks.pagerduty import PagerDutySink, PagerDutySinkConfig
-from daemon.sinks.slack import SlackSink, SlackSinkConfig
-from daemon.sinks.webhook import WebhookSink, WebhookSinkConfig
 from detectors.alert import Alert
 from tests.http_receiver import Receiver, Reply
 
@@ -258,7 +258,7 @@ async def test_spool_write_failure_is_retried_not_raised(receiver: Receiver, tmp
 
 
 async def test_undecodable_spool_entry_is_dead_lettered(receiver: Receiver, tmp_path: Path) -> None:
-    from daemon.spool import SqliteSpool, encode_alert
+    from daemon.delivery.spool import SqliteSpool, encode_alert
 
     spool = SqliteSpool(tmp_path / "spool" / "hook.spool.sqlite")
     await spool.open()

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.sinks.webhook import WebhookSink, WebhookSinkConfig
 from daemon.metrics import Metrics
-from daemon.sinks.webhook import WebhookSink, WebhookSinkConfig
 from detectors.alert import Alert
 from tests.http_receiver import Receiver
 
@@ -92,9 +92,9 @@ async def test_outage_with_restart_loses_nothing_and_repeats_nothing(tmp_path: P
 
 CHILD = """
 import asyncio, sys, time
-from daemon.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
 from daemon.metrics import Metrics
-from daemon.sinks.webhook import WebhookSink, WebhookSinkConfig
+from daemon.delivery.sinks.webhook import WebhookSink, WebhookSinkConfig
 from tests.test_dispatch_outage import make_alert
 
 async def main():

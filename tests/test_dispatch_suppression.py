@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.delivered import DeliveredRecord
-from daemon.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.delivered import DeliveredRecord
+from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.routing import RoutingConfig
+from daemon.delivery.sinks.base import Sink, SinkConfig
+from daemon.delivery.throttle import Throttle, ThrottleConfig
 from daemon.metrics import Metrics
-from daemon.routing import RoutingConfig
-from daemon.sinks.base import Sink, SinkConfig
-from daemon.throttle import Throttle, ThrottleConfig
 from detectors.alert import Alert
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
-from daemon.dispatch import Dispatcher
+from daemon.delivery.dispatch import Dispatcher
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
 from daemon.sources.base import Source, SourceBatch

@@ -11,10 +11,10 @@ import pytest
 
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
-from daemon.dispatch import Dispatcher
+from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.sinks.base import Sink, SinkConfig
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
-from daemon.sinks.base import Sink, SinkConfig
 from daemon.sources.base import Source, SourceBatch
 from daemon.state import CheckpointError, StateStore
 from detectors.alert import Alert

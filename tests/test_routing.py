@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from daemon.routing import Router, RoutingConfig, validate_routes
+from daemon.delivery.routing import Router, RoutingConfig, validate_routes
 from detectors.alert import Alert
 
 SINKS = ["pagerduty", "slack-prod", "slack-dev", "siem", "kafka"]

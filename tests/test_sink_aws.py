@@ -9,9 +9,9 @@ import pytest
 from aiobotocore.session import get_session
 from pydantic import ValidationError
 
-from daemon.sinks.errors import PermanentError, TransientError
-from daemon.sinks.sns import SnsSink, SnsSinkConfig
-from daemon.sinks.sqs import SqsSink, SqsSinkConfig
+from daemon.delivery.sinks.errors import PermanentError, TransientError
+from daemon.delivery.sinks.sns import SnsSink, SnsSinkConfig
+from daemon.delivery.sinks.sqs import SqsSink, SqsSinkConfig
 from detectors.alert import Alert
 from tests.brokers import MotoServer
 

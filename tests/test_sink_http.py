@@ -9,11 +9,11 @@ from email.utils import formatdate
 import pytest
 from pydantic import ValidationError
 
-from daemon.sinks.errors import PermanentError, TransientError
-from daemon.sinks.http_common import Redactor, parse_retry_after, redact_url
-from daemon.sinks.pagerduty import PagerDutySink, PagerDutySinkConfig
-from daemon.sinks.slack import SlackSink, SlackSinkConfig
-from daemon.sinks.webhook import WebhookSink, WebhookSinkConfig, verify_signature
+from daemon.delivery.sinks.errors import PermanentError, TransientError
+from daemon.delivery.sinks.http_common import Redactor, parse_retry_after, redact_url
+from daemon.delivery.sinks.pagerduty import PagerDutySink, PagerDutySinkConfig
+from daemon.delivery.sinks.slack import SlackSink, SlackSinkConfig
+from daemon.delivery.sinks.webhook import WebhookSink, WebhookSinkConfig, verify_signature
 from detectors.alert import Alert
 from tests.http_receiver import Receiver, Reply
 

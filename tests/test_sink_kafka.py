@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from daemon.sinks.errors import PermanentError, TransientError
-from daemon.sinks.kafka import KafkaSink, KafkaSinkConfig
+from daemon.delivery.sinks.errors import PermanentError, TransientError
+from daemon.delivery.sinks.kafka import KafkaSink, KafkaSinkConfig
 from detectors.alert import Alert
 from tests.brokers import Tansu
 

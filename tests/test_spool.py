@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.spool import (
+from daemon.delivery.spool import (
     DeadLetterFile,
     MemorySpool,
     Spool,

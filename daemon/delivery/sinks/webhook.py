@@ -21,7 +21,7 @@ from typing import Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
-from daemon.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
+from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
 from detectors.alert import Alert
 
 __all__ = ["WebhookSink", "WebhookSinkConfig", "sign", "verify_signature"]

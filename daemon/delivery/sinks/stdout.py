@@ -7,7 +7,7 @@ from typing import Literal
 
 import orjson
 
-from daemon.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.base import Sink, SinkConfig
 from detectors.alert import Alert
 
 __all__ = ["StdoutSink", "StdoutSinkConfig"]

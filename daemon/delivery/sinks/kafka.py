@@ -31,8 +31,8 @@ from aiokafka.helpers import create_ssl_context
 from pydantic import Field, SecretStr, model_validator
 
 from daemon.config import Duration
-from daemon.sinks.base import Sink, SinkConfig
-from daemon.sinks.errors import PermanentError, TransientError
+from daemon.delivery.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.errors import PermanentError, TransientError
 from detectors.alert import Alert
 
 __all__ = ["KafkaSink", "KafkaSinkConfig"]

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
-from daemon.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
+from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
 from detectors.alert import SEVERITY_RANK, Alert
 from detectors.event import format_time
 

@@ -2,13 +2,13 @@
 
 For each batch the pipeline hands over, every alert is
 
-1. **routed** (:mod:`daemon.routing`) to one or more sinks — none: counted ``unrouted``;
-2. **deduplicated** per sink: an id that sink already has (:mod:`daemon.delivered`, checkpointed)
+1. **routed** (:mod:`daemon.delivery.routing`) to one or more sinks — none: counted ``unrouted``;
+2. **deduplicated** per sink: an id that sink already has (:mod:`daemon.delivery.delivered`, checkpointed)
    is dropped and counted ``duplicate``;
-3. **throttled** (:mod:`daemon.throttle`): a repeat inside its group's window is counted
+3. **throttled** (:mod:`daemon.delivery.throttle`): a repeat inside its group's window is counted
    ``throttled``; the next delivered one carries ``evidence.suppressed_count``;
 4. **handed over**.  Remote sinks (``spooled = True`` on the class: webhook, Slack, PagerDuty,
-   Kafka, SNS, SQS) get the alert appended to their spool (:mod:`daemon.spool`) and a per-sink
+   Kafka, SNS, SQS) get the alert appended to their spool (:mod:`daemon.delivery.spool`) and a per-sink
    task drains it in order, removing entries only once the sink confirmed them.  Local sinks
    (stdout, file) are sent to directly — their own ``flush`` is their durability.
 
@@ -48,14 +48,22 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.config import Duration
-from daemon.delivered import DeliveredRecord
+from daemon.delivery.delivered import DeliveredRecord
+from daemon.delivery.routing import Router, RoutingConfig
+from daemon.delivery.sinks.base import Sink
+from daemon.delivery.sinks.errors import DeliveryError
+from daemon.delivery.sinks.http_common import Redactor
+from daemon.delivery.spool import (
+    DeadLetterFile,
+    MemorySpool,
+    Spool,
+    SpoolEntry,
+    SqliteSpool,
+    decode_alert,
+    encode_alert,
+)
+from daemon.delivery.throttle import Throttle, ThrottleConfig
 from daemon.metrics import Metrics
-from daemon.routing import Router, RoutingConfig
-from daemon.sinks.base import Sink
-from daemon.sinks.errors import DeliveryError
-from daemon.sinks.http_common import Redactor
-from daemon.spool import DeadLetterFile, MemorySpool, Spool, SpoolEntry, SqliteSpool, decode_alert, encode_alert
-from daemon.throttle import Throttle, ThrottleConfig
 from detectors.alert import Alert
 
 __all__ = ["DeliveryConfig", "Dispatcher"]

@@ -8,7 +8,7 @@ from typing import Literal
 
 import orjson
 
-from daemon.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.base import Sink, SinkConfig
 from detectors.alert import Alert
 
 __all__ = ["FileSink", "FileSinkConfig"]

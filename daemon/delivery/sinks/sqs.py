@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import field_validator
 
 from daemon.awsurls import region_from_queue_url
-from daemon.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
+from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
 from detectors.alert import Alert
 
 __all__ = ["SqsSink", "SqsSinkConfig"]

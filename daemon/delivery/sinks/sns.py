@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from daemon.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
+from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
 from detectors.alert import Alert
 
 __all__ = ["SnsSink", "SnsSinkConfig"]

@@ -4,7 +4,7 @@
   (retried, ``Retry-After`` honoured as seconds or an HTTP date); any other status is permanent.
 * **Secrets** — Slack and webhook URLs carry their secret in the path, so nothing here ever puts a
   full URL in a message: aiohttp exceptions (whose text includes the URL) are caught and re-raised
-  as :class:`~daemon.sinks.errors.DeliveryError` built from the redacted URL and the status only,
+  as :class:`~daemon.delivery.sinks.errors.DeliveryError` built from the redacted URL and the status only,
   with the original exception detached (``from None``) so no traceback shows it either.
 * **TLS** — verification on by default; ``ca_file`` adds a private CA; turning it off is logged.
 """
@@ -24,8 +24,8 @@ import structlog
 from pydantic import Field, field_validator
 
 from daemon.config import Duration
-from daemon.sinks.base import Sink, SinkConfig
-from daemon.sinks.errors import DeliveryError, PermanentError, TransientError
+from daemon.delivery.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.errors import DeliveryError, PermanentError, TransientError
 from detectors.alert import Alert
 
 __all__ = [

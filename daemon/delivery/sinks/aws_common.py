@@ -20,8 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
 from daemon.config import Duration
-from daemon.sinks.base import Sink, SinkConfig
-from daemon.sinks.errors import DeliveryError, PermanentError, TransientError
+from daemon.delivery.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.errors import DeliveryError, PermanentError, TransientError
 from detectors.alert import Alert
 
 __all__ = ["AwsSink", "AwsSinkConfig", "classify_aws_error", "message_attributes"]
