@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from detectors.event import Event, format_time
+from detectors.evidence import bound
+from detectors.links import links_for
+from detectors.resources import resources_of
 
-__all__ = ["SEVERITIES", "SEVERITY_RANK", "Alert", "make_alert_id", "shift_severity"]
+__all__ = ["SEVERITIES", "SEVERITY_RANK", "WIRE_EXTRAS", "Alert", "make_alert_id", "shift_severity", "wire_extras"]
 
 SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 SEVERITY_RANK: Final = {name: rank for rank, name in enumerate(SEVERITIES)}
@@ -54,12 +57,32 @@ class Alert:
     detected_at: float = 0.0
     #: What throttling groups on (principal, source IP, account…); not part of the wire schema.
     entity: str = ""
+    #: What the event(s) touched: ``{"type", "id"}`` plus ``arn``/``account_id``/``detail`` when known.
+    resources: list[dict[str, str]] = field(default_factory=list)
+    #: Console links: ``event`` (CloudTrail event history), ``principal`` (IAM page).
+    links: dict[str, str] = field(default_factory=dict)
+    #: Values of the event fields the rule lists (Sigma ``fields:``), by dotted path.
+    fields: dict[str, Any] = field(default_factory=dict)
+    #: From the account map (stamped by the daemon): display name and ``{name, environment, owner, tags}``.
+    account_name: str = ""
+    account: dict[str, Any] | None = None
+    #: For a role session, the hops back to the principal that started it (oldest first).
+    identity_chain: list[dict[str, Any]] = field(default_factory=list)
+    origin_principal: str = ""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_RANK:
             raise ValueError(f"unknown severity {self.severity!r}; use one of {', '.join(SEVERITIES)}")
         if not self.id:
             self.id = make_alert_id(self.detector, self.rule_id, self.entity, *sorted(self.event_ids))
+        # attacker-sized values are cut here, once, so that every sink can always encode the alert
+        self.evidence = bound(self.evidence)
+        if self.fields:
+            self.fields = bound(self.fields)
+        if not self.links and self.event_ids:
+            self.links = links_for(self.event_ids[-1], self.region, self.principal)
+        if not self.resources and self.account_id:
+            self.resources = [{"type": "aws_account", "id": self.account_id, "account_id": self.account_id}]
 
     @classmethod
     def from_event(
@@ -75,8 +98,10 @@ class Alert:
         rule_id: str | None = None,
         runbook: str | None = None,
         entity: str | None = None,
+        fields: dict[str, Any] | None = None,
+        resources: list[dict[str, str]] | None = None,
     ) -> Alert:
-        """Build a single-event alert carrying the event's normalised context."""
+        """Build a single-event alert carrying the event's context: resources it touched, links."""
         ip = event.source_ip
         return cls(
             detector=detector,
@@ -96,6 +121,9 @@ class Alert:
             entity=entity if entity is not None else event.principal,
             id="" if event.event_id else make_alert_id(detector, rule_id, event.principal, event.time,
                                                           event.event_name),
+            resources=resources if resources is not None else resources_of(event),
+            links=links_for(event.event_id, event.region, event.principal),
+            fields=fields if fields is not None else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,4 +145,21 @@ class Alert:
             "evidence": self.evidence,
             "tags": self.tags,
             "runbook": self.runbook,
+            "resources": self.resources,
+            "links": self.links,
+            "fields": self.fields,
+            "account_name": self.account_name,
+            "account": self.account,
+            "identity_chain": self.identity_chain,
+            "origin_principal": self.origin_principal,
         }
+
+
+#: Wire keys added after the first schema; :func:`wire_extras` reads them back (spool, replays).
+WIRE_EXTRAS: Final = ("resources", "links", "fields", "account_name", "account", "identity_chain",
+                      "origin_principal")
+
+
+def wire_extras(data: Any) -> dict[str, Any]:
+    """The :data:`WIRE_EXTRAS` present in a wire dict, as :class:`Alert` keyword arguments."""
+    return {key: data[key] for key in WIRE_EXTRAS if data.get(key) is not None}

@@ -187,7 +187,9 @@ async def test_slack_block_kit_message(receiver: Receiver) -> None:
     message, low = (r.json() for r in receiver.requests)
     assert receiver.requests[0].path == SECRET_PATH
     assert message["text"].startswith("<!here> :rotating_light: [CRITICAL] Root user activity — evil&lt;")
-    header, mention, summary, facts, runbook, context = message["blocks"]
+    header, mention, summary, facts, resources, links, runbook, context = message["blocks"]
+    assert resources["text"]["text"] == "aws_account `111122223333`"
+    assert links["text"]["text"].startswith(":link: <https://eu-west-1.console.aws.amazon.com/cloudtrail/")
     assert header == {"type": "header", "text": {"type": "plain_text", "emoji": True,
                                                  "text": ":rotating_light: Root user activity"}}
     assert mention["text"]["text"] == "<!here>"
@@ -201,8 +203,10 @@ async def test_slack_block_kit_message(receiver: Receiver) -> None:
     footer = context["elements"][0]["text"]
     assert alert.id in footer and "4 similar alerts suppressed" in footer
     assert "Root user activity" in message["text"] and ":rotating_light:" in message["text"]
-    assert [b["type"] for b in low["blocks"]] == ["header", "section", "section", "context"], \
+    assert [b["type"] for b in low["blocks"]] == ["header", "section", "section", "section", "section",
+                                                  "context"], \
         "no mention below min_mention_severity, no runbook block without a runbook"
+    assert not any("Runbook" in str(b) for b in low["blocks"])
 
 
 @pytest.mark.parametrize(("severity", "expected"), [
@@ -225,7 +229,7 @@ async def test_pagerduty_trigger_event(receiver: Receiver, severity: str, expect
     assert payload["timestamp"] == "2023-11-14T22:13:20Z"
     assert payload["custom_details"]["evidence"] == {"count": 7}
     assert payload["custom_details"]["principal"] == alert.principal
-    assert event["links"] == [{"href": "https://wiki.example/runbooks/root", "text": "Runbook"}]
+    assert event["links"][0] == {"href": "https://wiki.example/runbooks/root", "text": "Runbook"}
 
 
 async def test_sink_started_before_receiver_is_up_delivers_once_it_is() -> None:

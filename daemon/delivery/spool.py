@@ -43,7 +43,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import structlog
 
-from detectors.alert import Alert
+from detectors.alert import Alert, wire_extras
 from detectors.event import parse_event_time
 
 __all__ = [
@@ -86,6 +86,7 @@ def alert_from_dict(data: Mapping[str, Any], *, entity: str = "") -> Alert:
         id=data.get("id") or "",
         detected_at=seconds(data["detected_at"]) if data.get("detected_at") else 0.0,
         entity=entity,
+        **wire_extras(data),
     )
 
 

@@ -30,6 +30,7 @@ from sigma.correlations import SigmaCorrelationRule
 from detectors.alert import SEVERITIES, Alert
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
+from detectors.sigma.alert_content import content_of, describe_match
 from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan, compile_correlations
 from detectors.sigma.loader import Logsource, load_rules
@@ -225,13 +226,14 @@ class SigmaDetector(Detector):
         return self.correlations.state_keys()
 
     def _alert(self, rule: CompiledRule, event: Event) -> Alert:
-        action = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name
+        content = content_of(rule.rule)
+        summary, resources, fields = describe_match(rule.title, content, event)
         return Alert.from_event(
             event,
             detector=self.name,
             title=rule.title,
             severity=self.severity_of(rule),
-            summary=f"Sigma rule '{rule.title}' matched {action} by {event.principal}",
+            summary=summary,
             evidence={
                 "event_name": event.event_name,
                 "event_source": event.event_source,
@@ -243,4 +245,7 @@ class SigmaDetector(Detector):
             },
             tags=list(rule.tags),
             rule_id=rule.rule_id,
+            runbook=content.runbook,
+            resources=resources,
+            fields=fields,
         )

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
+from daemon.delivery.render import is_url, plain_data, single_line
 from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
 from detectors.alert import Alert
 from detectors.event import format_time
@@ -25,9 +26,14 @@ _SUMMARY_MAX = 1024
 
 
 def build_event(alert: Alert, routing_key: str, *, source: str = "trailguard") -> dict[str, Any]:
-    """The Events API v2 body for one alert."""
-    summary = f"[{alert.severity.upper()}] {alert.title}: {alert.summary}"
-    if len(summary) > _SUMMARY_MAX:
+    """The Events API v2 body for one alert.
+
+    Strings from the event are cleaned by :mod:`daemon.delivery.render` (one-line summary of at most
+    1,024 characters, no bidi or control characters anywhere); console links and a runbook URL go
+    in ``links``, a runbook written as text in ``custom_details.runbook``.
+    """
+    summary = single_line(f"[{alert.severity.upper()}] {alert.title}: {alert.summary}", _SUMMARY_MAX)
+    if len(summary) > _SUMMARY_MAX:  # the cut marker itself must fit too
         summary = summary[: _SUMMARY_MAX - 1] + "…"
     where = "/".join(p for p in (alert.account_id, alert.region) if p)
     details: dict[str, Any] = {
@@ -35,12 +41,19 @@ def build_event(alert: Alert, routing_key: str, *, source: str = "trailguard") -
         "detector": alert.detector,
         "rule_id": alert.rule_id,
         "principal": alert.principal,
+        "origin_principal": alert.origin_principal or None,
+        "identity_chain": alert.identity_chain or None,
         "account_id": alert.account_id,
+        "account_name": alert.account_name or None,
+        "account": alert.account,
         "region": alert.region,
         "source_ips": alert.source_ips,
         "event_ids": alert.event_ids,
+        "resources": alert.resources,
+        "fields": alert.fields or None,
         "tags": alert.tags,
         "summary": alert.summary,
+        "runbook": alert.runbook,
         "evidence": alert.evidence,
     }
     event: dict[str, Any] = {
@@ -50,17 +63,24 @@ def build_event(alert: Alert, routing_key: str, *, source: str = "trailguard") -
         "client": "trailguard",
         "payload": {
             "summary": summary,
-            "source": f"{source}:{where}" if where else source,
+            "source": single_line(f"{source}:{where}" if where else source, 255),
             "severity": PAGERDUTY_SEVERITY[alert.severity],
             "timestamp": format_time(alert.time),
             "component": alert.detector,
-            "group": alert.account_id or None,
+            "group": alert.account_name or alert.account_id or None,
             "class": alert.rule_id or alert.detector,
-            "custom_details": details,
+            "custom_details": plain_data({k: v for k, v in details.items() if v is not None}),
         },
     }
-    if alert.runbook:
-        event["links"] = [{"href": alert.runbook, "text": "Runbook"}]
+    links = []
+    if alert.runbook and is_url(alert.runbook):
+        links.append({"href": alert.runbook, "text": "Runbook"})
+    for key, label in (("event", "CloudTrail event"), ("principal", "Principal in IAM")):
+        href = alert.links.get(key)
+        if href and is_url(href):
+            links.append({"href": href, "text": label})
+    if links:
+        event["links"] = links
     return event
 
 

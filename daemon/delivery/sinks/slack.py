@@ -2,8 +2,9 @@
 
 The webhook URL *is* the credential (anyone holding it can post), so it is a secret: never logged,
 redacted in every error.  Alert fields come from CloudTrail, i.e. partly from whoever made the API
-call, so they are escaped for Slack's mrkdwn (``&``, ``<``, ``>``) — a principal name cannot smuggle
-a link or a mention into the channel.  A plain ``text`` fallback is sent for notifications and
+call, so every value goes through :mod:`daemon.delivery.render` — a principal name cannot smuggle a
+link, a mention, formatting or a forged line into the channel.  A runbook that is a URL is a link;
+one written as triage steps is shown as text.  A plain ``text`` fallback is sent for notifications and
 clients that do not render blocks.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
+from daemon.delivery.render import safe_link, single_line, slack_code, slack_text
 from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_http_url
 from detectors.alert import SEVERITY_RANK, Alert
 from detectors.event import format_time
@@ -31,49 +33,101 @@ _HEADER_MAX = 150
 _TEXT_MAX = 2900
 _FIELD_MAX = 1900
 _MAX_IPS = 10
+_MAX_RESOURCES = 10
+_MAX_FIELDS = 15
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _resources_text(alert: Alert) -> str:
+    lines = []
+    for resource in alert.resources[:_MAX_RESOURCES]:
+        line = f"{slack_text(resource.get('type', ''), 60)} {slack_code(resource.get('id', ''), 200)}"
+        if resource.get("detail"):
+            line += f" — {slack_text(resource['detail'], 200)}"
+        lines.append(line)
+    if len(alert.resources) > _MAX_RESOURCES:
+        lines.append(f"… and {len(alert.resources) - _MAX_RESOURCES} more")
+    return "\n".join(lines)
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _fields_text(alert: Alert) -> str:
+    lines = [f"*{slack_text(name, 80)}*: {slack_code(_show(value), 300)}"
+             for name, value in list(alert.fields.items())[:_MAX_FIELDS]]
+    return "\n".join(lines)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _runbook_block(runbook: str) -> dict[str, Any]:
+    link = safe_link(runbook)
+    if link is not None:
+        text = f":book: <{link}|Runbook>"
+    else:  # triage steps written in the rule: shown as text, never as a (dead) link
+        text = f":book: *Runbook*\n{slack_text(runbook, _TEXT_MAX - 20, multiline=True)}"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _links_text(alert: Alert) -> str:
+    parts = []
+    for key, label in (("event", "CloudTrail event"), ("principal", "Principal in IAM")):
+        link = safe_link(alert.links.get(key, ""))
+        if link is not None:
+            parts.append(f"<{link}|{label}>")
+    return " · ".join(parts)
 
 
 def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]:
-    """The webhook payload: ``text`` fallback plus header, summary, facts, context and runbook link."""
+    """The webhook payload: ``text`` fallback, header, summary, facts, resources, links, runbook.
+
+    Every value from the event goes through :mod:`daemon.delivery.render`: nothing in it can
+    mention, link, format or add a line (see that module for what is neutralised and how).
+    """
     severity = alert.severity.upper()
     emoji = SEVERITY_EMOJI[alert.severity]
-    where = " / ".join(p for p in (alert.account_id, alert.region) if p) or "—"
-    ips = ", ".join(alert.source_ips[:_MAX_IPS]) + (" …" if len(alert.source_ips) > _MAX_IPS else "")
-    fallback = f"{emoji} [{severity}] {alert.title} — {alert.principal or 'unknown principal'} in {where}"
-    fields = [
+    account = alert.account_id + (f" ({alert.account_name})" if alert.account_name else "")
+    where = " / ".join(p for p in (account, alert.region) if p) or "—"
+    ips = ", ".join(single_line(ip, 64) for ip in alert.source_ips[:_MAX_IPS]) + (
+        " …" if len(alert.source_ips) > _MAX_IPS else "")
+    fallback = f"{emoji} [{severity}] {single_line(alert.title, _HEADER_MAX)} — " \
+               f"{single_line(alert.principal, 200) or 'unknown principal'} in {where}"
+    facts = [
         ("Severity", f"{emoji} {severity}"),
-        ("Detector", alert.detector + (f" ({alert.rule_id})" if alert.rule_id else "")),
-        ("Principal", alert.principal or "—"),
-        ("Account / region", where),
-        ("Source IPs", ips or "—"),
+        ("Detector", slack_text(alert.detector + (f" ({alert.rule_id})" if alert.rule_id else ""), 200)),
+        ("Principal", slack_text(alert.principal, 300) or "—"),
+        ("Account / region", slack_text(where, 300)),
+        ("Source IPs", slack_text(ips, 300) or "—"),
         ("Event time", format_time(alert.time)),
     ]
+    if alert.origin_principal and alert.origin_principal != alert.principal:
+        facts.append(("Started by", slack_text(alert.origin_principal, 300)))
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "emoji": True,
-                                    "text": _cut(f"{emoji} {alert.title}", _HEADER_MAX)}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(_escape(alert.summary) or "—", _TEXT_MAX)}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": _cut(f"*{k}*\n{_escape(v)}", _FIELD_MAX)}
-                                       for k, v in fields]},
+                                    "text": single_line(f"{emoji} {alert.title}", _HEADER_MAX)}},
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": slack_text(alert.summary, _TEXT_MAX, multiline=True) or "—"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:_FIELD_MAX]} for k, v in facts]},
     ]
+    extra = "\n".join(t for t in (_resources_text(alert), _fields_text(alert)) if t)
+    if extra:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": extra[:_TEXT_MAX]}})
+    links = _links_text(alert)
+    if links:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f":link: {links}"}})
     if alert.runbook:
-        link = alert.runbook.replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f":book: <{link}|Runbook>"}})
+        blocks.append(_runbook_block(alert.runbook))
     context = f"alert `{alert.id}`"
     if alert.tags:
-        context += " · " + _escape(", ".join(alert.tags))
+        context += " · " + slack_text(", ".join(alert.tags), 500)
     suppressed = alert.evidence.get("suppressed_count")
     if suppressed:
-        context += f" · {suppressed} similar alerts suppressed"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, _FIELD_MAX)}]})
-    text = _cut(_escape(fallback), _TEXT_MAX)
+        context += f" · {slack_text(suppressed, 20)} similar alerts suppressed"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context[:_FIELD_MAX]}]})
+    text = slack_text(fallback, _TEXT_MAX)
     if mention:
         text = f"{mention} {text}"
         blocks.insert(1, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
