@@ -91,6 +91,7 @@ class Daemon:
             store=self.store,
             checkpoint_interval=config.state.checkpoint_interval,
             reorder=reorder,
+            accounts=built.accounts,
         )
         self.server = (
             OperatorServer(self.metrics, host=config.metrics.host, port=config.metrics.port,

@@ -50,6 +50,7 @@ class Built:
         self.detectors: list[tuple[type[Detector], Any]] = []
         self.routing: Any = None
         self.delivery: Any = None
+        self.accounts: Any = None
 
 
 def _validate_section(
@@ -155,6 +156,12 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         built.delivery = DeliveryConfig.model_validate(delivery)
     except ValidationError as error:
         problems.extend(format_validation_error(origin, "delivery", error))
+    from daemon.accounts import build_account_map
+
+    try:
+        built.accounts = build_account_map(config, origin)
+    except ConfigError as error:
+        problems.extend(error.problems)
     if problems:
         raise ConfigError(problems)
     return built

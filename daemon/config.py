@@ -108,6 +108,8 @@ class Config(Strict):
     """Which alerts go to which sinks (validated by ``daemon.delivery.routing.RoutingConfig``)."""
     delivery: dict[str, Any] = Field(default_factory=dict)
     """Spool, retries, dedup and throttling of alert delivery (``daemon.delivery.dispatch.DeliveryConfig``)."""
+    accounts: dict[str, Any] = Field(default_factory=dict)
+    """Account map (``path`` and/or ``entries``: id → name, environment, owner, tags); ``daemon.accounts``."""
     pipeline: PipelineConfig = PipelineConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()

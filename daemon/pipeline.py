@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from daemon.accounts import AccountMap
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.dedupe import Deduplicator
@@ -74,6 +75,7 @@ class Pipeline:
         store: StateStore | None = None,
         checkpoint_interval: float = 10.0,
         reorder: bool = False,
+        accounts: AccountMap | None = None,
     ) -> None:
         self.sources = list(sources)
         self.engine = engine
@@ -83,6 +85,8 @@ class Pipeline:
         self.config = config
         self.store = store
         self.checkpoint_interval = checkpoint_interval
+        #: Stamps account name/environment/owner/tags on alerts before they are routed.
+        self.accounts = accounts if accounts else None
         self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
         self.reorder = ReorderBuffer(config.allowed_lateness) if reorder else None
         self.ingest: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
@@ -252,9 +256,12 @@ class Pipeline:
         if not alerts:
             return
         now = time.time()
+        accounts = self.accounts
         for alert in alerts:
             if not alert.detected_at:
                 alert.detected_at = now
+            if accounts is not None:
+                accounts.annotate(alert)
             self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity).inc()
             self.alerts_by_detector[alert.detector] += 1
         self.counts["alerts"] += len(alerts)

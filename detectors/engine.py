@@ -4,6 +4,8 @@ Detectors declare the eventNames/eventSources they need; the engine indexes them
 per event depends on how many detectors *could* match, not on how many are loaded.  The engine
 also owns the watermark (max event time seen minus the allowed lateness), which drives expiry.
 A detector that raises is isolated: the error is reported through a hook and the others go on.
+The engine also keeps the identity lineage (:mod:`detectors.lineage`): fed by the STS events only,
+it fills ``identity_chain``/``origin_principal`` on the alerts when the watermark advances.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from time import perf_counter
 from detectors.alert import Alert
 from detectors.base import Detector
 from detectors.event import Event
+from detectors.lineage import LINEAGE_EVENTS, IdentityLineage
 
 __all__ = ["TIMING_SAMPLE", "DetectionEngine"]
 
@@ -39,6 +42,8 @@ class DetectionEngine:
         self.allowed_lateness = allowed_lateness
         self.on_error = on_error
         self.max_event_time = float("-inf")
+        #: Role-session chains seen in the stream, for the alerts' ``identity_chain``.
+        self.lineage = IdentityLineage(max_keys=max((d.context.max_keys for d in self.detectors), default=100_000))
         self._tick = 0
         #: Seconds spent per detector since the last :meth:`take_timings`.
         self._seconds: dict[str, float] = {d.name: 0.0 for d in self.detectors}
@@ -94,6 +99,8 @@ class DetectionEngine:
         """
         if event.time > self.max_event_time:
             self.max_event_time = event.time
+        if event.event_name in LINEAGE_EVENTS:
+            self.lineage.observe(event)
         self._tick += 1
         if self._tick & (TIMING_SAMPLE - 1):
             for detector in self.candidates(event):
@@ -124,10 +131,12 @@ class DetectionEngine:
         return out
 
     def advance(self, out: list[Alert]) -> None:
-        """Tell every detector the current watermark (expiry, time-completed alerts)."""
+        """Tell every detector the current watermark (expiry, time-completed alerts); annotate ``out``."""
         watermark = self.watermark
         if watermark == float("-inf"):
+            self.lineage.annotate(out)
             return
+        self.lineage.advance(watermark)
         for detector in self.detectors:
             try:
                 produced = detector.on_watermark(watermark)
@@ -135,6 +144,7 @@ class DetectionEngine:
                     out.extend(produced)
             except Exception as error:
                 self.on_error(detector.name, None, error)
+        self.lineage.annotate(out)
 
     def take_timings(self) -> dict[str, float]:
         """Return and reset the per-detector seconds accumulated since the last call."""
@@ -147,6 +157,7 @@ class DetectionEngine:
         return {
             "max_event_time": self.max_event_time if self.max_event_time != float("-inf") else None,
             "detectors": {d.name: d.snapshot() for d in self.detectors},
+            "lineage": self.lineage.snapshot(),
         }
 
     def restore(self, state: dict[str, object]) -> None:
@@ -154,6 +165,12 @@ class DetectionEngine:
         max_time = state.get("max_event_time")
         if isinstance(max_time, (int, float)):
             self.max_event_time = float(max_time)
+        lineage = state.get("lineage")
+        if lineage is not None:
+            try:
+                self.lineage.restore(lineage)
+            except ValueError as error:  # lineage is a help, not detection state: start it empty
+                self.on_error("identity_lineage", None, error)
         saved = state.get("detectors")
         if isinstance(saved, dict):
             for detector in self.detectors:

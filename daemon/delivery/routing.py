@@ -1,7 +1,8 @@
 """Which sinks get which alert: an ordered route table, evaluated like Alertmanager's.
 
-Each route matches on ``min_severity``, ``detectors``, ``rule_ids``, ``accounts``, ``regions`` and
-``tags``: within one field any listed value matches; an empty field matches everything; all
+Each route matches on ``min_severity``, ``detectors``, ``rule_ids``, ``accounts``, ``regions``,
+``tags`` and, from the account map, ``account_environments`` and ``account_tags``: within one
+field any listed value matches; an empty field matches everything; all
 fields must match.  The first matching route decides, unless it says ``continue: true``, in which
 case later routes are evaluated too and their sinks added.  An alert no route matched goes to
 ``default_sinks`` (default: every sink; ``[]`` drops it, counted as ``unrouted``).
@@ -46,6 +47,10 @@ class Route(BaseModel):
     accounts: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    account_environments: tuple[str, ...] = ()
+    """Environments from the account map (``accounts:``), e.g. ``[prod]``."""
+    account_tags: tuple[str, ...] = ()
+    """Account-map tags; any one listed matches."""
     sinks: tuple[str, ...] = Field(min_length=1)
     """Sink names (a sink's ``name``, or its ``type`` when unnamed)."""
     continue_: bool = Field(default=False, alias="continue")
@@ -79,7 +84,8 @@ def validate_routes(routing: RoutingConfig, sink_names: Iterable[str]) -> list[s
 
 
 class _Compiled:
-    __slots__ = ("accounts", "cont", "detectors", "min_rank", "regions", "rule_ids", "sinks", "tags")
+    __slots__ = ("account_environments", "account_tags", "accounts", "cont", "detectors", "min_rank", "regions",
+                 "rule_ids", "sinks", "tags")
 
     def __init__(self, route: Route) -> None:
         self.min_rank = SEVERITY_RANK[route.min_severity] if route.min_severity else -1
@@ -88,6 +94,8 @@ class _Compiled:
         self.accounts = frozenset(route.accounts)
         self.regions = frozenset(route.regions)
         self.tags = frozenset(route.tags)
+        self.account_environments = frozenset(route.account_environments)
+        self.account_tags = frozenset(route.account_tags)
         self.sinks = route.sinks
         self.cont = route.continue_
 
@@ -97,7 +105,11 @@ class _Compiled:
                 and (not self.rule_ids or alert.rule_id in self.rule_ids)
                 and (not self.accounts or alert.account_id in self.accounts)
                 and (not self.regions or alert.region in self.regions)
-                and (not self.tags or not self.tags.isdisjoint(alert.tags)))
+                and (not self.tags or not self.tags.isdisjoint(alert.tags))
+                and (not self.account_environments
+                     or (alert.account or {}).get("environment") in self.account_environments)
+                and (not self.account_tags
+                     or not self.account_tags.isdisjoint((alert.account or {}).get("tags") or ())))
 
 
 class Router:
