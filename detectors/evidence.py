@@ -13,6 +13,7 @@ their ``repr``, bounded too.  The result is plain JSON data, and a bounded value
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 __all__ = ["CUT_KEY", "MAX_DEPTH", "MAX_ITEMS", "MAX_STRING", "MAX_TOTAL", "bound", "cut_text"]
@@ -29,6 +30,7 @@ MAX_TOTAL: Final = 64 * 1024
 CUT_KEY: Final = "…cut"
 
 _SCALARS: Final = (bool, int, float, type(None))
+_CUT_TAIL: Final = re.compile(r"…\[\+\d+ chars\]$")
 
 
 def cut_text(text: str, limit: int) -> str:
@@ -51,9 +53,19 @@ def _string(text: str, budget: _Budget, limit: int) -> str:
     if len(text) <= allowed:
         budget.left -= len(text)
         return text
+    if text.startswith("…[") and text.endswith("]") and len(text) < 80:
+        return text  # a marker left by an earlier bounding: free, so bounding twice changes nothing
+    cut = _CUT_TAIL.search(text)
+    if cut is not None and cut.start() <= allowed:
+        budget.left -= cut.start()
+        return text  # cut before, to this same limit
     budget.cut = True
     budget.left -= allowed
     return cut_text(text, allowed)
+
+
+def _is_marker(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("…[") and value.endswith("cut]")
 
 
 def _bound(value: Any, depth: int, budget: _Budget, limits: tuple[int, int, int]) -> Any:
@@ -76,6 +88,9 @@ def _bound(value: Any, depth: int, budget: _Budget, limits: tuple[int, int, int]
         if isinstance(value, dict):
             out: dict[str, Any] = {}
             for index, (key, item) in enumerate(value.items()):
+                if key == CUT_KEY and index == len(value) - 1 and index <= max_items:
+                    out[CUT_KEY] = item  # the marker of an earlier bounding
+                    break
                 if index >= max_items or budget.left <= 0:
                     budget.cut = True
                     out[CUT_KEY] = f"{len(value) - index} more entries cut"
@@ -88,6 +103,9 @@ def _bound(value: Any, depth: int, budget: _Budget, limits: tuple[int, int, int]
             return out
         items: list[Any] = []
         for index, item in enumerate(value):
+            if index == len(value) - 1 and index <= max_items and _is_marker(item):
+                items.append(item)  # the marker of an earlier bounding
+                break
             if index >= max_items or budget.left <= 0:
                 budget.cut = True
                 items.append(f"…[{len(value) - index} more items cut]")
