@@ -6,12 +6,13 @@ The CloudTrail event-history page of one event is
 ``https://console.aws.amazon.com/iam/home#/users/details/{name}`` (``roles/details`` for a role or
 an assumed-role session's role).  Other partitions have their own console hosts: GovCloud
 (``console.amazonaws-us-gov.com``) and China (``console.amazonaws.cn``); the partition is read from
-the principal's ARN, else from the region name.  Names are percent-encoded, so an attacker-chosen
-role or session name cannot change where a link goes.
+the principal's ARN, else from the region name.  Only names IAM allows (letters, digits and ``+=,.@_-``) get a
+principal link, and event ids are percent-encoded, so a forged value cannot change where a link goes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import quote
 
@@ -23,6 +24,10 @@ CONSOLE_HOSTS: Final = {
     "aws-us-gov": ("console.amazonaws-us-gov.com", "console.amazonaws-us-gov.com"),
     "aws-cn": ("console.amazonaws.cn", "console.amazonaws.cn"),
 }
+
+
+#: What IAM allows in user and role names; anything else is not a real principal and gets no link.
+_IAM_NAME: Final = re.compile(r"^[\w+=,.@-]{1,128}$")
 
 
 def partition_of(arn: str = "", region: str = "") -> str:
@@ -62,12 +67,13 @@ def principal_link(principal: str) -> str | None:
     partition, service, resource = parts[1], parts[2], parts[5]
     _, host = CONSOLE_HOSTS.get(partition, CONSOLE_HOSTS["aws"])
     kind, _, rest = resource.partition("/")
-    if service == "iam" and kind == "user" and rest:
-        page = f"users/details/{quote(rest.rsplit('/', 1)[-1], safe='')}"
-    elif service == "iam" and kind == "role" and rest:
-        page = f"roles/details/{quote(rest.rsplit('/', 1)[-1], safe='')}"
-    elif service == "sts" and kind == "assumed-role" and rest:
-        page = f"roles/details/{quote(rest.split('/', 1)[0], safe='')}"
+    name = rest.split("/", 1)[0] if service == "sts" else rest.rsplit("/", 1)[-1]
+    if kind in ("user", "role", "assumed-role") and not _IAM_NAME.match(name):
+        return None
+    if service == "iam" and kind == "user":
+        page = f"users/details/{quote(name, safe='')}"
+    elif (service == "iam" and kind == "role") or (service == "sts" and kind == "assumed-role"):
+        page = f"roles/details/{quote(name, safe='')}"
     elif service == "iam" and resource == "root":
         page = "home"
     else:

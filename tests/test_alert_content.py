@@ -200,8 +200,9 @@ def test_principal_links_point_at_the_user_or_role() -> None:
         "https://console.amazonaws-us-gov.com/iam/home#/roles/details/R"
     assert principal_link("arn:aws:iam::111122223333:root") == "https://console.aws.amazon.com/iam/home#/home"
     assert principal_link("service:ec2.amazonaws.com") is None
-    assert principal_link("arn:aws:iam::1:user/a b<c>|d") == \
-        "https://console.aws.amazon.com/iam/home#/users/details/a%20b%3Cc%3E%7Cd"
+    assert principal_link("arn:aws:iam::1:user/a b<c>|d") is None, "not a name IAM allows: no link"
+    assert principal_link("arn:aws:iam::1:user/svc+ci=x,y.z@corp-1") == \
+        "https://console.aws.amazon.com/iam/home#/users/details/svc%2Bci%3Dx%2Cy.z%40corp-1"
     links = links_for("e-9", "us-gov-east-1", "arn:aws-us-gov:iam::1:user/bob")
     assert links["event"].startswith("https://console.amazonaws-us-gov.com/cloudtrail/")
 

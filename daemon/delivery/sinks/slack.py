@@ -109,7 +109,7 @@ def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]
         {"type": "header", "text": {"type": "plain_text", "emoji": True,
                                     "text": single_line(f"{emoji} {alert.title}", _HEADER_MAX)}},
         {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": slack_text(alert.summary, _TEXT_MAX, multiline=True) or "—"}},
+                                     "text": slack_text(alert.summary, _TEXT_MAX) or "—"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:_FIELD_MAX]} for k, v in facts]},
     ]
     extra = "\n".join(t for t in (_resources_text(alert), _fields_text(alert)) if t)
