@@ -81,8 +81,11 @@ class Alert:
             self.fields = bound(self.fields)
         if not self.links and self.event_ids:
             self.links = links_for(self.event_ids[-1], self.region, self.principal)
-        if not self.resources and self.account_id:
-            self.resources = [{"type": "aws_account", "id": self.account_id, "account_id": self.account_id}]
+        if not self.resources:  # a detector that names nothing touched: the actor and the account
+            if self.principal:
+                self.resources.append({"type": "principal", "id": self.principal, "detail": "acting identity"})
+            if self.account_id:
+                self.resources.append({"type": "aws_account", "id": self.account_id, "account_id": self.account_id})
 
     @classmethod
     def from_event(

@@ -81,6 +81,15 @@ class _Tried(LastSeen):
         self.burst_end = burst_end
 
 
+def _targets(users: list[str], account_id: str) -> list[dict[str, str]]:
+    """The accounts' users whose passwords were tried: what the alert is about."""
+    out = [{"type": "iam_user", "id": user[:512], "detail": "console password tried"} for user in users[:25]]
+    if not out and account_id:
+        out.append({"type": "aws_account", "id": account_id, "account_id": account_id,
+                    "detail": "console sign-in targeted"})
+    return out
+
+
 def user_of(event: Event) -> str | None:
     """The user name a ``ConsoleLogin`` was for: ``root``, the IAM user name, or ``<hidden>``.
 
@@ -300,6 +309,7 @@ class ConsoleLoginBruteforce(Detector):
             rule_id="burst",
             runbook=self.runbook,
             entity=" ".join(keys),
+            resources=_targets(users, event.account_id),
         )
 
     def _success_alert(self, event: Event, matches: list[tuple[str, Any]], success_id: str | None) -> Alert:
@@ -351,6 +361,7 @@ class ConsoleLoginBruteforce(Detector):
             rule_id="success_after_failures",
             runbook=self.runbook,
             entity=" ".join(keys),
+            resources=_targets(users, event.account_id),
         )
 
     # -- state -----------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def test_spraying_many_users_from_one_address() -> None:
     assert alerts[0].evidence["distinct_users"] == 5 and alerts[0].evidence["users_tried"] == users[:5]
     assert "attack.t1110.003" in alerts[0].tags
     assert alerts[0].principal == ""
+    assert [(r["type"], r["id"]) for r in alerts[0].resources] == [("iam_user", u) for u in users[:5]], \
+        "the alert names the users whose passwords were tried"
 
 
 def test_hidden_user_names_count_for_the_address_only() -> None:
