@@ -188,8 +188,8 @@ async def test_slack_block_kit_message(receiver: Receiver) -> None:
     assert receiver.requests[0].path == SECRET_PATH
     assert message["text"].startswith("<!here> :rotating_light: [CRITICAL] Root user activity — evil&lt;")
     header, mention, summary, facts, resources, links, runbook, context = message["blocks"]
-    assert resources["text"]["text"] == ("principal `evil&lt;https://phish.example|click&gt;&amp;co` — acting identity\n"
-                                         "aws_account `111122223333`")
+    assert resources["text"]["text"] == (
+        "principal `evil&lt;https://phish.example|click&gt;&amp;co` — acting identity\naws_account `111122223333`")
     assert links["text"]["text"].startswith(":link: <https://eu-west-1.console.aws.amazon.com/cloudtrail/")
     assert header == {"type": "header", "text": {"type": "plain_text", "emoji": True,
                                                  "text": ":rotating_light: Root user activity"}}
