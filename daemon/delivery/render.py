@@ -47,6 +47,7 @@ __all__ = [
 #: Default cut for a single-line value.
 MAX_LINE: Final = 300
 
+_ASCII_HIDDEN: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINE_BREAKS: Final = re.compile(r"[\r\n\t\x0b\x0c\x85\u2028\u2029]+")
 _MENTION: Final = re.compile(r"@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
 _EDGE_UNDERSCORE: Final = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
@@ -60,8 +61,8 @@ def _is_hidden(char: str) -> bool:
 
 
 def _strip_hidden(text: str) -> str:
-    if text.isascii() and text.isprintable():
-        return text
+    if text.isascii():
+        return text if text.isprintable() else _ASCII_HIDDEN.sub("", text)
     return "".join(c for c in text if not _is_hidden(c))
 
 
