@@ -68,10 +68,18 @@ def _rule_problems(built: Built) -> list[str]:
     from detectors.base import DetectorContext
 
     problems = []
+    loaded = []
     for cls, model in built.detectors:
         if hasattr(cls, "reload"):
             detector = cls(model, DetectorContext())
+            loaded.append(detector)
             problems.extend(f"detectors.{cls.name}: {issue}" for issue in getattr(detector, "load_errors", ()))
+        else:
+            loaded.append(cls)
+    if built.delivery is not None:
+        from daemon.delivery.incidents import incident_problems
+
+        problems.extend(incident_problems(built.delivery.incidents, loaded))
     return problems
 
 

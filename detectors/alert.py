@@ -52,8 +52,17 @@ class Alert:
     id: str = ""
     #: Wall-clock time the daemon raised it; stamped by the pipeline (detectors never read the clock).
     detected_at: float = 0.0
-    #: What throttling groups on (principal, source IP, account…); not part of the wire schema.
+    #: What the alert is about (principal, source IP…): the default incident grouping; not on the wire.
     entity: str = ""
+    #: ``opened`` (first notification of an incident) or ``updated`` (its totals grew); see
+    #: :mod:`daemon.delivery.incidents`.
+    kind: str = "opened"
+    #: The incident this notification belongs to (id, count, first/last time, eventIDs…) or ``None``.
+    incident: dict[str, Any] | None = None
+    #: Grouping values read from the triggering event when the incident key needs them; not on the wire.
+    group: tuple[str, ...] | None = None
+    #: The triggering event's ``userAgent`` (collected per incident); not on the wire.
+    user_agent: str = ""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_RANK:
@@ -117,4 +126,6 @@ class Alert:
             "evidence": self.evidence,
             "tags": self.tags,
             "runbook": self.runbook,
+            "kind": self.kind,
+            "incident": self.incident,
         }
