@@ -5,6 +5,10 @@ redacted in every error.  Alert fields come from CloudTrail, i.e. partly from wh
 call, so they are escaped for Slack's mrkdwn (``&``, ``<``, ``>``) — a principal name cannot smuggle
 a link or a mention into the channel.  A plain ``text`` fallback is sent for notifications and
 clients that do not render blocks.
+
+An ``updated`` notification (the incident grew or escalated, see :mod:`daemon.delivery.incidents`)
+is a short follow-up — title, count, time span, incident id — not a second full alert; the
+``mention`` is repeated only when the update raised the severity to the mention level.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_ht
 from detectors.alert import SEVERITY_RANK, Alert
 from detectors.event import format_time
 
-__all__ = ["SEVERITY_EMOJI", "SlackSink", "SlackSinkConfig", "build_message"]
+__all__ = ["SEVERITY_EMOJI", "SlackSink", "SlackSinkConfig", "build_follow_up", "build_message"]
 
 SEVERITY_EMOJI: Final = {
     "info": ":information_source:",
@@ -69,14 +73,38 @@ def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]
     context = f"alert `{alert.id}`"
     if alert.tags:
         context += " · " + _escape(", ".join(alert.tags))
-    suppressed = alert.evidence.get("suppressed_count")
-    if suppressed:
-        context += f" · {suppressed} similar alerts suppressed"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, _FIELD_MAX)}]})
     text = _cut(_escape(fallback), _TEXT_MAX)
     if mention:
         text = f"{mention} {text}"
         blocks.insert(1, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
+    return {"text": text, "blocks": blocks}
+
+
+def build_follow_up(alert: Alert, *, mention: str | None = None) -> dict[str, Any]:
+    """The short message for an ``updated`` notification: what grew, by how much, over what time."""
+    incident = alert.incident or {}
+    emoji = SEVERITY_EMOJI[alert.severity]
+    count = int(incident.get("count") or 0)
+    span = f"{incident.get('first_time', '?')} – {incident.get('last_time', '?')}"
+    state = "closed" if incident.get("kind") == "closed" else "still open"
+    line = (f"{emoji} Update [{alert.severity.upper()}] {_cut(_escape(alert.title), _HEADER_MAX)}: "
+            f"{count} matching events, {span} ({state})")
+    ips = [str(ip) for ip in incident.get("source_ips") or []][:_MAX_IPS]
+    context = f"incident `{_escape(str(incident.get('id', alert.id)))}`"
+    if ips:
+        context += " · source IPs: " + _escape(", ".join(ips))
+    total = incident.get("event_ids_total")
+    if total:
+        context += f" · {total} event ids"
+    text = _cut(line, _TEXT_MAX)
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(context, _FIELD_MAX)}]},
+    ]
+    if mention:
+        text = f"{mention} {text}"
+        blocks.insert(0, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
     return {"text": text, "blocks": blocks}
 
 
@@ -121,4 +149,7 @@ class SlackSink(HttpSink):
         mention = self._config.mention
         if mention and SEVERITY_RANK[alert.severity] < SEVERITY_RANK[self._config.min_mention_severity]:
             mention = None
+        if alert.kind == "updated":
+            escalated = bool(alert.incident) and alert.incident.get("kind") == "open"
+            return orjson.dumps(build_follow_up(alert, mention=mention if escalated else None)), self._headers
         return orjson.dumps(build_message(alert, mention=mention)), self._headers
