@@ -137,3 +137,22 @@ def test_kill_9_with_an_open_incident_neither_reopens_it_nor_loses_its_update(tm
     assert update["incident"]["id"] == notifications[0]["id"]
     assert update["incident"]["count"] == 29, "events of both runs are in the update"
     assert update["incident"]["event_ids"] == [f"gpd-{i}" for i in range(29)]
+
+
+def test_an_unknown_override_name_is_refused_by_check_config_and_run(tmp_path: Path) -> None:
+    config = tmp_path / "trailguard.yaml"
+    config.write_text("delivery:\n  incidents:\n    overrides:\n"
+                      "      console_login_bruteforse: {window: 30m}\n"
+                      "      \"EC2 Windows Password Data Requested\": {enabled: false}\n")
+    checked = run_cli("check-config", str(config))
+    assert checked.returncode == 2
+    refusal = checked.stderr.decode()
+    assert "delivery.incidents.overrides.console_login_bruteforse" in refusal
+    assert "did you mean 'console_login_bruteforce'?" in refusal
+    assert "EC2 Windows Password Data Requested" not in refusal, "a rule title is a valid name"
+    ran = run_cli("run", "--config", str(config), timeout=60)
+    assert ran.returncode == 2 and b"console_login_bruteforse" in ran.stderr
+    throttle = tmp_path / "old.yaml"
+    throttle.write_text("delivery:\n  throttle: {window: 10m}\n")
+    old = run_cli("check-config", str(throttle))
+    assert old.returncode == 2 and b"replaced by delivery.incidents" in old.stderr
