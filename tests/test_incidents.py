@@ -233,3 +233,10 @@ def test_a_bad_rule_incident_attribute_names_the_file_and_key(tmp_path: Path) ->
     detector = SigmaDetector(SigmaDetector.Config(paths=[str(tmp_path)]), DetectorContext())
     problems = incident_problems(IncidentsConfig(), [detector])
     assert len(problems) == 1 and "bad.yml" in problems[0] and "incident.window" in problems[0]
+
+
+def test_a_poison_alert_does_not_stop_the_snapshot_of_the_other_incidents() -> None:
+    incidents = Incidents()
+    incidents.fold([alert(0), alert(-62135596800.0 - 3600, principal="year-zero")], -1)
+    state = incidents.snapshot()
+    assert [i["key"][2] for i in state["incidents"]] == ["arn:aws:iam::111122223333:user/mallory"]

@@ -121,10 +121,27 @@ class _Policy(NamedTuple):
 
 
 def _bounded(value: Any) -> str:
-    text = value if isinstance(value, str) else ("" if value is None else orjson.dumps(value).decode())
+    if isinstance(value, str):
+        text = value
+    elif value is None:
+        text = ""
+    else:
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # nested too deep for JSON: still a stable key
+            text = repr(value)
     if len(text) <= _MAX_VALUE:
         return text
     return text[:64] + "…sha256:" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _time(epoch: float) -> str:
+    """RFC 3339, or the raw number for a time outside the datetime range (folding never raises:
+    such an alert is dead-lettered by the dispatcher, its incident must not stop the processor)."""
+    try:
+        return format_time(epoch)
+    except (ValueError, OverflowError, OSError):
+        return repr(epoch)
 
 
 def rule_incident_specs(detectors: Iterable[Any]) -> tuple[dict[str, IncidentOverride], list[str]]:
@@ -244,8 +261,8 @@ class _Incident:
 
     def wire(self, state: str) -> dict[str, Any]:
         """The alert's ``incident`` object (``kind``: ``open`` or ``closed``)."""
-        return {"id": self.id, "kind": state, "count": self.count, "first_time": format_time(self.first),
-                "last_time": format_time(self.last), "event_ids": list(self.event_ids),
+        return {"id": self.id, "kind": state, "count": self.count, "first_time": _time(self.first),
+                "last_time": _time(self.last), "event_ids": list(self.event_ids),
                 "event_ids_total": self.total_ids, "source_ips": list(self.source_ips),
                 "user_agents": list(self.user_agents), "resources": list(self.resources)}
 
@@ -426,8 +443,7 @@ class Incidents:
     def _update(self, incident: _Incident, state: str) -> Alert:
         template = incident.template
         incident.notified = incident.count
-        span = (f"{incident.count} matching events from {format_time(incident.first)} "
-                f"to {format_time(incident.last)}")
+        span = f"{incident.count} matching events from {_time(incident.first)} to {_time(incident.last)}"
         update = Alert(
             detector=template.detector, title=template.title, severity=incident.severity,
             time=incident.last, summary=f"{template.summary} ({span})" if template.summary else span,
@@ -448,8 +464,15 @@ class Incidents:
     # -- checkpointed state ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Plain data for the checkpoint: every open incident with its template alert and totals."""
-        ordered = sorted(self._open.values(), key=lambda i: i.seq)
-        return {"version": _SNAPSHOT_VERSION, "incidents": [i.snapshot() for i in ordered]}
+        kept = []
+        for incident in sorted(self._open.values(), key=lambda i: i.seq):
+            try:
+                kept.append(incident.snapshot())
+            except (TypeError, ValueError, OverflowError, orjson.JSONEncodeError):
+                # A poison template (no wire form): its notifications go to the dead letters anyway;
+                # leaving it out keeps every other incident's checkpoint from failing with it.
+                continue
+        return {"version": _SNAPSHOT_VERSION, "incidents": kept}
 
     def restore(self, state: Mapping[str, Any] | None) -> None:
         """Load a :meth:`snapshot` (an empty or missing one leaves no incident open)."""
