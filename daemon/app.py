@@ -23,7 +23,8 @@ from daemon import __version__
 from daemon.components import Built, build_detectors, build_sinks, build_sources
 from daemon.config import Config
 from daemon.deadletter import InvalidReporter
-from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
+from daemon.delivery.incidents import Incidents, incident_problems, known_detections, rule_incident_specs
 from daemon.delivery.sinks.base import Sink
 from daemon.http import OperatorServer
 from daemon.metrics import Metrics
@@ -43,6 +44,15 @@ def build_enricher(config: Config) -> Any:
     from daemon.enrich import build_enricher as build
 
     return build(EnrichmentConfig.model_validate(config.enrichment), base_dir=config.base_dir or None)
+
+
+def build_incidents(delivery: DeliveryConfig, detectors: Sequence[Any]) -> Incidents:
+    """The incident stage for these detectors; ``ValueError`` naming every bad override or rule spec."""
+    problems = incident_problems(delivery.incidents, detectors)
+    if problems:
+        raise ValueError("; ".join(problems))
+    specs, _ = rule_incident_specs(detectors)
+    return Incidents(delivery.incidents, detections=known_detections(detectors), rule_specs=specs)
 
 
 class Daemon:
@@ -81,10 +91,16 @@ class Daemon:
         self.store = StateStore(state_path) if state_path else None
         if self.store is not None:
             self.store.prepare()
+        delivery = built.delivery or DeliveryConfig()
+        if state_path and delivery.spool_dir is None:
+            # Durable by default: the checkpoint acknowledges input once alerts are spooled, so the
+            # spool must survive what the checkpoint survives.
+            delivery = delivery.model_copy(update={"spool_dir": str(Path(state_path) / "spool")})
+        self.incidents = build_incidents(delivery, self.detectors)
         self.pipeline = Pipeline(
             sources=self.sources,
             engine=self.engine,
-            dispatcher=Dispatcher(self.sinks, self.metrics, routing=built.routing, delivery=built.delivery),
+            dispatcher=Dispatcher(self.sinks, self.metrics, routing=built.routing, delivery=delivery),
             invalid=self.invalid,
             metrics=self.metrics,
             config=config.pipeline,
@@ -92,6 +108,7 @@ class Daemon:
             checkpoint_interval=config.state.checkpoint_interval,
             reorder=reorder,
             accounts=built.accounts,
+            incidents=self.incidents,
         )
         self.server = (
             OperatorServer(self.metrics, host=config.metrics.host, port=config.metrics.port,

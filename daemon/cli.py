@@ -68,10 +68,18 @@ def _rule_problems(built: Built) -> list[str]:
     from detectors.base import DetectorContext
 
     problems = []
+    loaded = []
     for cls, model in built.detectors:
         if hasattr(cls, "reload"):
             detector = cls(model, DetectorContext())
+            loaded.append(detector)
             problems.extend(f"detectors.{cls.name}: {issue}" for issue in getattr(detector, "load_errors", ()))
+        else:
+            loaded.append(cls)
+    if built.delivery is not None:
+        from daemon.delivery.incidents import incident_problems
+
+        problems.extend(incident_problems(built.delivery.incidents, loaded))
     return problems
 
 
@@ -147,6 +155,14 @@ def _invalid_by_reason(daemon: Any) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
+def _by_rule(pipeline: Any) -> list[dict[str, Any]]:
+    """Alerts raised, incidents opened and updates sent per detection, most alerts first."""
+    rows = [{"detector": detector, "rule": rule, "title": pipeline.rule_titles.get((detector, rule), rule),
+             "alerts": alerts, "incidents": opened, "updates": updated}
+            for (detector, rule), (alerts, opened, updated) in pipeline.by_rule.items()]
+    return sorted(rows, key=lambda row: (-row["alerts"], -row["incidents"], row["title"], row["rule"]))
+
+
 def _summary(daemon: Any, seconds: float) -> None:
     counts = daemon.pipeline.counts
     invalid = _invalid_by_reason(daemon)
@@ -158,6 +174,8 @@ def _summary(daemon: Any, seconds: float) -> None:
         "duplicates": counts["duplicate"],
         "alerts": counts["alerts"],
         "alerts_by_detector": dict(sorted(daemon.pipeline.alerts_by_detector.items())),
+        "notifications": counts.get("notifications", 0),
+        "by_rule": _by_rule(daemon.pipeline),
         "seconds": round(seconds, 3),
         "events_per_second": round(counts["processed"] / seconds, 1) if seconds > 0 else None,
     }

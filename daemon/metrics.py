@@ -99,10 +99,16 @@ class Metrics:
             ["account"], registry=r)
         # -- detection ---------------------------------------------------------------------
         self.alerts = Counter(
-            "trailguard_alerts_total", "Alerts raised, by detector and severity.",
-            ["detector", "severity"], registry=r)
+            "trailguard_alerts_total",
+            "Alerts raised (before folding into incidents), by detector, severity and rule (the rule id "
+            "for rule-based detectors, the detector name for built-ins).",
+            ["detector", "severity", "rule"], registry=r)
+        self.incidents = Counter(
+            "trailguard_incidents_total",
+            "Incident notifications handed to delivery, by detector, rule and kind (opened, updated).",
+            ["detector", "rule", "kind"], registry=r)
         self.alerts_suppressed = Counter(
-            "trailguard_alerts_suppressed_total", "Alerts not delivered (dedup, throttle), by reason.",
+            "trailguard_alerts_suppressed_total", "Alerts not delivered (duplicate, unrouted, unencodable), by reason.",
             ["detector", "reason"], registry=r)
         self.detector_seconds = Counter(
             "trailguard_detector_seconds", "Time spent inside each detector.", ["detector"], registry=r)

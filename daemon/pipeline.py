@@ -5,20 +5,23 @@ Three kinds of task, one asyncio loop:
 * a *pump* per source moves :class:`SourceBatch` es into the ingest queue (bounded: a full queue
   suspends the source, which is the backpressure);
 * the *processor* validates records into :class:`Event` s, drops duplicates, runs the detection
-  engine and puts the alerts into the alert queue (bounded too);
+  engine, folds the alerts into incidents (:mod:`daemon.delivery.incidents`: only openings and
+  updates go on) and puts the notifications into the alert queue (bounded too);
 * the *dispatcher* task hands alerts to the sinks.
 
 The checkpoint order is written down once, here, and nowhere else:
 
-    1. pause the processor between two batches, snapshot detector state, dedupe record and source
-       positions, and let the processor go on;
+    1. pause the processor between two batches, snapshot detector state, incidents, dedupe record
+       and source positions, and let the processor go on;
     2. wait until every alert the snapshot's batches produced is handed to the sinks, and flush
        the sinks (fsync, spool commit);
     3. write the snapshot atomically;
     4. acknowledge the input the snapshot covers (delete SQS messages, commit Kafka offsets).
 
 So restored state is never ahead of acknowledged input, and acknowledged input never has alerts
-that were not handed to a sink.
+that were not handed to a sink: a batch of alerts the dispatcher failed on is not counted as
+handed over, and a dead dispatcher fails the checkpoint (and ``/healthz``) instead of letting it
+acknowledge.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.dedupe import Deduplicator
 from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.incidents import Incidents
 from daemon.metrics import Metrics
 from daemon.reorder import ReorderBuffer
 from daemon.sources.base import Source, SourceBatch
@@ -49,6 +53,8 @@ from detectors.event import Event, InvalidEvent
 __all__ = ["Pipeline"]
 
 _END = object()
+#: Put by the pump watcher when every source is finite and exhausted (``_END`` is a stop request).
+_INPUT_DONE = object()
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -76,6 +82,7 @@ class Pipeline:
         checkpoint_interval: float = 10.0,
         reorder: bool = False,
         accounts: AccountMap | None = None,
+        incidents: Incidents | None = None,
     ) -> None:
         self.sources = list(sources)
         self.engine = engine
@@ -88,6 +95,8 @@ class Pipeline:
         #: Stamps account name/environment/owner/tags on alerts before they are routed.
         self.accounts = accounts if accounts else None
         self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
+        #: Folds alerts into incidents; checkpointed with the detector state (on by default).
+        self.incidents = incidents if incidents is not None else Incidents()
         self.reorder = ReorderBuffer(config.allowed_lateness) if reorder else None
         self.ingest: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
         self.alerts: asyncio.Queue[Any] = asyncio.Queue(config.alert_queue_size)
@@ -117,6 +126,9 @@ class Pipeline:
         self.last_progress = time.monotonic()
         self.counts = {"received": 0, "processed": 0, "invalid": 0, "duplicate": 0, "alerts": 0}
         self.alerts_by_detector: dict[str, int] = defaultdict(int)
+        #: Per (detector, rule): alerts raised, incidents opened, updates (for the replay summary).
+        self.by_rule: dict[tuple[str, str], list[int]] = {}
+        self.rule_titles: dict[tuple[str, str], str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def restore(self) -> None:
@@ -127,6 +139,7 @@ class Pipeline:
                 self.engine.restore(body.get("engine") or {})
                 self.dedupe.restore(body.get("dedupe") or {})
                 self.dispatcher.restore(body.get("dispatch") or {})
+                self.incidents.restore(body.get("incidents") or {})
                 if self.reorder is not None and body.get("reorder"):
                     self.reorder.restore(body["reorder"])
                 positions = body.get("positions") or {}
@@ -170,7 +183,7 @@ class Pipeline:
         if self._pumps:
             await asyncio.gather(*self._pumps, return_exceptions=True)
         if all(s.finite for s in self.sources):
-            await self.ingest.put(_END)
+            await self.ingest.put(_INPUT_DONE)
 
     async def stop(self, deadline: float) -> None:
         """Stop sources, drain the queues, flush sinks, checkpoint — all within ``deadline`` s."""
@@ -191,6 +204,9 @@ class Pipeline:
             self.log.error("shutdown deadline passed; input not acknowledged will be redelivered",
                            deadline=deadline, queued_batches=self.ingest.qsize(),
                            queued_alert_batches=self.alerts.qsize())
+        except RuntimeError as error:
+            self.log.error("final checkpoint not written; input not acknowledged will be redelivered",
+                           detail=str(error)[:300])
         finally:
             for task in (*self._pumps, self._processor, self._dispatch_task, self._checkpoint_task,
                          self._watch_task):
@@ -222,16 +238,22 @@ class Pipeline:
         while True:
             item = await self.ingest.get()
             self.metrics.queue_depth.labels(stage="ingest").set(self.ingest.qsize())
-            if item is _END:
+            if item is _END or item is _INPUT_DONE:
+                # Open incidents close (updates delivered) when the input is over, or at a stop
+                # with no checkpoint to keep them; otherwise they are checkpointed and go on.
+                final = item is _INPUT_DONE or self.store is None
                 async with self._lock:
                     out: list[Alert] = []
                     if self.reorder is not None:
                         held: list[Event] = []
                         self.reorder.drain(held)
                         for event in held:
+                            before = len(out)
                             self.engine.process(event, out)
+                            if len(out) != before:
+                                self._stamp(out, before, event)
                     self.engine.advance(out)
-                    await self._emit(out)
+                    await self._emit(out, final=final)
                 self.finished.set()
                 return
             source, batch = item
@@ -252,9 +274,21 @@ class Pipeline:
                 # checkpointer and the operator endpoint run between slices even under full input.
                 await asyncio.sleep(0)
 
-    async def _emit(self, alerts: list[Alert]) -> None:
-        if not alerts:
-            return
+    def _stamp(self, out: list[Alert], start: int, event: Event) -> None:
+        """Give the alerts ``event`` just raised what their incident needs from the event."""
+        stamp = self.incidents.stamp
+        for index in range(start, len(out)):
+            stamp(out[index], event)
+
+    def _count_rule(self, alert: Alert, slot: int) -> None:
+        key = (alert.detector, alert.rule_id or alert.detector)
+        counts = self.by_rule.get(key)
+        if counts is None:
+            counts = self.by_rule[key] = [0, 0, 0]
+            self.rule_titles[key] = alert.title if alert.rule_id else alert.detector
+        counts[slot] += 1
+
+    async def _emit(self, alerts: list[Alert], final: bool = False) -> None:
         now = time.time()
         accounts = self.accounts
         for alert in alerts:
@@ -262,10 +296,22 @@ class Pipeline:
                 alert.detected_at = now
             if accounts is not None:
                 accounts.annotate(alert)
-            self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity).inc()
+            self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity,
+                                       rule=alert.rule_id or alert.detector).inc()
             self.alerts_by_detector[alert.detector] += 1
+            self._count_rule(alert, 0)
         self.counts["alerts"] += len(alerts)
-        await self.alerts.put(alerts)
+        notifications = self.incidents.fold(alerts, self.watermark())
+        if final:
+            self.incidents.close_all(notifications)
+        if not notifications:
+            return
+        for alert in notifications:
+            self.metrics.incidents.labels(detector=alert.detector, rule=alert.rule_id or alert.detector,
+                                          kind=alert.kind).inc()
+            self._count_rule(alert, 1 if alert.kind == "opened" else 2)
+        self.counts["notifications"] = self.counts.get("notifications", 0) + len(notifications)
+        await self.alerts.put(notifications)
         self._emitted += 1
         self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
 
@@ -303,11 +349,17 @@ class Pipeline:
             if reorder is not None:
                 reorder.push(event)
                 continue
+            before = len(out)
             engine.process(event, out)
+            if len(out) != before:
+                self._stamp(out, before, event)
         if reorder is not None:
             reorder.release(ready)
             for event in ready:
+                before = len(out)
                 engine.process(event, out)
+                if len(out) != before:
+                    self._stamp(out, before, event)
         engine.advance(out)
         dedupe.expire()
         self._record_batch_metrics(processed, duplicates, invalid, lags, engine)
@@ -410,17 +462,28 @@ class Pipeline:
             alerts = await self.alerts.get()
             try:
                 await self.dispatcher.deliver(alerts)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:
+                # Never silently: /healthz fails (the task is done) and checkpoints stop acknowledging.
+                self.log.error("dispatcher failed; alerts are no longer handed to the sinks and input "
+                               "is no longer acknowledged", error=type(error).__name__,
+                               detail=str(error)[:300], alerts=len(alerts),
+                               alert_ids=[a.id for a in alerts[:20]], exc_info=True)
+                self._delivery_progress.set()
+                raise
             finally:
                 self.alerts.task_done()
-                self._delivered += 1
-                self._delivery_progress.set()
                 self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
+            self._delivered += 1
+            self._delivery_progress.set()
 
     async def _delivered_through(self, covered: int) -> None:
         """Wait until the first ``covered`` alert batches have been handed to the sinks."""
         while self._delivered < covered:
             if self._dispatch_task is None or self._dispatch_task.done():
-                return
+                raise RuntimeError(f"dispatcher is not running; {covered - self._delivered} alert batch(es) "
+                                   "were not handed to the sinks, so their input is not acknowledged")
             self._delivery_progress.clear()
             await self._delivery_progress.wait()
 
@@ -466,6 +529,7 @@ class Pipeline:
                         "engine": self.engine.snapshot(),
                         "dedupe": self.dedupe.snapshot(),
                         "dispatch": self.dispatcher.snapshot(),
+                        "incidents": self.incidents.snapshot(),
                         "reorder": self.reorder.snapshot() if self.reorder is not None else [],
                         "positions": {s.name: s.checkpoint_positions() for s in self.sources},
                     }

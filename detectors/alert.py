@@ -55,7 +55,7 @@ class Alert:
     id: str = ""
     #: Wall-clock time the daemon raised it; stamped by the pipeline (detectors never read the clock).
     detected_at: float = 0.0
-    #: What throttling groups on (principal, source IP, account…); not part of the wire schema.
+    #: What the alert is about (principal, source IP…): the default incident grouping; not on the wire.
     entity: str = ""
     #: What the event(s) touched: ``{"type", "id"}`` plus ``arn``/``account_id``/``detail`` when known.
     resources: list[dict[str, str]] = field(default_factory=list)
@@ -69,6 +69,15 @@ class Alert:
     #: For a role session, the hops back to the principal that started it (oldest first).
     identity_chain: list[dict[str, Any]] = field(default_factory=list)
     origin_principal: str = ""
+    #: ``opened`` (first notification of an incident) or ``updated`` (its totals grew); see
+    #: :mod:`daemon.delivery.incidents`.
+    kind: str = "opened"
+    #: The incident this notification belongs to (id, count, first/last time, eventIDs…) or ``None``.
+    incident: dict[str, Any] | None = None
+    #: Grouping values read from the triggering event when the incident key needs them; not on the wire.
+    group: tuple[str, ...] | None = None
+    #: The triggering event's ``userAgent`` (collected per incident); not on the wire.
+    user_agent: str = ""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_RANK:
@@ -155,6 +164,8 @@ class Alert:
             "account": self.account,
             "identity_chain": self.identity_chain,
             "origin_principal": self.origin_principal,
+            "kind": self.kind,
+            "incident": self.incident,
         }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from daemon.config import PipelineConfig
 from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.incidents import Incidents, IncidentsConfig
 from daemon.delivery.sinks.base import Sink, SinkConfig
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -65,5 +66,6 @@ def pipeline_for(source: Source, metrics: Metrics) -> tuple[Pipeline, Recording]
     sink = Recording()
     pipeline = Pipeline(sources=[source], engine=DetectionEngine([Every()], allowed_lateness=LATENESS),
                         dispatcher=Dispatcher([sink], metrics), invalid=source.invalid, metrics=metrics,
-                        config=PipelineConfig(queue_size=4, allowed_lateness=LATENESS), checkpoint_interval=0)
+                        config=PipelineConfig(queue_size=4, allowed_lateness=LATENESS), checkpoint_interval=0,
+                        incidents=Incidents(IncidentsConfig(enabled=False)))
     return pipeline, sink

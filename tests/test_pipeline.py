@@ -12,6 +12,7 @@ import pytest
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.incidents import Incidents, IncidentsConfig
 from daemon.delivery.sinks.base import Sink, SinkConfig
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -129,7 +130,7 @@ def build(batches: list[list[Any]], tmp_path: Path, *, store: bool = False, fini
         dispatcher=Dispatcher([sink], metrics), invalid=invalid, metrics=metrics,
         config=PipelineConfig(queue_size=queue_size, allowed_lateness=60),
         store=JournalStore(tmp_path / "state", journal) if store else None, checkpoint_interval=0,
-        reorder=reorder,
+        reorder=reorder, incidents=Incidents(IncidentsConfig(enabled=False)),  # one notification per alert
     )
     if store:
         pipeline.store.prepare()  # type: ignore[union-attr]
@@ -150,7 +151,8 @@ async def test_events_flow_to_sinks_and_are_counted(tmp_path: Path) -> None:
     assert [a.event_ids for a in sink.alerts] == [["a"], ["c"]]
     assert metrics.registry.get_sample_value("trailguard_events_processed_total") == 3
     assert metrics.registry.get_sample_value("trailguard_events_received_total", {"source": "list"}) == 3
-    assert metrics.registry.get_sample_value("trailguard_alerts_total", {"detector": "boom", "severity": "high"}) == 2
+    assert metrics.registry.get_sample_value("trailguard_alerts_total", {"detector": "boom", "severity": "high",
+                                                                         "rule": "boom"}) == 2
     assert source.acked == [0, 1]
 
 

@@ -27,6 +27,7 @@ def test_sighup_reloads_rules_and_rejects_a_broken_file(tmp_path: Path, start_da
         f"sources:\n  - type: file\n    paths: [{trail}]\n    follow: true\n    poll_interval: 0.2s\n"
         f"detectors:\n  sigma:\n    paths: [{rules}]\n"
         "metrics:\n  host: 127.0.0.1\n  port: {port}\nlogging:\n  format: json\n"
+        "delivery:\n  incidents:\n    enabled: false\n"  # one line per alert: the test counts alerts
     )
     daemon.wait_ready()
     # no rule yet: StopLogging raises no sigma alert

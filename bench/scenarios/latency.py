@@ -5,10 +5,11 @@ shows up.  Background CloudTrail traffic (:func:`bench.events.generate` template
 a fresh eventID and eventTime = now) is produced at a steady 2,000 events/s into a 4-partition tansu
 topic while ``trailguard run`` (default configuration, kafka source, ``file`` sink) consumes it.
 Once the daemon has caught up with what was produced during its start-up, a StopLogging record
-(the Stratus Red Team sample, fresh eventID, eventTime = now) is injected every 0.5 s and its
-produce time noted.  A thread tails the alert file every 5 ms; an injected event's latency is the
-time its first alert line (``event_ids`` holds its id) appeared minus its produce time — the whole
-path: producer batching, broker, consumer poll, detectors, delivery, the write.
+(the Stratus Red Team sample, fresh eventID, eventTime = now, a principal of its own so that it
+opens a new incident) is injected every 0.5 s and its produce time noted.  A thread tails the
+alert file every 5 ms; an injected event's latency is the time its first alert line
+(``event_ids`` holds its id) appeared minus its produce time — the whole path: producer
+batching, broker, consumer poll, detectors, delivery, the write.
 
 The row reports p50/p99/max in ms, how many injected events raised no alert (``missed``), and in
 the A/B columns the target and the achieved produce rate.  Target p99 ≤ 100 ms.  One run, whatever
@@ -152,7 +153,10 @@ async def _produce(bootstrap: str, topic: str, daemon: Daemon, tail: AlertTail, 
             if now >= next_injection:
                 event_id = str(uuid.uuid4())
                 tail.watched.add(event_id)
-                value = orjson.dumps({**attack, "eventID": event_id, "eventTime": stamp})
+                # A distinct principal per injection: each opens its own incident, so every
+                # injection measures a first notification (repeats would fold, by design).
+                identity = {**attack["userIdentity"], "arn": f"{attack['userIdentity']['arn']}-{event_id[:8]}"}
+                value = orjson.dumps({**attack, "eventID": event_id, "eventTime": stamp, "userIdentity": identity})
                 injected[event_id] = time.perf_counter()
                 pending.append(await producer.send(topic, value, key=attack_key))
                 next_injection += INJECT_EVERY

@@ -1,12 +1,16 @@
-"""Routes alerts to sinks and gets them there: dedup, throttling, spooling, retries, dead letters.
+"""Routes alerts to sinks and gets them there: dedup, spooling, retries, dead letters.
 
-For each batch the pipeline hands over, every alert is
+The pipeline hands over *notifications* — alerts already folded into incidents
+(:mod:`daemon.delivery.incidents`, which runs inside the processor so its state is checkpointed
+with the detectors').  For each batch, every alert is
 
-1. **routed** (:mod:`daemon.delivery.routing`) to one or more sinks — none: counted ``unrouted``;
-2. **deduplicated** per sink: an id that sink already has (:mod:`daemon.delivery.delivered`, checkpointed)
+1. **checked encodable**: an alert whose wire form cannot be built (a time outside the datetime
+   range, evidence too deep for JSON) is a *poison alert*: it goes to
+   ``<dead_letter_dir>/undeliverable.dead.jsonl`` with its reason (ERROR log,
+   ``trailguard_alerts_suppressed_total{reason="unencodable"}``) and the rest flow on;
+2. **routed** (:mod:`daemon.delivery.routing`) to one or more sinks — none: counted ``unrouted``;
+3. **deduplicated** per sink: an id that sink already has (:mod:`daemon.delivery.delivered`, checkpointed)
    is dropped and counted ``duplicate``;
-3. **throttled** (:mod:`daemon.delivery.throttle`): a repeat inside its group's window is counted
-   ``throttled``; the next delivered one carries ``evidence.suppressed_count``;
 4. **handed over**.  Remote sinks (``spooled = True`` on the class: webhook, Slack, PagerDuty,
    Kafka, SNS, SQS) get the alert appended to their spool (:mod:`daemon.delivery.spool`) and a per-sink
    task drains it in order, removing entries only once the sink confirmed them.  Local sinks
@@ -20,17 +24,21 @@ Delivery guarantees:
 * **Backpressure, not drops**: a spool holding ``max_spool_bytes`` makes :meth:`deliver` wait
   until the sink catches up (logged once at ERROR, counted as ``outcome="blocked"``), which in turn
   pauses the sources.  Nothing is dropped to make room.
-* Transient failures (timeouts, refused connections, 408/429/5xx) are retried with exponential
-  backoff and full jitter, capped at ``max_backoff``; a ``Retry-After`` is honoured (up to
-  ``max_retry_after``).  Permanent failures (other 4xx, refused message) are not retried: the alert
-  goes to ``<dead_letter_dir>/<sink>.dead.jsonl`` (``outcome="failed_permanent"``, ERROR log).
-* With ``spool_dir``, a crash loses nothing handed over: the next start delivers the spool first.
-  Without it, spools live in memory (logged at start); at stop they get ``drain_timeout`` to
-  empty and whatever is left is logged at ERROR with its ids (``outcome="dropped"``).
+* Transient failures (timeouts, refused connections, 408/429/5xx; for local sinks an ``OSError``
+  such as a full disk) are retried with exponential backoff and full jitter, capped at
+  ``max_backoff``; a ``Retry-After`` is honoured (up to ``max_retry_after``).  Permanent failures
+  (other 4xx, refused message, a closed stdout, any other error of a local sink) are not retried:
+  the alert goes to ``<dead_letter_dir>/<sink>.dead.jsonl`` (``outcome="failed_permanent"``, ERROR
+  log).  A batch failing that way is retried one alert at a time so only the bad one is kept aside.
+* Spools are durable by default: ``spool_dir`` unset with ``state.path`` set puts them in
+  ``<state.path>/spool`` (:mod:`daemon.app`), and a crash loses nothing handed over: the next start
+  delivers the spool first.  With neither, spools live in memory (logged at start); at stop they get
+  ``drain_timeout`` to empty and whatever is left is logged at ERROR with its ids
+  (``outcome="dropped"``).
 
 Metrics: ``trailguard_sink_deliveries_total{sink,outcome}`` (delivered, retry, failed_permanent,
 dropped, blocked), ``trailguard_sink_spool_depth{sink}``, ``trailguard_sink_latency_seconds{sink}``,
-``trailguard_alerts_suppressed_total{detector,reason}`` (duplicate, throttled, unrouted).
+``trailguard_alerts_suppressed_total{detector,reason}`` (duplicate, unrouted, unencodable).
 """
 
 from __future__ import annotations
@@ -44,11 +52,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daemon.config import Duration
 from daemon.delivery.delivered import DeliveredRecord
+from daemon.delivery.incidents import IncidentsConfig
 from daemon.delivery.routing import Router, RoutingConfig
 from daemon.delivery.sinks.base import Sink
 from daemon.delivery.sinks.errors import DeliveryError
@@ -62,7 +72,6 @@ from daemon.delivery.spool import (
     decode_alert,
     encode_alert,
 )
-from daemon.delivery.throttle import Throttle, ThrottleConfig
 from daemon.metrics import Metrics
 from detectors.alert import Alert
 
@@ -72,7 +81,7 @@ _DEFAULT_BATCH = 100
 
 
 class DeliveryConfig(BaseModel):
-    """The ``delivery:`` section: spool, retries, dedup horizon, throttling."""
+    """The ``delivery:`` section: spool, retries, dedup horizon, incidents."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,7 +101,18 @@ class DeliveryConfig(BaseModel):
     """Per sink (oldest forgotten first); 0 disables dedup."""
     drain_timeout: Duration = 5.0
     """At stop, how long in-memory spools get to drain (durable spools are kept for the next start)."""
-    throttle: ThrottleConfig = ThrottleConfig()
+    incidents: IncidentsConfig = IncidentsConfig()
+    """How alerts fold into incidents (:mod:`daemon.delivery.incidents`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_throttle(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "throttle" in data:
+            raise ValueError("delivery.throttle was replaced by delivery.incidents (on by default: repeats "
+                             "fold into one incident and an update carries the totals); fix: remove "
+                             "'throttle' and, if needed, set delivery.incidents.window / group_by / "
+                             "overrides (see README, 'Incidents')")
+        return data
 
 
 def _file_name(name: str) -> str:
@@ -117,7 +137,7 @@ class _Lane:
 
 
 class Dispatcher:
-    """Routes, dedups, throttles and delivers alerts; see the module docstring for the guarantees."""
+    """Routes, dedups and delivers alerts; see the module docstring for the guarantees."""
 
     def __init__(
         self,
@@ -143,7 +163,7 @@ class Dispatcher:
             lane.redact = redact
         self.router = Router(routing or RoutingConfig(), [s.name for s in self.sinks])
         self.delivered = DeliveredRecord(self.delivery.dedup_horizon, self.delivery.dedup_max_ids, clock)
-        self.throttle = Throttle(self.delivery.throttle)
+        self.undeliverable = DeadLetterFile(None)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,6 +175,8 @@ class Dispatcher:
             self.log.warning("no delivery.spool_dir: alerts waiting for remote sinks are kept in memory "
                              "and lost if the daemon crashes",
                              sinks=[n for n, lane in self.lanes.items() if lane.spooled])
+        if dead_dir is not None:
+            self.undeliverable = DeadLetterFile(dead_dir / "undeliverable.dead.jsonl")
         for lane in self.lanes.values():
             if dead_dir is not None:
                 lane.dead = DeadLetterFile(dead_dir / f"{_file_name(lane.name)}.dead.jsonl")
@@ -226,25 +248,31 @@ class Dispatcher:
 
     # -- checkpointed state ------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Plain data for the pipeline checkpoint: delivered ids per sink and throttle windows."""
+        """Plain data for the pipeline checkpoint: delivered ids per sink."""
         self.delivered.expire()
-        return {"delivered": self.delivered.snapshot(), "throttle": self.throttle.snapshot()}
+        return {"delivered": self.delivered.snapshot()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`snapshot` (call before :meth:`start`)."""
         self.delivered.restore(state.get("delivered") or {})
-        self.throttle.restore(state.get("throttle") or {})
 
     # -- hand-over ---------------------------------------------------------------------------
     async def deliver(self, alerts: list[Alert]) -> None:
-        """Route, dedup and throttle ``alerts``, then spool (remote) or send (local) them."""
+        """Check, route and dedup ``alerts``, then spool (remote) or send (local) them."""
         if not alerts:
             return
         per_lane: dict[str, list[Alert]] = {}
         suppressed = self.metrics.alerts_suppressed
         delivered = self.delivered
         in_batch: set[tuple[str, str]] = set()
+        encoded: dict[int, bytes] = {}
         for alert in alerts:
+            try:
+                encoded[id(alert)] = encode_alert(alert)
+            except Exception as error:
+                suppressed.labels(detector=alert.detector, reason="unencodable").inc()
+                await self._keep_undeliverable(alert, error)
+                continue
             names = self.router.route(alert)
             if not names:
                 suppressed.labels(detector=alert.detector, reason="unrouted").inc()
@@ -253,29 +281,48 @@ class Dispatcher:
             if not fresh:
                 suppressed.labels(detector=alert.detector, reason="duplicate").inc()
                 continue
-            if not self.throttle.admit(alert):
-                suppressed.labels(detector=alert.detector, reason="throttled").inc()
-                continue
             for name in fresh:
                 per_lane.setdefault(name, []).append(alert)
                 in_batch.add((name, alert.id))
         if not per_lane:
             return
-        encoded: dict[int, bytes] = {}
         await asyncio.gather(*(self._hand_over(self.lanes[name], batch, encoded)
                                for name, batch in per_lane.items()))
+
+    async def _keep_undeliverable(self, alert: Alert, error: Exception) -> None:
+        """A poison alert: keep what can be kept of it, with the reason, and let the rest flow on."""
+        record: dict[str, Any] = {
+            "id": alert.id, "detector": alert.detector, "rule_id": alert.rule_id, "title": str(alert.title)[:500],
+            "severity": alert.severity, "time_epoch": alert.time if alert.time == alert.time else None,
+            "account_id": alert.account_id, "principal": str(alert.principal)[:500],
+            "event_ids": [str(e)[:200] for e in alert.event_ids[:100]],
+        }
+        reason = f"alert cannot be encoded: {type(error).__name__}: {str(error)[:300]}"
+        try:
+            orjson.dumps(record)
+        except Exception:
+            record = {"id": alert.id, "detector": alert.detector}
+        try:
+            kept = await self.undeliverable.keep("delivery", record, reason)
+        except OSError as write_error:
+            kept = False
+            self.log.error("dead-letter file not writable", path=str(self.undeliverable.path),
+                           error=type(write_error).__name__)
+        if kept:
+            self.log.error("alert cannot be encoded for any sink; kept in the dead-letter file",
+                           alert_id=alert.id, detector=alert.detector, rule_id=alert.rule_id,
+                           reason=reason, path=str(self.undeliverable.path))
+        else:
+            self.log.error("alert cannot be encoded for any sink; no dead-letter directory, alert only "
+                           "logged here", alert_id=alert.id, detector=alert.detector, reason=reason,
+                           alert=record)
 
     async def _hand_over(self, lane: _Lane, alerts: list[Alert], encoded: dict[int, bytes]) -> None:
         if lane.spool is None:
             if await self._deliver_batch(lane, alerts, None):
                 self.delivered.add(lane.name, [a.id for a in alerts])
             return
-        entries = []
-        for alert in alerts:
-            payload = encoded.get(id(alert))
-            if payload is None:
-                payload = encoded[id(alert)] = encode_alert(alert)
-            entries.append((alert.id, payload))
+        entries = [(alert.id, encoded[id(alert)]) for alert in alerts]
         await self._wait_for_room(lane, sum(len(p) for _, p in entries), len(entries))
         attempt = 0
         while True:
@@ -360,8 +407,9 @@ class Dispatcher:
         """Send until every alert is delivered or dead-lettered; False if dropped at shutdown."""
         sink, metrics = lane.sink, self.metrics
         done = attempt = 0
+        one_by_one = False
         while done < len(alerts):
-            batch = alerts[done:] if done else alerts
+            batch = alerts[done:done + 1] if one_by_one else (alerts[done:] if done else alerts)
             started = time.perf_counter()
             try:
                 await sink.send(batch)
@@ -375,7 +423,14 @@ class Dispatcher:
                     done += arrived
                     if ack is not None:
                         await ack(done)
-                if known is not None and not known.transient:
+                # A local sink's own error (not a DeliveryError) is permanent unless it is an OSError
+                # other than a closed pipe (a full disk recovers; a closed stdout does not).
+                permanent = (not known.transient) if known is not None else (
+                    isinstance(error, BrokenPipeError) or not isinstance(error, OSError))
+                if permanent and known is None and len(batch) > 1:
+                    one_by_one = True
+                    continue
+                if permanent:
                     await self._dead_letter(lane, alerts[done], error)
                     done += 1
                     attempt = 0
@@ -418,7 +473,11 @@ class Dispatcher:
 
     async def _dead_letter(self, lane: _Lane, alert: Alert, error: Exception) -> None:
         self.metrics.sink_deliveries.labels(sink=lane.name, outcome="failed_permanent").inc()
-        await self._keep_dead(lane, alert.to_dict(), lane.redact(str(error))[:500])
+        try:
+            record = alert.to_dict()
+        except Exception:
+            record = {"id": alert.id, "detector": alert.detector, "rule_id": alert.rule_id}
+        await self._keep_dead(lane, record, lane.redact(str(error))[:500])
 
     async def _keep_dead(self, lane: _Lane, record: dict[str, Any], reason: str) -> None:
         try:

@@ -87,6 +87,8 @@ def alert_from_dict(data: Mapping[str, Any], *, entity: str = "") -> Alert:
         detected_at=seconds(data["detected_at"]) if data.get("detected_at") else 0.0,
         entity=entity,
         **wire_extras(data),
+        kind=data.get("kind") or "opened",
+        incident=dict(data["incident"]) if data.get("incident") else None,
     )
 
 
@@ -221,6 +223,12 @@ class SqliteSpool(Spool):
 
     def _sync_open(self) -> list[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal = Path(str(self.path) + "-wal")
+        if (self.path.exists() and self.path.stat().st_size == 0
+                and not (wal.exists() and wal.stat().st_size > 0)):
+            # Truncated (disk full, a copy interrupted) or created and never written: nothing to recover.
+            log.warning("spool file is empty (zero length); treated as an empty spool, no alert was "
+                        "waiting in it", path=str(self.path))
         try:
             conn = self._sync_connect()
         except sqlite3.DatabaseError as error:

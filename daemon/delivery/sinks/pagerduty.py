@@ -1,7 +1,10 @@
 """``pagerduty`` sink: PagerDuty Events API v2 ``trigger`` events, one per alert.
 
-``dedup_key`` is the alert id, so PagerDuty itself folds a re-sent alert (after a crash or a
-replay) into the open incident — the at-least-once delivery never pages twice.  The routing key
+``dedup_key`` is the *incident* id (the id of the alert that opened it; see
+:mod:`daemon.delivery.incidents`), so an ``updated`` notification — more events folded in, or a
+higher severity — updates the same PagerDuty alert instead of paging again, and a re-sent alert
+(after a crash or a replay) is folded by PagerDuty itself: the at-least-once delivery never pages
+twice.  The routing key
 is a secret (it goes in the body, never in a log).  Severities map onto the four PagerDuty knows:
 info→info, low→info, medium→warning, high→error, critical→critical.
 """
@@ -55,11 +58,13 @@ def build_event(alert: Alert, routing_key: str, *, source: str = "trailguard") -
         "summary": alert.summary,
         "runbook": alert.runbook,
         "evidence": alert.evidence,
+        "kind": alert.kind,
+        "incident": alert.incident,
     }
     event: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "trigger",
-        "dedup_key": alert.id,
+        "dedup_key": alert.incident["id"] if alert.incident else alert.id,
         "client": "trailguard",
         "payload": {
             "summary": summary,

@@ -6,6 +6,10 @@ call, so every value goes through :mod:`daemon.delivery.render` — a principal 
 link, a mention, formatting or a forged line into the channel.  A runbook that is a URL is a link;
 one written as triage steps is shown as text.  A plain ``text`` fallback is sent for notifications and
 clients that do not render blocks.
+
+An ``updated`` notification (the incident grew or escalated, see :mod:`daemon.delivery.incidents`)
+is a short follow-up — title, count, time span, incident id — not a second full alert; the
+``mention`` is repeated only when the update raised the severity to the mention level.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from daemon.delivery.sinks.http_common import HttpSink, HttpSinkConfig, check_ht
 from detectors.alert import SEVERITY_RANK, Alert
 from detectors.event import format_time
 
-__all__ = ["SEVERITY_EMOJI", "SlackSink", "SlackSinkConfig", "build_message"]
+__all__ = ["SEVERITY_EMOJI", "SlackSink", "SlackSinkConfig", "build_follow_up", "build_message"]
 
 SEVERITY_EMOJI: Final = {
     "info": ":information_source:",
@@ -123,14 +127,38 @@ def build_message(alert: Alert, *, mention: str | None = None) -> dict[str, Any]
     context = f"alert `{alert.id}`"
     if alert.tags:
         context += " · " + slack_text(", ".join(alert.tags), 500)
-    suppressed = alert.evidence.get("suppressed_count")
-    if suppressed:
-        context += f" · {slack_text(suppressed, 20)} similar alerts suppressed"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context[:_FIELD_MAX]}]})
     text = slack_text(fallback, _TEXT_MAX)
     if mention:
         text = f"{mention} {text}"
         blocks.insert(1, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
+    return {"text": text, "blocks": blocks}
+
+
+def build_follow_up(alert: Alert, *, mention: str | None = None) -> dict[str, Any]:
+    """The short message for an ``updated`` notification: what grew, by how much, over what time."""
+    incident = alert.incident or {}
+    emoji = SEVERITY_EMOJI[alert.severity]
+    count = int(incident.get("count") or 0)
+    span = slack_text(f"{incident.get('first_time', '?')} – {incident.get('last_time', '?')}", 100)
+    state = "closed" if incident.get("kind") == "closed" else "still open"
+    line = (f"{emoji} Update [{alert.severity.upper()}] {slack_text(alert.title, _HEADER_MAX)}: "
+            f"{count} matching events, {span} ({state})")
+    ips = [str(ip) for ip in incident.get("source_ips") or []][:_MAX_IPS]
+    context = f"incident {slack_code(incident.get('id', alert.id), 64)}"
+    if ips:
+        context += " · source IPs: " + slack_text(", ".join(ips), 600)
+    total = incident.get("event_ids_total")
+    if total:
+        context += f" · {total} event ids"
+    text = line[:_TEXT_MAX]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": context[:_FIELD_MAX]}]},
+    ]
+    if mention:
+        text = f"{mention} {text}"
+        blocks.insert(0, {"type": "section", "text": {"type": "mrkdwn", "text": mention}})
     return {"text": text, "blocks": blocks}
 
 
@@ -175,4 +203,7 @@ class SlackSink(HttpSink):
         mention = self._config.mention
         if mention and SEVERITY_RANK[alert.severity] < SEVERITY_RANK[self._config.min_mention_severity]:
             mention = None
+        if alert.kind == "updated":
+            escalated = bool(alert.incident) and alert.incident.get("kind") == "open"
+            return orjson.dumps(build_follow_up(alert, mention=mention if escalated else None)), self._headers
         return orjson.dumps(build_message(alert, mention=mention)), self._headers
