@@ -56,6 +56,9 @@ class PipelineConfig(Strict):
     """JSON-lines file where invalid input is kept whole, with the reason; none: only counted/logged."""
     max_record_bytes: int = Field(default=1 << 20, ge=1024)
     """A single record larger than this is rejected as ``too_large``."""
+    max_future_skew: Duration = Field(default=3600.0, gt=0)
+    """An event dated more than this ahead of the wall clock is rejected as ``future_time`` (counted,
+    dead-lettered): one forged 2030 record must not move the watermark and blind every window."""
 
 
 class StateConfig(Strict):

@@ -274,6 +274,8 @@ class Pipeline:
         processed = duplicates = invalid = 0
         ready: list[Event] = []
         records = batch.records
+        # Future-dated events would move the watermark (and blind every window) if accepted.
+        horizon = time.time() + self.config.max_future_skew
         for index in range(start, len(records) if end is None else end):
             record = records[index]
             try:
@@ -283,6 +285,14 @@ class Pipeline:
                 self.invalid.report(error.reason, origin=origin,
                                     location=locations[index] if locations else batch.first_index + index,
                                     detail=error.detail, payload=record)
+                continue
+            if event.time > horizon:
+                invalid += 1
+                self.invalid.report("future_time", origin=origin,
+                                    location=locations[index] if locations else batch.first_index + index,
+                                    detail=f"eventTime {event.time_iso} is more than "
+                                           f"{self.config.max_future_skew:.0f}s ahead of the wall clock",
+                                    payload=record)
                 continue
             if dedupe.seen(event.event_id, event.time):
                 duplicates += 1
