@@ -91,13 +91,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
         daemon.install_signal_handlers()
-        return await daemon.run()
+        try:
+            return await daemon.run()
+        except CheckpointError as error:  # raised while restoring, before any input is read
+            return _fail([f"{path or '<defaults>'}: state: {error}"])
+
+    from daemon.app import ListenError
 
     try:
         return asyncio.run(main())
-    except OSError as error:
+    except ListenError as error:
         return _fail([f"{path or '<defaults>'}: metrics: cannot listen: {error}; fix: change metrics.port "
                       "or stop what uses it"])
+    except OSError as error:
+        return _fail([f"{path or '<defaults>'}: {error.filename or 'I/O'}: {error.strerror or error}; "
+                      "fix: check free disk space and permissions of the paths in the config"])
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -119,7 +127,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         daemon.install_signal_handlers()
         started = time.monotonic()
         progress = asyncio.create_task(_progress(daemon)) if sys.stderr.isatty() else None
-        code = await daemon.run()
+        try:
+            code = await daemon.run()
+        except CheckpointError as error:
+            return _fail([f"{path or '<defaults>'}: state: {error}"])
         if progress is not None:
             progress.cancel()
             print(file=sys.stderr)

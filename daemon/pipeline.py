@@ -113,6 +113,10 @@ class Pipeline:
         self.last_progress = time.monotonic()
         self.counts = {"received": 0, "processed": 0, "invalid": 0, "duplicate": 0, "alerts": 0}
         self.alerts_by_detector: dict[str, int] = defaultdict(int)
+        #: Sources whose pump died (source name → reason): ``/healthz`` and ``/readyz`` fail.
+        self.failed_sources: dict[str, str] = {}
+        #: Why the last checkpoint failed (``None`` once one succeeds): ``/healthz`` fails meanwhile.
+        self.checkpoint_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def restore(self) -> None:
@@ -139,6 +143,8 @@ class Pipeline:
         await self.dispatcher.start()
         self._processor = asyncio.create_task(self._process(), name="processor")
         self._dispatch_task = asyncio.create_task(self._dispatch(), name="dispatcher")
+        for task in (self._processor, self._dispatch_task):
+            task.add_done_callback(self._task_ended)
         for source in self.sources:
             await source.start()
             self.metrics.source_up.labels(source=source.name).set(1)
@@ -158,9 +164,23 @@ class Pipeline:
         for task in (self._processor, self._dispatch_task):
             if task is not None and task.done() and not self.finished.is_set():
                 return False, f"task {task.get_name()} stopped"
+        if self.failed_sources:
+            return False, "; ".join(f"source {name} failed: {why}" for name, why in self.failed_sources.items())
+        if self.checkpoint_error is not None:
+            return False, f"checkpoint failed: {self.checkpoint_error}"
         if self.ingest.qsize() and time.monotonic() - self.last_progress > stall_after:
             return False, f"no batch processed for {time.monotonic() - self.last_progress:.0f}s with input waiting"
         return True, "ok"
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A processor or dispatcher that ends by an exception is logged at ERROR, never silently."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.log.error("pipeline task died; /healthz fails and unacknowledged input will be redelivered",
+                           task=task.get_name(), error=type(error).__name__, detail=str(error)[:300],
+                           exc_info=error)
 
     async def _watch_pumps(self) -> None:
         if self._pumps:
@@ -211,8 +231,16 @@ class Pipeline:
         except Exception as error:
             self.metrics.source_errors.labels(source=source.name).inc()
             self.metrics.source_up.labels(source=source.name).set(0)
+            self.failed_sources[source.name] = f"{type(error).__name__}: {str(error)[:200]}"
             self.log.error("source failed", source=source.name, error=type(error).__name__,
                            detail=str(error)[:300], exc_info=True)
+            return
+        if not source.finite and not source.stopping:
+            # An endless source whose batches ended by themselves reads nothing any more.
+            self.metrics.source_up.labels(source=source.name).set(0)
+            self.failed_sources[source.name] = "stopped producing batches"
+            self.log.error("source failed", source=source.name, error="ended",
+                           detail="the source stopped producing batches without being stopped")
 
     async def _process(self) -> None:
         while True:
@@ -422,8 +450,12 @@ class Pipeline:
     async def _delivered_through(self, covered: int) -> None:
         """Wait until the first ``covered`` alert batches have been handed to the sinks."""
         while self._delivered < covered:
-            if self._dispatch_task is None or self._dispatch_task.done():
+            if self._dispatch_task is None:
                 return
+            if self._dispatch_task.done():
+                # Never acknowledge input whose alerts were not handed to the sinks.
+                raise RuntimeError(f"the dispatcher stopped with {covered - self._delivered} alert "
+                                   "batches undelivered; input stays unacknowledged")
             self._delivery_progress.clear()
             await self._delivery_progress.wait()
 
@@ -439,8 +471,10 @@ class Pipeline:
             await asyncio.sleep(self.checkpoint_interval)
             try:
                 await self.checkpoint()
+                self.checkpoint_error = None
             except Exception as error:
                 self.metrics.checkpoints.labels(outcome="failed").inc()
+                self.checkpoint_error = f"{type(error).__name__}: {str(error)[:200]}"
                 self.log.error("checkpoint failed; input stays unacknowledged and will be redelivered",
                                error=type(error).__name__, detail=str(error)[:300])
 
