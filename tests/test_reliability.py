@@ -6,7 +6,10 @@ real CLI ends promptly after its reader or its stderr went away, or refuses an u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +25,7 @@ import structlog
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.delivery.dispatch import Dispatcher
+from daemon.http import MAX_CONNECTIONS, OperatorServer
 from daemon.logs import SafePrintLogger, configure_logging
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -244,3 +248,40 @@ def test_an_unusable_checkpoint_is_a_refusal_with_exit_2(tmp_path: Path, content
     err = result.stderr.decode()
     assert result.returncode == 2 and "configuration refused" in err and "checkpoint" in err, err[-2000:]
     assert "Traceback" not in err
+
+
+# -- the operator endpoint under idle connections --------------------------------------------
+async def test_1100_idle_connections_neither_exhaust_descriptors_nor_block_probes() -> None:
+    server = OperatorServer(Metrics(), host="127.0.0.1", port=0, health=lambda: (True, "ok"),
+                            ready=lambda: (True, "ok"))
+    await server.start()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    sockets: list[socket.socket] = []
+    try:
+        for index in range(1100):
+            sock = socket.socket()
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(("127.0.0.1", server.port))
+            if index % 2:
+                with contextlib.suppress(OSError):
+                    sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request, never finished
+            sockets.append(sock)
+            if index % 100 == 0:
+                await asyncio.sleep(0)
+        # the server side holds at most MAX_CONNECTIONS of them (our 1,100 client ends are ours)
+        for _ in range(500):
+            server_side = len(os.listdir("/proc/self/fd")) - fds_before - len(sockets)
+            if server_side <= MAX_CONNECTIONS + 8:
+                break
+            await asyncio.sleep(0.02)
+        assert server_side <= MAX_CONNECTIONS + 8, server_side
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in sockets:
+            sock.close()
+        await server.stop()
