@@ -70,7 +70,12 @@ def _rule_problems(built: Built) -> list[str]:
     problems = []
     for cls, model in built.detectors:
         if hasattr(cls, "reload"):
-            detector = cls(model, DetectorContext())
+            try:
+                detector = cls(model, DetectorContext())
+            except Exception as error:  # a rule path that is not a rule file: a refusal, not a traceback
+                problems.append(f"detectors.{cls.name}: cannot load rules: {type(error).__name__}: "
+                                f"{str(error)[:300]}; fix: point paths at Sigma rule files or directories")
+                continue
             problems.extend(f"detectors.{cls.name}: {issue}" for issue in getattr(detector, "load_errors", ()))
     return problems
 
@@ -90,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon = Daemon(config, built)
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
+        except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
+            return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
         daemon.install_signal_handlers()
         try:
             return await daemon.run()
@@ -124,6 +131,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             daemon = Daemon(config, built, serve_http=False, reorder=True, state_dir=args.state)
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
+        except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
+            return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
         daemon.install_signal_handlers()
         started = time.monotonic()
         progress = asyncio.create_task(_progress(daemon)) if sys.stderr.isatty() else None
