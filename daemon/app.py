@@ -23,7 +23,7 @@ import structlog
 from daemon import __version__
 from daemon.components import Built, build_detectors, build_sinks, build_sources
 from daemon.config import Config
-from daemon.deadletter import InvalidReporter
+from daemon.deadletter import REASONS, InvalidReporter
 from daemon.delivery.dispatch import Dispatcher
 from daemon.delivery.sinks.base import Sink
 from daemon.http import OperatorServer
@@ -82,6 +82,8 @@ class Daemon:
                                       on_error=self._detector_error)
         self.sinks = list(sinks) if sinks is not None else build_sinks(built)
         self.sources = list(sources) if sources is not None else build_sources(built, self.invalid)
+        self.metrics.preinitialise(sources=[s.name for s in self.sources], sinks=[s.name for s in self.sinks],
+                                   detectors=[d.name for d in self.detectors], invalid_reasons=REASONS)
         state_path = state_dir or (config.resolve_path(config.state.path) if config.state.path else None)
         self.store = StateStore(state_path) if state_path else None
         if self.store is not None:

@@ -286,3 +286,25 @@ async def test_1100_idle_connections_neither_exhaust_descriptors_nor_block_probe
         for sock in sockets:
             sock.close()
         await server.stop()
+
+
+# -- metrics from start-up -------------------------------------------------------------------
+def test_labelled_metrics_the_dashboards_use_exist_at_zero_before_any_failure(tmp_path: Path,
+                                                                               start_daemon) -> None:
+    from daemon.deadletter import REASONS
+
+    (tmp_path / "in").mkdir()
+    daemon = start_daemon("sources: [{type: file, name: trail, paths: ['{tmp}/in'], follow: true}]\n"
+                          "sinks: [{type: stdout, name: out}]\nmetrics: {port: {port}, host: 127.0.0.1}\n")
+    daemon.wait_ready()
+    for reason in REASONS:
+        assert daemon.metric("trailguard_events_invalid_total", {"reason": reason}) == 0, reason
+    for name in ("trailguard_source_errors_total", "trailguard_source_poison_total",
+                 "trailguard_source_retried_total", "trailguard_events_received_total"):
+        assert daemon.metric(name, {"source": "trail"}) == 0, name
+    for outcome in ("retry", "failed_permanent", "dropped", "blocked", "delivered"):
+        assert daemon.metric("trailguard_sink_deliveries_total", {"sink": "out", "outcome": outcome}) == 0
+    assert daemon.metric("trailguard_checkpoints_total", {"outcome": "failed"}) == 0
+    assert daemon.metric("trailguard_detector_errors_total", {"detector": "sigma"}) == 0
+    assert daemon.metric("trailguard_events_late_total", {"detector": "impossible_travel"}) == 0
+    assert daemon.stop() == 0
