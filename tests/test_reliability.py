@@ -308,3 +308,24 @@ def test_labelled_metrics_the_dashboards_use_exist_at_zero_before_any_failure(tm
     assert daemon.metric("trailguard_detector_errors_total", {"detector": "sigma"}) == 0
     assert daemon.metric("trailguard_events_late_total", {"detector": "impossible_travel"}) == 0
     assert daemon.stop() == 0
+
+
+# -- redaction of encoded secrets ------------------------------------------------------------
+def test_redaction_covers_the_base64_basic_credentials_of_a_webhook_url() -> None:
+    import base64
+
+    from daemon.delivery.sinks.http_common import Redactor
+
+    url = "https://alerts:s3cr%40t-pass@hooks.example.com/hook/abcdef123456"
+    redact = Redactor([url])
+    echoed = ("proxy said 407; request had Authorization: Basic "
+              + base64.b64encode(b"alerts:s3cr@t-pass").decode() + " and password s3cr@t-pass")
+    scrubbed = redact(echoed)
+    assert "s3cr" not in scrubbed and base64.b64encode(b"alerts:s3cr@t-pass").decode() not in scrubbed
+    assert scrubbed.count("***") == 2
+    token = "xoxb-1234567890-abcdefghijkl"
+    assert redact_all(Redactor([token]), base64.b64encode(token.encode()).decode()) == "***"
+
+
+def redact_all(redact: Any, text: str) -> str:
+    return redact(text)
