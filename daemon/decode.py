@@ -45,6 +45,7 @@ GZIP_RATIO_FLOOR: Final = 64 << 20
 _GZIP_CHUNK: Final = 4 << 20
 
 _BOM: Final = b"\xef\xbb\xbf"
+_UNPARSED: Final = object()
 _MAX_DEPTH: Final = 4
 _PROBE_LINES: Final = 8
 #: Lines probed (error path only) when looking for JSON lines behind junk at the top of a file.
@@ -321,14 +322,21 @@ def decode_lines(
             start, skipped = skip
             lineno += skipped
             continue
-        if line[:3] == _BOM:
-            line = line[3:]
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as error:
             if not bytes(line).strip():
                 continue
-            invalid.report("invalid_json", origin=origin, location=lineno, detail=str(error),
+            detail = str(error)
+            if line[:3] == _BOM:  # a BOM mid-file (files concatenated): error path only
+                try:
+                    value = orjson.loads(line[3:])
+                except orjson.JSONDecodeError:
+                    value = _UNPARSED
+            else:
+                value = _UNPARSED
+        if value is _UNPARSED:
+            invalid.report("invalid_json", origin=origin, location=lineno, detail=detail,
                            payload=bytes(line))
             continue
         found = _unwrap(value, 0, rejects)
