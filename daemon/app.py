@@ -9,6 +9,7 @@ only set a flag; a second SIGINT forces an immediate exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -22,7 +23,7 @@ import structlog
 from daemon import __version__
 from daemon.components import Built, build_detectors, build_sinks, build_sources
 from daemon.config import Config
-from daemon.deadletter import InvalidReporter
+from daemon.deadletter import REASONS, InvalidReporter
 from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
 from daemon.delivery.incidents import Incidents, incident_problems, known_detections, rule_incident_specs
 from daemon.delivery.sinks.base import Sink
@@ -35,7 +36,11 @@ from detectors.base import DetectorContext
 from detectors.engine import DetectionEngine
 from detectors.event import Event
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "ListenError"]
+
+
+class ListenError(OSError):
+    """The operator endpoint cannot bind its port (only this is reported as "cannot listen")."""
 
 
 def build_enricher(config: Config) -> Any:
@@ -87,6 +92,8 @@ class Daemon:
                                       on_error=self._detector_error)
         self.sinks = list(sinks) if sinks is not None else build_sinks(built)
         self.sources = list(sources) if sources is not None else build_sources(built, self.invalid)
+        self.metrics.preinitialise(sources=[s.name for s in self.sources], sinks=[s.name for s in self.sinks],
+                                   detectors=[d.name for d in self.detectors], invalid_reasons=REASONS)
         state_path = state_dir or (config.resolve_path(config.state.path) if config.state.path else None)
         self.store = StateStore(state_path) if state_path else None
         if self.store is not None:
@@ -134,6 +141,8 @@ class Daemon:
             return False, "restoring state"
         if not self.pipeline.started:
             return False, "starting"
+        if self.pipeline.failed_sources:
+            return False, f"sources failed: {', '.join(self.pipeline.failed_sources)}"
         down = [s.name for s in self.sources if not s.ready]
         if down:
             return False, f"sources not connected: {', '.join(down)}"
@@ -151,13 +160,15 @@ class Daemon:
         if signum == signal.SIGINT:
             now = time.monotonic()
             if self._first_interrupt is not None and now - self._first_interrupt >= 0.5:
-                self.log.error("second interrupt: exiting now without draining")
+                with contextlib.suppress(Exception):  # stderr may be gone: exit regardless
+                    self.log.error("second interrupt: exiting now without draining")
                 os._exit(130)
             if self._first_interrupt is not None:
                 return
             self._first_interrupt = now
-        self.log.info("stop requested; draining", signal=signal.Signals(signum).name if signum else None)
-        self.stop_requested.set()
+        self.stop_requested.set()  # first: a log write that fails must not lose the request
+        with contextlib.suppress(Exception):
+            self.log.info("stop requested; draining", signal=signal.Signals(signum).name if signum else None)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT → :meth:`request_stop`; SIGHUP → rule reload (handlers only schedule work)."""
@@ -200,7 +211,10 @@ class Daemon:
     async def run(self) -> int:
         """Start everything, wait for a stop request or the end of finite input, then stop."""
         if self.server is not None:
-            await self.server.start()
+            try:
+                await self.server.start()
+            except OSError as error:
+                raise ListenError(error.errno, error.strerror or str(error)) from error
             self.log.info("operator endpoint listening", host=self.server.host, port=self.server.port)
         self.log_rule_problems()
         # Rules, GeoIP tables and imports are long-lived: keep them out of every future GC pass.

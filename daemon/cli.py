@@ -71,7 +71,12 @@ def _rule_problems(built: Built) -> list[str]:
     loaded = []
     for cls, model in built.detectors:
         if hasattr(cls, "reload"):
-            detector = cls(model, DetectorContext())
+            try:
+                detector = cls(model, DetectorContext())
+            except Exception as error:  # a rule path that is not a rule file: a refusal, not a traceback
+                problems.append(f"detectors.{cls.name}: cannot load rules: {type(error).__name__}: "
+                                f"{str(error)[:300]}; fix: point paths at Sigma rule files or directories")
+                continue
             loaded.append(detector)
             problems.extend(f"detectors.{cls.name}: {issue}" for issue in getattr(detector, "load_errors", ()))
         else:
@@ -98,14 +103,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon = Daemon(config, built)
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
+        except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
+            return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
         daemon.install_signal_handlers()
-        return await daemon.run()
+        try:
+            return await daemon.run()
+        except CheckpointError as error:  # raised while restoring, before any input is read
+            return _fail([f"{path or '<defaults>'}: state: {error}"])
+
+    from daemon.app import ListenError
 
     try:
         return asyncio.run(main())
-    except OSError as error:
+    except ListenError as error:
         return _fail([f"{path or '<defaults>'}: metrics: cannot listen: {error}; fix: change metrics.port "
                       "or stop what uses it"])
+    except OSError as error:
+        return _fail([f"{path or '<defaults>'}: {error.filename or 'I/O'}: {error.strerror or error}; "
+                      "fix: check free disk space and permissions of the paths in the config"])
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -124,10 +139,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
             daemon = Daemon(config, built, serve_http=False, reorder=True, state_dir=args.state)
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
+        except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
+            return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
         daemon.install_signal_handlers()
         started = time.monotonic()
         progress = asyncio.create_task(_progress(daemon)) if sys.stderr.isatty() else None
-        code = await daemon.run()
+        try:
+            code = await daemon.run()
+        except CheckpointError as error:
+            return _fail([f"{path or '<defaults>'}: state: {error}"])
         if progress is not None:
             progress.cancel()
             print(file=sys.stderr)

@@ -91,6 +91,8 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
     built = Built()
 
     def resolve_source_paths(item: dict[str, Any]) -> dict[str, Any]:
+        if "max_record_bytes" not in item:  # pipeline.max_record_bytes is every source's default
+            item = {**item, "max_record_bytes": config.pipeline.max_record_bytes}
         if item.get("type") == "file" and isinstance(item.get("paths"), list):
             item = {**item, "paths": [config.resolve_path(p) if isinstance(p, str) else p
                                       for p in item["paths"]]}

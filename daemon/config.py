@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,13 +56,17 @@ class PipelineConfig(Strict):
     """JSON-lines file where invalid input is kept whole, with the reason; none: only counted/logged."""
     max_record_bytes: int = Field(default=1 << 20, ge=1024)
     """A single record larger than this is rejected as ``too_large``."""
+    max_future_skew: Duration = Field(default=3600.0, gt=0)
+    """An event dated more than this ahead of the wall clock is rejected as ``future_time`` (counted,
+    dead-lettered): one forged 2030 record must not move the watermark and blind every window."""
 
 
 class StateConfig(Strict):
     """Where detector state is checkpointed.  No ``path``: memory only, lost on restart."""
 
     path: str | None = None
-    checkpoint_interval: Duration = 10.0
+    checkpoint_interval: Duration = Field(default=10.0, gt=0)
+    """Seconds between checkpoints (finite, above 0: input is acknowledged only by checkpoints)."""
 
 
 class MetricsConfig(Strict):
@@ -179,6 +183,72 @@ def format_validation_error(source: str, prefix: str, error: ValidationError) ->
     return lines
 
 
+#: Most values a config may expand to once YAML aliases are followed (a billion-laughs bound).
+MAX_CONFIG_VALUES: Final = 200_000
+#: Deepest nesting a config may have (the real ones are under ten levels).
+MAX_CONFIG_DEPTH: Final = 64
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses a key written twice in one mapping (a second ``sinks:`` would
+    silently replace the first); merge keys (``<<: *defaults``) still override as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                first = seen[key]
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice (first at line {first.line + 1})",
+                    key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _too_big(value: Any, limit: int, max_depth: int) -> str | None:
+    """Why walking ``value`` (aliases expanded) is unreasonable — more than ``limit`` values or
+    deeper than ``max_depth`` — or ``None``.  Iterative, and stops at the first bound crossed."""
+    budget = limit
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return (f"expands to more than {limit:,} values through its aliases (a 'billion laughs' "
+                    "document); fix: write the values out instead of nesting aliases")
+        if depth > max_depth:
+            return f"is nested more than {max_depth} levels deep; fix: flatten it"
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """Parse config YAML; every way it can fail is a :class:`ConfigError`, never a traceback."""
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = str(getattr(error, "problem", error))
+        fix = ("keep one of them (a second one would silently replace the first)" if "appears twice" in problem
+               else "correct the YAML syntax")
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}; fix: {fix}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: the YAML is nested too deeply to read; fix: flatten it "
+                           "(a trailguard config is a few levels deep)"]) from None
+    problem = _too_big(raw, MAX_CONFIG_VALUES, MAX_CONFIG_DEPTH)
+    if problem is not None:
+        raise ConfigError([f"{source}: the YAML {problem}"])
+    return raw
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read, interpolate and validate the top level of a config file (``None``: the defaults).
 
@@ -189,17 +259,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return Config(base_dir=str(REPO_ROOT))
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as error:
         raise ConfigError([f"{source}: cannot read the config file: {error.strerror}; "
                            "fix: check the path and permissions"]) from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(error, 'problem', error)}; "
-                           "fix: correct the YAML syntax"]) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError([f"{source}: not UTF-8 text (byte {error.start}, line {line}); "
+                           "fix: save the file as UTF-8"]) from None
+    raw = _parse_yaml(text, source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -15,6 +15,7 @@ decoding goes on with the rest.  The common path — one well-formed ``Records``
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any, Final
 
@@ -37,9 +38,21 @@ GZIP_MAGIC: Final = b"\x1f\x8b"
 #: Largest decompressed input accepted (a gzip bomb is reported ``too_large``).
 DEFAULT_MAX_BYTES: Final = 512 << 20
 
+#: Decompressed output allowed per compressed byte (CloudTrail JSON compresses 10-30x; a block
+#: of zeros ~1000x); outputs up to :data:`GZIP_RATIO_FLOOR` are always allowed.
+GZIP_MAX_RATIO: Final = 200
+GZIP_RATIO_FLOOR: Final = 64 << 20
+_GZIP_CHUNK: Final = 4 << 20
+
 _BOM: Final = b"\xef\xbb\xbf"
+_UNPARSED: Final = object()
 _MAX_DEPTH: Final = 4
 _PROBE_LINES: Final = 8
+#: Lines probed (error path only) when looking for JSON lines behind junk at the top of a file.
+_DEEP_PROBE_LINES: Final = 10_000
+_NON_BLANK: Final = re.compile(rb"[^ \t\r\n]")
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_DOCUMENT_START: Final = re.compile(rb"^[ \t]*[\[{]", re.MULTILINE)
 _RECORD_KEYS: Final = ("eventName", "eventSource", "eventTime", "eventVersion")
 
 
@@ -48,7 +61,11 @@ def _is_record(obj: dict[str, Any]) -> bool:
     return any(key in obj for key in _RECORD_KEYS)
 
 
-def _unwrap(obj: Any, depth: int) -> list[Any] | None:
+#: Pieces of an otherwise good input that were dropped: ``(reason, detail, payload)``.
+_Rejects = list[tuple[str, str, Any]]
+
+
+def _unwrap(obj: Any, depth: int, rejects: _Rejects | None = None) -> list[Any] | None:
     if depth > _MAX_DEPTH:
         return None
     if isinstance(obj, dict):
@@ -70,39 +87,56 @@ def _unwrap(obj: Any, depth: int) -> list[Any] | None:
                 inner = orjson.loads(message)
             except orjson.JSONDecodeError:
                 return None
-            return _unwrap(inner, depth + 1)
+            return _unwrap(inner, depth + 1, rejects)
         message_type = obj.get("messageType")
         if message_type == "DATA_MESSAGE" and isinstance(obj.get("logEvents"), list):
-            return _unwrap_log_events(obj["logEvents"], depth)
+            return _unwrap_log_events(obj["logEvents"], depth, rejects)
         if message_type == "CONTROL_MESSAGE":
             return []
         if _is_record(obj):
             return [obj]
         return None
     if isinstance(obj, list):
-        return _unwrap_array(obj, depth)
+        return _unwrap_array(obj, depth, rejects)
     return None
 
 
-def _unwrap_log_events(log_events: list[Any], depth: int) -> list[Any] | None:
-    """CloudWatch Logs subscription data: each ``logEvents[].message`` is one JSON record."""
+def _unwrap_log_events(log_events: list[Any], depth: int, rejects: _Rejects | None) -> list[Any] | None:
+    """CloudWatch Logs subscription data: each ``logEvents[].message`` is one JSON record.
+
+    A bad message is one reject (reported with its index by the caller); the others are kept.
+    Without a ``rejects`` list to report into, any bad message makes the batch unusable.
+    """
     out: list[Any] = []
-    for item in log_events:
+    already = len(rejects) if rejects is not None else 0
+    for index, item in enumerate(log_events):
         message = item.get("message") if isinstance(item, dict) else None
         if not isinstance(message, str):
-            return None
+            if rejects is None:
+                return None
+            rejects.append(("wrong_type", f"logEvents[{index}].message is not a string", item))
+            continue
         try:
             inner = orjson.loads(message)
-        except orjson.JSONDecodeError:
-            return None
-        found = _unwrap(inner, depth + 1)
+        except orjson.JSONDecodeError as error:
+            if rejects is None:
+                return None
+            rejects.append(("invalid_json", f"logEvents[{index}].message: {error}", message))
+            continue
+        found = _unwrap(inner, depth + 1, rejects)
         if found is None:
-            return None
+            if rejects is None:
+                return None
+            rejects.append(("unknown_shape", f"logEvents[{index}].message is not a CloudTrail shape", message))
+            continue
         out.extend(found)
+    if rejects is not None and log_events and len(rejects) - already == len(log_events):
+        del rejects[already:]  # no message is CloudTrail: the batch is another log group's
+        return None
     return out
 
 
-def _unwrap_array(items: list[Any], depth: int) -> list[Any] | None:
+def _unwrap_array(items: list[Any], depth: int, rejects: _Rejects | None) -> list[Any] | None:
     """A JSON array of events; elements that are envelopes or ``Records`` files are flattened.
 
     Returns the list itself when no element needs unwrapping, and ``None`` when no element is a
@@ -117,7 +151,7 @@ def _unwrap_array(items: list[Any], depth: int) -> list[Any] | None:
             if _is_record(item):
                 cloudtrail = True
             else:
-                inner = _unwrap(item, depth + 1)
+                inner = _unwrap(item, depth + 1, rejects)
         if inner is None:
             if out is not None:
                 out.append(item)
@@ -139,35 +173,48 @@ def unwrap(obj: Any) -> list[Any] | None:
     return _unwrap(obj, 0)
 
 
+def _report_rejects(rejects: _Rejects, origin: str, invalid: InvalidReporter, location: int | None) -> None:
+    for reason, detail, payload in rejects:
+        invalid.report(reason, origin=origin, location=location, detail=detail, payload=payload)
+    rejects.clear()
+
+
 def gunzip(
     data: bytes, origin: str, invalid: InvalidReporter, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[bytes | None, bool]:
-    """Decompress gzip ``data`` (one or more members); return ``(output, complete)``.
+    """Decompress gzip ``data`` (one or more members) as a stream; return ``(output, complete)``.
 
     * corrupt data → ``bad_gzip`` reported, ``(None, False)``;
-    * more than ``max_bytes`` of output (a gzip bomb) → ``too_large`` reported, ``(None, False)``;
+    * more than ``max_bytes`` of output, or more than :data:`GZIP_MAX_RATIO` times the compressed
+      size (beyond :data:`GZIP_RATIO_FLOOR`) — a gzip bomb — → ``too_large`` reported as soon as
+      the limit is crossed (never decompressed further), ``(None, False)``;
     * a stream that ends early → ``truncated_gzip`` reported, ``(what came out, False)``: the
       caller keeps what is usable (complete JSON lines).
+
+    The dead-letter entry of a rejected stream is a bounded excerpt of the compressed bytes plus
+    their hash (see :mod:`daemon.deadletter`), never the output.
     """
-    limit = max_bytes + 1
+    allowed = min(max_bytes, max(GZIP_RATIO_FLOOR, GZIP_MAX_RATIO * len(data)))
     parts: list[bytes] = []
     total = 0
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pending = data
     while True:
+        want = min(_GZIP_CHUNK, allowed + 1 - total)
         try:
-            chunk = decompressor.decompress(pending, limit - total)
+            chunk = decompressor.decompress(pending, want)
         except zlib.error as error:
             invalid.report("bad_gzip", origin=origin, location=None,
                            detail=f"corrupt gzip data after {total} bytes: {error}", payload=data)
             return None, False
         parts.append(chunk)
         total += len(chunk)
-        if total > max_bytes:
+        if total > allowed:
+            why = (f"more than max_bytes {max_bytes}" if allowed == max_bytes
+                   else f"more than {GZIP_MAX_RATIO} times its {len(data)} compressed bytes")
             invalid.report("too_large", origin=origin, location=None,
-                           detail=f"gzip expands to more than {max_bytes} bytes")
+                           detail=f"gzip expands to {why}", payload=data)
             return None, False
-        # Output was not capped, so all of ``pending`` was consumed unless the member ended.
         pending = decompressor.unconsumed_tail
         if decompressor.eof:
             rest = decompressor.unused_data
@@ -176,7 +223,7 @@ def gunzip(
             decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
             pending = rest
             continue
-        if not pending:
+        if not pending and len(chunk) < want:
             out = parts[0] if len(parts) == 1 else b"".join(parts)
             invalid.report("truncated_gzip", origin=origin, location=None,
                            detail=f"gzip stream ends early, {len(out)} bytes decoded")
@@ -188,30 +235,53 @@ def _blank(line: memoryview) -> bool:
     return not bytes(line[:64]).strip() and not bytes(line).strip()
 
 
-def looks_like_json_lines(data: bytes | bytearray) -> bool:
-    """True when one of the first few non-blank lines is a JSON object or array on its own.
+def _skip_blank_run(data: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """From ``start``, the start of the line holding the next non-blank byte and the newlines
+    skipped to reach it; ``None`` when only blanks are left.  One C-speed scan, so a file of a
+    hundred million newlines costs a regex search, not a hundred million Python iterations."""
+    found = _NON_BLANK.search(data, start)
+    if found is None:
+        return None
+    pos = found.start()
+    skipped = data.count(b"\n", start, pos)
+    if skipped:
+        start = data.rfind(b"\n", start, pos) + 1
+    return start, skipped
+
+
+def looks_like_json_lines(
+    data: bytes | bytearray, probe: int = _PROBE_LINES, *, cloudtrail_only: bool = False
+) -> bool:
+    """True when one of the first ``probe`` non-blank lines is a JSON object or array on its own.
 
     Tells JSON lines (with perhaps a bad line) from a pretty-printed or broken document, whose
-    lines (``{``, ``"Records": [``) never parse alone.
+    lines (``{``, ``"Records": [``) never parse alone.  With ``cloudtrail_only`` the line must be
+    a CloudTrail shape too (a deep probe past junk, where a stray ``{}`` line proves nothing).
     """
     view = memoryview(data)
     start = 0
     probed = 0
     size = len(view)
-    while start < size and probed < _PROBE_LINES:
+    while start < size and probed < probe:
         end = data.find(b"\n", start)
         if end < 0:
             end = size
         line = view[start:end]
         start = end + 1
         if _blank(line):
+            skip = _skip_blank_run(data, start) if start < size else None
+            if skip is None:
+                break
+            start = skip[0]
             continue
         probed += 1
+        if line[:1] not in (b"{", b"[", b" ", b"\t"):
+            continue
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and (not cloudtrail_only or unwrap(value) is not None):
             return True
     return False
 
@@ -226,8 +296,9 @@ def decode_lines(
 ) -> tuple[list[Any], list[int]]:
     """Decode JSON lines (each line any CloudTrail shape); return records and their line numbers.
 
-    Blank lines are skipped; a bad line is reported with its number and the others still decode.
-    A final line without a newline is decoded too.
+    Blank lines are skipped (a run of them in one scan); a bad line is reported with its number
+    and the others still decode (junk, invalid UTF-8, a NUL, a BOM on any line).  A final line
+    without a newline is decoded too.
     """
     records: list[Any] = []
     lines: list[int] = []
@@ -235,6 +306,7 @@ def decode_lines(
     size = len(view)
     start = 0
     lineno = first_line - 1
+    rejects: _Rejects = []
     while start < size:
         end = data.find(b"\n", start)
         if end < 0:
@@ -244,16 +316,32 @@ def decode_lines(
         start = end + 1
         length = len(line)
         if length < 64 and not bytes(line).strip():
+            skip = _skip_blank_run(data, start) if start < size else None
+            if skip is None:
+                break
+            start, skipped = skip
+            lineno += skipped
             continue
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as error:
             if not bytes(line).strip():
                 continue
-            invalid.report("invalid_json", origin=origin, location=lineno, detail=str(error),
+            detail = str(error)
+            if line[:3] == _BOM:  # a BOM mid-file (files concatenated): error path only
+                try:
+                    value = orjson.loads(line[3:])
+                except orjson.JSONDecodeError:
+                    value = _UNPARSED
+            else:
+                value = _UNPARSED
+        if value is _UNPARSED:
+            invalid.report("invalid_json", origin=origin, location=lineno, detail=detail,
                            payload=bytes(line))
             continue
-        found = unwrap(value)
+        found = _unwrap(value, 0, rejects)
+        if rejects:
+            _report_rejects(rejects, origin, invalid, lineno)
         if found is None:
             invalid.report("unknown_shape", origin=origin, location=lineno,
                            detail=f"a JSON {type(value).__name__} that is not a CloudTrail shape",
@@ -280,29 +368,75 @@ def _checked(
 ) -> list[Any]:
     """Drop (and report) records that are not objects or are too large; no copy when all are fine.
 
-    Sizes are only measured when the whole input is over ``max_record_bytes``; a report's location
-    is ``location`` (a line number) or else the record's index in the document.
+    Sizes are only measured when the whole input is over ``max_record_bytes``; a record too deep
+    to measure (nested past orjson's 254 levels) is ``too_deep``.  A report's location is
+    ``location`` (a line number) or else the record's index in the document.
     """
     check_size = data_size > max_record_bytes
     keep: list[Any] | None = None
     for index, record in enumerate(records):
         bad = False
+        where = index if location is None else location
         if not isinstance(record, dict):
-            invalid.report("not_an_object", origin=origin, location=index if location is None else location,
+            invalid.report("not_an_object", origin=origin, location=where,
                            detail=f"record is a {type(record).__name__}, not an object", payload=record)
             bad = True
         elif check_size:
-            size = len(orjson.dumps(record))
-            if size > max_record_bytes:
-                invalid.report("too_large", origin=origin, location=index if location is None else location,
-                               detail=f"record of {size} bytes exceeds {max_record_bytes}", payload=record)
+            try:
+                size = len(orjson.dumps(record))
+            except orjson.JSONEncodeError as error:
+                invalid.report("too_deep", origin=origin, location=where,
+                               detail=f"record cannot be re-encoded: {error}", payload=None)
                 bad = True
+            else:
+                if size > max_record_bytes:
+                    invalid.report("too_large", origin=origin, location=where,
+                                   detail=f"record of {size} bytes exceeds {max_record_bytes}", payload=record)
+                    bad = True
         if bad:
             if keep is None:
                 keep = records[:index]
         elif keep is not None:
             keep.append(record)
     return records if keep is None else keep
+
+
+def _repair_document(data: bytes) -> tuple[Any, list[str], bytes] | None:
+    """Error path: parse a document orjson refused, after the least repair that makes it parse.
+
+    Tries, cumulatively: invalid UTF-8 replaced (U+FFFD), raw control characters (a NUL) escaped,
+    junk lines before the document skipped, trailing garbage after it cut.  Returns the value,
+    what was repaired, and the dropped bytes (leading + trailing, for the dead-letter entry);
+    ``None`` when nothing parses.
+    """
+    notes: list[str] = []
+    dropped = b""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        data = data.decode("utf-8", "replace").encode("utf-8")
+        notes.append("invalid UTF-8 replaced")
+    if _CONTROL.search(data):
+        data = _CONTROL.sub(lambda found: b"\\u%04x" % found[0][0], data)
+        notes.append("raw control characters escaped")
+    begin = _DOCUMENT_START.search(data)
+    if begin is None:
+        return None
+    if begin.start():
+        dropped += data[: begin.start()]
+        notes.append(f"{begin.start()} bytes before the document skipped")
+        data = data[begin.start():]
+    for _attempt in range(2):
+        try:
+            return orjson.loads(data), notes, dropped
+        except orjson.JSONDecodeError as error:
+            cut = getattr(error, "pos", 0)
+            if "after document" not in str(error) or not 0 < cut < len(data):
+                return None
+            dropped += data[cut:]
+            notes.append(f"{len(data) - cut} trailing bytes after the document cut")
+            data = data[:cut]
+    return None
 
 
 def decode_bytes(
@@ -317,8 +451,21 @@ def decode_bytes(
 
     Returns ``(records, line_numbers)``: ``line_numbers`` is the parallel list of 1-based line
     numbers for JSON lines, ``None`` for a document (where a record's location is its index).
-    Gzip is detected by its magic bytes; ``max_bytes`` bounds the decompressed size.
+    Gzip is detected by its magic bytes; ``max_bytes`` bounds the decompressed size.  Never
+    raises: an unexpected failure is reported (``undecodable``) and the unit yields nothing, so a
+    source never dies from its data.
     """
+    try:
+        return _decode(data, origin, invalid, max_record_bytes, max_bytes)
+    except Exception as error:  # the last line of defence: a source never dies from its data
+        invalid.report("undecodable", origin=origin, location=None,
+                       detail=f"{type(error).__name__}: {str(error)[:200]}", payload=data)
+        return [], None
+
+
+def _decode(
+    data: bytes, origin: str, invalid: InvalidReporter, max_record_bytes: int, max_bytes: int
+) -> tuple[list[Any], list[int] | None]:
     complete = True
     if data[:2] == GZIP_MAGIC:
         unzipped, complete = gunzip(data, origin, invalid, max_bytes=max_bytes)
@@ -335,6 +482,7 @@ def decode_bytes(
         if not usable or not looks_like_json_lines(usable):
             return [], None
         return decode_lines(usable, origin, invalid, max_record_bytes=max_record_bytes)
+    rejects: _Rejects = []
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
@@ -342,9 +490,23 @@ def decode_bytes(
             return [], None
         if b"\n" in data and looks_like_json_lines(data):
             return decode_lines(data, origin, invalid, max_record_bytes=max_record_bytes)
-        invalid.report("invalid_json", origin=origin, location=None, detail=str(error), payload=data)
-        return [], None
-    records = unwrap(value)
+        if b"\n" in data and looks_like_json_lines(data, _DEEP_PROBE_LINES, cloudtrail_only=True):
+            return decode_lines(data, origin, invalid, max_record_bytes=max_record_bytes)
+        repaired = _repair_document(bytes(data))
+        if repaired is None:
+            invalid.report("invalid_json", origin=origin, location=None, detail=str(error), payload=data)
+            return [], None
+        value, notes, dropped = repaired
+        records = _unwrap(value, 0, rejects)
+        if records is None:
+            invalid.report("invalid_json", origin=origin, location=None, detail=str(error), payload=data)
+            return [], None
+        invalid.report("repaired_json", origin=origin, location=None,
+                       detail=f"{'; '.join(notes)}; the {len(records)} records kept", payload=dropped or None)
+    else:
+        records = _unwrap(value, 0, rejects)
+    if rejects:
+        _report_rejects(rejects, origin, invalid, None)
     if records is None:
         invalid.report("unknown_shape", origin=origin, location=None,
                        detail=f"a JSON {type(value).__name__} that is not a CloudTrail shape", payload=data)

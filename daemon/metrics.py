@@ -13,7 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["BatchHistogram", "Metrics"]
+__all__ = ["CHECKPOINT_OUTCOMES", "SINK_OUTCOMES", "BatchHistogram", "Metrics"]
+
+#: ``outcome`` values of ``trailguard_sink_deliveries_total`` (exported at 0 from start-up).
+SINK_OUTCOMES = ("delivered", "retry", "failed_permanent", "dropped", "blocked")
+#: ``outcome`` values of ``trailguard_checkpoints_total``.
+CHECKPOINT_OUTCOMES = ("written", "memory", "failed")
 
 
 class BatchHistogram(Collector):
@@ -165,3 +170,37 @@ class Metrics:
         # -- build -------------------------------------------------------------------------
         self.build_info = Gauge(
             "trailguard_build_info", "Always 1; labels carry the version.", ["version"], registry=r)
+
+    def preinitialise(
+        self,
+        *,
+        sources: Iterable[str],
+        sinks: Iterable[str],
+        detectors: Iterable[str],
+        invalid_reasons: Iterable[str],
+    ) -> None:
+        """Export every labelled series the dashboard and alert rules read, at 0, from start-up.
+
+        Prometheus practice: a series that appears only with the first failure makes
+        ``rate()``/``increase()`` miss that failure and ``absent()`` alerts fire on a healthy
+        daemon.  Only known, low-cardinality label values are created (names from the config,
+        the fixed reasons and outcomes); the alert count by rule is left to its owner.
+        """
+        for reason in invalid_reasons:
+            self.events_invalid.labels(reason=reason)
+        for source in sources:
+            for family in (self.events_received, self.source_acknowledged, self.source_retried,
+                           self.source_poison, self.source_errors, self.source_up):
+                family.labels(source=source)
+        for sink in sinks:
+            for outcome in SINK_OUTCOMES:
+                self.sink_deliveries.labels(sink=sink, outcome=outcome)
+            self.sink_latency.labels(sink=sink)
+        for detector in detectors:
+            for family in (self.events_late, self.detector_errors, self.state_evictions,
+                           self.detector_seconds, self.state_keys):
+                family.labels(detector=detector)
+        for outcome in CHECKPOINT_OUTCOMES:
+            self.checkpoints.labels(outcome=outcome)
+        for stage in ("ingest", "alerts"):
+            self.queue_depth.labels(stage=stage)

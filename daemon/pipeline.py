@@ -129,6 +129,10 @@ class Pipeline:
         #: Per (detector, rule): alerts raised, incidents opened, updates (for the replay summary).
         self.by_rule: dict[tuple[str, str], list[int]] = {}
         self.rule_titles: dict[tuple[str, str], str] = {}
+        #: Sources whose pump died (source name → reason): ``/healthz`` and ``/readyz`` fail.
+        self.failed_sources: dict[str, str] = {}
+        #: Why the last checkpoint failed (``None`` once one succeeds): ``/healthz`` fails meanwhile.
+        self.checkpoint_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def restore(self) -> None:
@@ -156,6 +160,8 @@ class Pipeline:
         await self.dispatcher.start()
         self._processor = asyncio.create_task(self._process(), name="processor")
         self._dispatch_task = asyncio.create_task(self._dispatch(), name="dispatcher")
+        for task in (self._processor, self._dispatch_task):
+            task.add_done_callback(self._task_ended)
         for source in self.sources:
             await source.start()
             self.metrics.source_up.labels(source=source.name).set(1)
@@ -175,9 +181,23 @@ class Pipeline:
         for task in (self._processor, self._dispatch_task):
             if task is not None and task.done() and not self.finished.is_set():
                 return False, f"task {task.get_name()} stopped"
+        if self.failed_sources:
+            return False, "; ".join(f"source {name} failed: {why}" for name, why in self.failed_sources.items())
+        if self.checkpoint_error is not None:
+            return False, f"checkpoint failed: {self.checkpoint_error}"
         if self.ingest.qsize() and time.monotonic() - self.last_progress > stall_after:
             return False, f"no batch processed for {time.monotonic() - self.last_progress:.0f}s with input waiting"
         return True, "ok"
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A processor or dispatcher that ends by an exception is logged at ERROR, never silently."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.log.error("pipeline task died; /healthz fails and unacknowledged input will be redelivered",
+                           task=task.get_name(), error=type(error).__name__, detail=str(error)[:300],
+                           exc_info=error)
 
     async def _watch_pumps(self) -> None:
         if self._pumps:
@@ -231,8 +251,16 @@ class Pipeline:
         except Exception as error:
             self.metrics.source_errors.labels(source=source.name).inc()
             self.metrics.source_up.labels(source=source.name).set(0)
+            self.failed_sources[source.name] = f"{type(error).__name__}: {str(error)[:200]}"
             self.log.error("source failed", source=source.name, error=type(error).__name__,
                            detail=str(error)[:300], exc_info=True)
+            return
+        if not source.finite and not source.stopping:
+            # An endless source whose batches ended by themselves reads nothing any more.
+            self.metrics.source_up.labels(source=source.name).set(0)
+            self.failed_sources[source.name] = "stopped producing batches"
+            self.log.error("source failed", source=source.name, error="ended",
+                           detail="the source stopped producing batches without being stopped")
 
     async def _process(self) -> None:
         while True:
@@ -327,6 +355,8 @@ class Pipeline:
         processed = duplicates = invalid = 0
         ready: list[Event] = []
         records = batch.records
+        # Future-dated events would move the watermark (and blind every window) if accepted.
+        horizon = time.time() + self.config.max_future_skew
         for index in range(start, len(records) if end is None else end):
             record = records[index]
             try:
@@ -336,6 +366,14 @@ class Pipeline:
                 self.invalid.report(error.reason, origin=origin,
                                     location=locations[index] if locations else batch.first_index + index,
                                     detail=error.detail, payload=record)
+                continue
+            if event.time > horizon:
+                invalid += 1
+                self.invalid.report("future_time", origin=origin,
+                                    location=locations[index] if locations else batch.first_index + index,
+                                    detail=f"eventTime {event.time_iso} is more than "
+                                           f"{self.config.max_future_skew:.0f}s ahead of the wall clock",
+                                    payload=record)
                 continue
             if dedupe.seen(event.event_id, event.time):
                 duplicates += 1
@@ -499,8 +537,10 @@ class Pipeline:
             await asyncio.sleep(self.checkpoint_interval)
             try:
                 await self.checkpoint()
+                self.checkpoint_error = None
             except Exception as error:
                 self.metrics.checkpoints.labels(outcome="failed").inc()
+                self.checkpoint_error = f"{type(error).__name__}: {str(error)[:200]}"
                 self.log.error("checkpoint failed; input stays unacknowledged and will be redelivered",
                                error=type(error).__name__, detail=str(error)[:300])
 

@@ -9,7 +9,9 @@ versions, and an unknown newer version is refused with a message saying what to 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -86,16 +88,23 @@ class StateStore:
 
     def write_encoded(self, data: bytes) -> int:
         """Atomically replace the checkpoint with ``data`` (temp → fsync → rename → fsync dir)."""
-        temp = self.directory / f".{_FILE}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Unique per write: replicas sharing a directory are all pid 1 in their containers.
+        temp = self.directory / f".{_FILE}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+        except BaseException:
+            # Disk full (ENOSPC), quota, I/O error: leave no temp file behind.
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -6,6 +6,7 @@ trailguard config file is written, parsed and rejected the same way.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Final
 
@@ -22,6 +23,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '10s', '15m', '2h'")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be a finite number of seconds, not {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)

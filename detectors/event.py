@@ -9,6 +9,7 @@ code) are computed lazily, once, and cached in slots.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,8 +20,12 @@ __all__ = [
     "IP_PRIVATE",
     "IP_PUBLIC",
     "IP_SERVICE",
+    "MAX_EVENT_TIME",
+    "MAX_KEY_CHARS",
+    "MIN_EVENT_TIME",
     "Event",
     "InvalidEvent",
+    "bounded_key",
     "classify_source_ip",
     "format_time",
     "get_path",
@@ -36,6 +41,16 @@ IP_MISSING: Final = "missing"
 
 #: The largest record (serialised bytes) trailguard accepts; CloudTrail's own limit is far below.
 MAX_RECORD_BYTES: Final = 1 << 20
+
+#: Event times accepted, in UTC epoch seconds: 1970-01-01 up to the end of year 9999.  Anything
+#: outside (year 1 with a positive offset, year 9999 with a negative one) cannot be formatted in
+#: UTC, so an alert about it could never be encoded: it is rejected at the edge as bad_event_time.
+MIN_EVENT_TIME: Final = 0.0
+MAX_EVENT_TIME: Final = 253402300799.0
+
+#: Longest identity key (eventID, principal, account id) kept as is; longer ones are cut and
+#: suffixed with a hash (see :func:`bounded_key`), so state is bounded by bytes, not only by keys.
+MAX_KEY_CHARS: Final = 256
 
 
 class InvalidEvent(ValueError):
@@ -85,7 +100,23 @@ def parse_event_time(value: str) -> float:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError("eventTime has no time zone")
-    return moment.timestamp()
+    epoch = moment.timestamp()
+    if not MIN_EVENT_TIME <= epoch <= MAX_EVENT_TIME:
+        raise ValueError("outside the supported range (1970-01-01 to 9999-12-31 in UTC)")
+    return epoch
+
+
+def bounded_key(value: str, limit: int = MAX_KEY_CHARS) -> str:
+    """``value`` itself when at most ``limit`` characters, else its head plus a hash of the whole.
+
+    Attacker-controlled strings become state keys (dedupe ids, principals, accounts, addresses);
+    a 300 KB ``principalId`` must cost a few hundred bytes, and two long values that differ only
+    at the end must still be two keys.
+    """
+    if len(value) <= limit:
+        return value
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return f"{value[: limit - 27]}~h:{digest}"
 
 
 @lru_cache(maxsize=65536)
@@ -194,7 +225,8 @@ class Event:
         self.raw = raw
         self.event_name: str = name
         self.event_source: str = source or ""
-        self.event_id: str | None = event_id
+        self.event_id: str | None = (
+            event_id if event_id is None or len(event_id) <= MAX_KEY_CHARS else bounded_key(event_id))
         self.origin = origin
         self._principal: Any = _UNSET
         self._role_arn: Any = _UNSET
@@ -210,7 +242,12 @@ class Event:
 
     # -- normalised fields -------------------------------------------------------------------
     def _resolve_principal(self) -> None:
-        self._principal, self._role_arn = _principal_of(self.raw.get("userIdentity"))
+        principal, role = _principal_of(self.raw.get("userIdentity"))
+        if len(principal) > MAX_KEY_CHARS:
+            principal = bounded_key(principal)
+        if role is not None and len(role) > MAX_KEY_CHARS:
+            role = bounded_key(role)
+        self._principal, self._role_arn = principal, role
 
     @property
     def principal(self) -> str:
@@ -237,7 +274,11 @@ class Event:
         """The account the event happened in (``recipientAccountId``, else the identity's account)."""
         if self._account_id is _UNSET:
             account = self.raw.get("recipientAccountId") or get_path(self.raw, "userIdentity.accountId")
-            self._account_id = account if isinstance(account, str) else ""
+            if not isinstance(account, str):
+                account = ""
+            elif len(account) > MAX_KEY_CHARS:
+                account = bounded_key(account)
+            self._account_id = account
         return self._account_id
 
     @property
@@ -248,9 +289,11 @@ class Event:
 
     @property
     def source_ip(self) -> str:
-        """``sourceIPAddress`` as given (may be a service name); ``""`` when absent."""
+        """``sourceIPAddress`` as given (may be a service name); ``""`` when absent; bounded in size."""
         value = self.raw.get("sourceIPAddress")
-        return value if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            return ""
+        return value if len(value) <= MAX_KEY_CHARS else bounded_key(value)
 
     @property
     def source_ip_kind(self) -> str:

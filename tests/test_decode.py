@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.deadletter import InvalidReporter
+from daemon.deadletter import EXCERPT_BYTES, InvalidReporter
 from daemon.decode import decode_bytes, decode_lines, gunzip, looks_like_json_lines, unwrap
 from daemon.metrics import Metrics
 from detectors.event import Event
@@ -249,7 +251,11 @@ def test_ten_megabyte_record_is_too_large(rep: Reporter) -> None:
     assert kept == [records[1], records[2]] and lines == [1, 3]
     entries = rep.entries()
     assert [(e["reason"], e["location"]) for e in entries] == [("too_large", 1), ("too_large", 2)]
-    assert entries[0]["payload"] == huge and orjson.loads(entries[1]["payload"]) == huge
+    # a 10 MB payload is kept as a bounded excerpt plus the size and hash of the whole
+    for entry in entries:
+        assert entry["payload_truncated"] is True and entry["payload_bytes"] == len(orjson.dumps(huge))
+        assert entry["payload_sha256"] == hashlib.sha256(orjson.dumps(huge)).hexdigest()
+        assert len(base64.b64decode(entry["payload"])) == EXCERPT_BYTES
 
 
 def test_a_long_line_holding_many_small_records_is_not_too_large(rep: Reporter) -> None:

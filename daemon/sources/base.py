@@ -61,6 +61,11 @@ class Source(ABC):
         return False
 
     @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called (an endless source that ends without it has failed)."""
+        return self._stopping
+
+    @property
     def ready(self) -> bool:
         """True while the source is connected and able to deliver (``/readyz``)."""
         return True

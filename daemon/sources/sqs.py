@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -94,6 +95,21 @@ class SqsSourceConfig(BaseModel):
     max_backoff: Duration = Field(30.0, gt=0)
     #: After stop, how long in-flight messages wait for their acknowledgement before release.
     close_timeout: Duration = Field(10.0, ge=0)
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        """``https://sqs.<region>.amazonaws.com/<account>/<name>`` (or any host, e.g. LocalStack)."""
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError as error:
+            raise ValueError(f"not a URL: {error}") from None
+        path = [p for p in parts.path.split("/") if p]
+        if parts.scheme not in ("http", "https") or not host or len(path) != 2 or any(
+                ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError("not an SQS queue URL; write https://sqs.<region>.amazonaws.com/<account-id>/<queue-name>")
+        return value
 
     @field_validator("object_key_pattern")
     @classmethod

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import structlog
@@ -116,6 +117,18 @@ class Redactor:
                     if piece and len(piece) > 3:
                         found.add(piece)
                         found.update(seg for seg in piece.split("/") if len(seg) >= 12)
+                if parts.username is not None or parts.password is not None:
+                    # Basic credentials travel base64-encoded in an Authorization header (echoed
+                    # by proxies and error pages): scrub that form too, raw and percent-decoded.
+                    for user, password in {(parts.username or "", parts.password or ""),
+                                           (unquote(parts.username or ""), unquote(parts.password or ""))}:
+                        pair = f"{user}:{password}".encode()
+                        found.add(base64.b64encode(pair).decode("ascii"))
+                        if password and len(password) >= 4:
+                            found.add(password)
+            for encoded in (base64.b64encode(secret.encode()).decode("ascii"), quote(secret, safe="")):
+                if encoded != secret:
+                    found.add(encoded)
         # Longest first, so a whole URL is replaced before its pieces.
         self._secrets = sorted(found, key=len, reverse=True)
 
