@@ -1,7 +1,10 @@
 """Runs the enabled detectors over events, testing each event only against candidate detectors.
 
 Detectors declare the eventNames/eventSources they need; the engine indexes them so that the cost
-per event depends on how many detectors *could* match, not on how many are loaded.  The engine
+per event depends on how many detectors *could* match, not on how many are loaded.  A detector
+that declares ``index_case_insensitive`` (the Sigma detector: Sigma matching ignores case) is
+looked up by the lowercased eventName/eventSource, so its index never hides an event its rules
+would match.  The engine
 also owns the watermark (max event time seen minus the allowed lateness), which drives expiry.
 A detector that raises is isolated: the error is reported through a hook and the others go on.
 """
@@ -19,6 +22,11 @@ __all__ = ["TIMING_SAMPLE", "DetectionEngine"]
 
 #: One event in this many (a power of two) is timed per detector.
 TIMING_SAMPLE = 16
+
+
+def _folds(detector: Detector) -> bool:
+    """True for a detector whose index names/sources match case-insensitively (Sigma rules)."""
+    return bool(getattr(detector, "index_case_insensitive", False))
 
 
 def _ignore_error(_detector: str, _event: Event | None, _error: BaseException) -> None:
@@ -48,18 +56,24 @@ class DetectionEngine:
         """(Re)build the eventName/eventSource index, e.g. after a detector reloaded its rules."""
         by_name: dict[str, list[Detector]] = {}
         by_source: dict[str, list[Detector]] = {}
+        #: Detectors that match names/sources case-insensitively (Sigma), keyed lowercased.
+        folded_name: dict[str, list[Detector]] = {}
+        folded_source: dict[str, list[Detector]] = {}
         always: list[Detector] = []
         for detector in self.detectors:
             names, sources = detector.index_names(), detector.index_sources()
+            fold = _folds(detector)
             if names is not None:
                 for name in names:
-                    by_name.setdefault(name, []).append(detector)
+                    (folded_name if fold else by_name).setdefault(name.lower() if fold else name, []).append(detector)
             elif sources is not None:
                 for source in sources:
-                    by_source.setdefault(source, []).append(detector)
+                    (folded_source if fold else by_source).setdefault(
+                        source.lower() if fold else source, []).append(detector)
             else:
                 always.append(detector)
         self._by_name, self._by_source, self._always = by_name, by_source, always
+        self._folded_name, self._folded_source = folded_name, folded_source
         self._candidates_cache: dict[tuple[str, str], tuple[Detector, ...]] = {}
 
     @property
@@ -78,6 +92,12 @@ class DetectionEngine:
                 if sources is None or event.event_source in sources:
                     chosen.append(detector)
             chosen.extend(self._by_source.get(event.event_source, ()))
+            source = event.event_source.lower()
+            for detector in self._folded_name.get(event.event_name.lower(), ()):
+                sources = detector.index_sources()
+                if sources is None or source in {each.lower() for each in sources}:
+                    chosen.append(detector)
+            chosen.extend(self._folded_source.get(source, ()))
             chosen.extend(self._always)
             # keep registration order so output order is deterministic
             order = {id(d): i for i, d in enumerate(self.detectors)}

@@ -88,6 +88,8 @@ class SigmaDetector(Detector):
     name: ClassVar[str] = "sigma"
     Config: ClassVar[type[DetectorConfig]] = SigmaConfig
     severity: ClassVar[str] = "medium"
+    #: Sigma matches eventName/eventSource case-insensitively: the engine's index must too.
+    index_case_insensitive: ClassVar[bool] = True
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         super().__init__(config, context)

@@ -11,7 +11,6 @@ A :class:`RuleSet` is immutable once built: reloading builds a new one and swaps
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -24,8 +23,6 @@ from detectors.sigma.compiler import Predicate
 __all__ = ["CompiledRule", "LoadIssue", "RuleSet"]
 
 _CACHE_LIMIT: Final = 65536
-#: What a real CloudTrail eventName looks like; other spellings keep the rule off the engine index.
-_CANONICAL_NAME: Final = re.compile(r"[A-Z][A-Za-z0-9]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,30 +156,28 @@ class RuleSet:
     def match(self, raw: dict[str, Any], event_name: str, event_source: str,
               identity_type: str | None = None) -> list[CompiledRule]:
         """The rules that match this record (tested only against its candidates)."""
-        if identity_type is None and self._by_identity:
+        if self._by_identity and not identity_type:
+            # unknown, or "" (missing / not a string): read it; a non-string type (a list in a
+            # forged or converted record) could still match an identity rule, so it is "unknown"
             identity = raw.get("userIdentity")
             kind = identity.get("type") if isinstance(identity, dict) else None
-            identity_type = kind if isinstance(kind, str) else ""
+            identity_type = kind if isinstance(kind, str) else (None if kind is not None else "")
         candidates = self.candidates(event_name, event_source, identity_type)
         self.evaluations += len(candidates)
         return [rule for rule in candidates if rule.predicate(raw)]
 
     def index_names(self) -> frozenset[str] | None:
-        """Every eventName any rule can match, as spelled in the rules; ``None`` if not all are known.
+        """Every eventName any rule can match, lowercased; ``None`` if some rule needs every event.
 
-        ``None`` also when a spelling does not look like a CloudTrail eventName (``StopLogging``):
-        the engine's index is case-sensitive while Sigma is not, so such a rule must see every event.
+        Lowercased because Sigma matching is case-insensitive: the engine looks these up by the
+        event's lowercased name (the Sigma detector declares ``index_case_insensitive``), so an
+        event named ``STOPLOGGING`` reaches a ``StopLogging`` rule whatever else is loaded.
         """
         names: set[str] = set()
         for rule in self.rules:
             if rule.required_names is None:
                 return None
-            spelled = {spelling for spelling in rule.name_spellings if spelling.lower() in rule.required_names}
-            if {spelling.lower() for spelling in spelled} != rule.required_names:
-                return None
-            if not all(_CANONICAL_NAME.fullmatch(spelling) for spelling in spelled):
-                return None
-            names |= spelled
+            names |= rule.required_names
         return frozenset(names)
 
     def index_sources(self) -> frozenset[str] | None:
