@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sigma.correlations import SigmaCorrelationRule
 
 from detectors.alert import SEVERITIES, Alert
@@ -32,6 +32,8 @@ from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
 from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan, compile_correlations
+from detectors.sigma.creators import CreatorRecord
+from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.tuning import ExceptionConfig, Exceptions
@@ -72,6 +74,9 @@ class SigmaConfig(DetectorConfig):
     #: Rule id → severity, overriding the rule's ``level``.
     severity_overrides: dict[str, str] = {}
     exceptions: list[ExceptionConfig] = []
+    #: Resources the "who created it" record keeps (``trailguard.resource.*`` fields), least
+    #: recently written forgotten first.
+    creators_max_resources: int = Field(default=100_000, ge=1)
 
     @field_validator("severity_overrides")
     @classmethod
@@ -106,6 +111,9 @@ class SigmaDetector(Detector):
         self._plans = plans
         #: The running correlation rules and their window state.
         self.correlations = self._correlation_set(plans)
+        #: Who created/wrote each secret, parameter, function (``trailguard.resource.*`` fields).
+        self.creators = CreatorRecord(config.creators_max_resources)
+        self._track_creators = uses_creators(self.rules)
         #: Problems from the last load that went live (the initial one); for ``check-config``.
         self.load_errors: list[LoadIssue] = list(errors)
 
@@ -143,6 +151,7 @@ class SigmaDetector(Detector):
         twin.on_match = list(self.on_match)
         plans = [dataclasses.replace(plan, generate=True) for plan in self._plans] if generate_all else self._plans
         twin.correlations = twin._correlation_set(plans)
+        twin.creators = CreatorRecord(self.settings.creators_max_resources)
         return twin
 
     def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
@@ -162,6 +171,7 @@ class SigmaDetector(Detector):
         self.rules = rules
         self._plans = plans
         self.correlations = correlations
+        self._track_creators = uses_creators(rules)
         self.paths = wanted
         self.load_errors = []
         return []
@@ -194,6 +204,9 @@ class SigmaDetector(Detector):
 
     def on_event(self, event: Event) -> list[Alert] | None:
         """Alerts for the rules ``event`` matches (``None`` when it matches none)."""
+        if self._track_creators:
+            bind_creators(self.creators)
+            self.creators.observe(event.raw)
         matched = self.rules.match(event.raw, event.event_name, event.event_source, event.identity_type)
         if not matched:
             return None
@@ -215,12 +228,18 @@ class SigmaDetector(Detector):
         return self.correlations.advance(watermark) or None
 
     def snapshot(self) -> dict[str, Any]:
-        """The correlation rules' window state (plain data, versioned, keyed by correlation rule id)."""
-        return self.correlations.snapshot()
+        """The correlation rules' window state (plain data, versioned, keyed by correlation rule id),
+        plus the creator record under ``"creators"``."""
+        state = self.correlations.snapshot()
+        state["creators"] = self.creators.snapshot()
+        return state
 
     def restore(self, state: Any) -> None:
         """Load :meth:`snapshot`; state of correlation rules no longer loaded or changed is dropped."""
         self.correlations.restore(state)
+        creators = state.get("creators") if isinstance(state, dict) else None
+        if creators is not None:
+            self.creators.restore(creators)
 
     def state_keys(self) -> int:
         """Keys held by the correlation windows."""
