@@ -35,6 +35,7 @@ from detectors.sigma.correlation_plan import Plan, compile_correlations
 from detectors.sigma.creators import CreatorRecord
 from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
+from detectors.sigma.new_terms import NewTermsSet
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.tuning import ExceptionConfig, Exceptions
 
@@ -111,6 +112,8 @@ class SigmaDetector(Detector):
         self._plans = plans
         #: The running correlation rules and their window state.
         self.correlations = self._correlation_set(plans)
+        #: The running ``new_terms`` correlations (trailguard extension) and their state.
+        self.new_terms = self._new_terms_set(self.rules)
         #: Who created/wrote each secret, parameter, function (``trailguard.resource.*`` fields).
         self.creators = CreatorRecord(config.creators_max_resources)
         self._track_creators = uses_creators(self.rules)
@@ -138,6 +141,16 @@ class SigmaDetector(Detector):
             on_evict=lambda n: context.on_evict(self.name, n),
         )
 
+    def _new_terms_set(self, rules: RuleSet) -> NewTermsSet:
+        context = self.context
+        return NewTermsSet(
+            rules.new_terms,
+            severity_of=self.severity_for,
+            max_keys=context.max_keys,
+            on_late=lambda n: context.on_late(self.name, n),
+            on_evict=lambda n: context.on_evict(self.name, n),
+        )
+
     def fork(self, *, generate_all: bool = False, context: DetectorContext | None = None) -> SigmaDetector:
         """A twin sharing the compiled rules (immutable) with empty correlation state.
 
@@ -151,6 +164,7 @@ class SigmaDetector(Detector):
         twin.on_match = list(self.on_match)
         plans = [dataclasses.replace(plan, generate=True) for plan in self._plans] if generate_all else self._plans
         twin.correlations = twin._correlation_set(plans)
+        twin.new_terms = twin._new_terms_set(self.rules)
         twin.creators = CreatorRecord(self.settings.creators_max_resources)
         return twin
 
@@ -168,6 +182,9 @@ class SigmaDetector(Detector):
             return errors
         correlations = self._correlation_set(plans)
         correlations.adopt(self.correlations)
+        new_terms = self._new_terms_set(rules)
+        new_terms.adopt(self.new_terms)
+        self.new_terms = new_terms
         self.rules = rules
         self._plans = plans
         self.correlations = correlations
@@ -221,10 +238,13 @@ class SigmaDetector(Detector):
                 alerts.append(self._alert(rule, event))
             if correlations.wants(rule.rule_id):
                 alerts.extend(correlations.observe(rule.rule_id, event))
+            if self.new_terms.wants(rule.rule_id):
+                alerts.extend(self.new_terms.observe(rule.rule_id, event))
         return alerts or None
 
     def on_watermark(self, watermark: float) -> list[Alert] | None:
         """Advance the correlation windows; alerts of the windows that closed (``lt``/``eq``/aggregates)."""
+        self.new_terms.advance(watermark)
         return self.correlations.advance(watermark) or None
 
     def snapshot(self) -> dict[str, Any]:
@@ -232,6 +252,7 @@ class SigmaDetector(Detector):
         plus the creator record under ``"creators"``."""
         state = self.correlations.snapshot()
         state["creators"] = self.creators.snapshot()
+        state["new_terms"] = self.new_terms.snapshot()
         return state
 
     def restore(self, state: Any) -> None:
@@ -240,10 +261,13 @@ class SigmaDetector(Detector):
         creators = state.get("creators") if isinstance(state, dict) else None
         if creators is not None:
             self.creators.restore(creators)
+        new_terms = state.get("new_terms") if isinstance(state, dict) else None
+        if new_terms is not None:
+            self.new_terms.restore(new_terms)
 
     def state_keys(self) -> int:
-        """Keys held by the correlation windows."""
-        return self.correlations.state_keys()
+        """Keys held by the correlation windows, ``new_terms`` groups and the creator record."""
+        return self.correlations.state_keys() + self.new_terms.state_keys() + len(self.creators)
 
     def _alert(self, rule: CompiledRule, event: Event) -> Alert:
         action = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name

@@ -19,6 +19,7 @@ from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 
 from detectors.sigma.compiler import Predicate
+from detectors.sigma.new_terms import NewTermsRule
 
 __all__ = ["CompiledRule", "LoadIssue", "RuleSet"]
 
@@ -79,11 +80,14 @@ class RuleSet:
         rules: Sequence[CompiledRule] = (),
         *,
         correlation_rules: Iterable[SigmaCorrelationRule] = (),
+        new_terms: Iterable[NewTermsRule] = (),
         errors: Iterable[LoadIssue] = (),
         skipped: Iterable[LoadIssue] = (),
     ) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.correlation_rules: tuple[SigmaCorrelationRule, ...] = tuple(correlation_rules)
+        #: trailguard ``new_terms`` correlations, references resolved to rule ids.
+        self.new_terms: tuple[NewTermsRule, ...] = tuple(new_terms)
         self.errors: tuple[LoadIssue, ...] = tuple(errors)
         self.skipped: tuple[LoadIssue, ...] = tuple(skipped)
         #: How many (rule, event) predicate evaluations :meth:`match` has run.
