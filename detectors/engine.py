@@ -7,6 +7,12 @@ looked up by the lowercased eventName/eventSource, so its index never hides an e
 would match.  The engine
 also owns the watermark (max event time seen minus the allowed lateness), which drives expiry.
 A detector that raises is isolated: the error is reported through a hook and the others go on.
+
+Time budget: a detector that takes longer than ``detector_budget`` seconds on one event, on
+``STRIKES`` of the events timed (one in ``TIMING_SAMPLE``), is disabled — dropped from the index —
+and reported through ``on_disabled``; the others run on.  A detector that budgets its own parts
+(``budgets_itself``: the Sigma detector disables single rules) is not disabled whole; the rules it
+disabled are collected after each batch and reported through the same hook.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ __all__ = ["TIMING_SAMPLE", "DetectionEngine"]
 
 #: One event in this many (a power of two) is timed per detector.
 TIMING_SAMPLE = 16
+#: Over-budget timed events after which a detector is disabled.
+STRIKES = 3
 
 
 def _folds(detector: Detector) -> bool:
@@ -30,6 +38,10 @@ def _folds(detector: Detector) -> bool:
 
 
 def _ignore_error(_detector: str, _event: Event | None, _error: BaseException) -> None:
+    return None
+
+
+def _ignore_disabled(_detector: str, _rule_id: str | None, _seconds: float) -> None:
     return None
 
 
@@ -42,10 +54,19 @@ class DetectionEngine:
         *,
         allowed_lateness: float = 900.0,
         on_error: Callable[[str, Event | None, BaseException], None] = _ignore_error,
+        detector_budget: float = 1.0,
+        on_disabled: Callable[[str, str | None, float], None] = _ignore_disabled,
     ) -> None:
         self.detectors = list(detectors)
         self.allowed_lateness = allowed_lateness
         self.on_error = on_error
+        #: Seconds one detector may take on one event (see the module docstring).
+        self.detector_budget = detector_budget
+        #: ``on_disabled(detector, rule_id or None, seconds)``: a detector (or one of its rules) was disabled.
+        self.on_disabled = on_disabled
+        self._strikes: dict[str, int] = {}
+        #: Names of the detectors the time budget disabled.
+        self.disabled: set[str] = set()
         self.max_event_time = float("-inf")
         self._tick = 0
         #: Seconds spent per detector since the last :meth:`take_timings`.
@@ -61,6 +82,8 @@ class DetectionEngine:
         folded_source: dict[str, list[Detector]] = {}
         always: list[Detector] = []
         for detector in self.detectors:
+            if detector.name in self.disabled:
+                continue
             names, sources = detector.index_names(), detector.index_sources()
             fold = _folds(detector)
             if names is not None:
@@ -133,7 +156,20 @@ class DetectionEngine:
                     out.extend(produced)
             except Exception as error:
                 self.on_error(detector.name, event, error)
-            seconds[detector.name] += (perf_counter() - started) * TIMING_SAMPLE
+            took = perf_counter() - started
+            seconds[detector.name] += took * TIMING_SAMPLE
+            if took > self.detector_budget:
+                self._over_budget(detector, took)
+
+    def _over_budget(self, detector: Detector, took: float) -> None:
+        if getattr(detector, "budgets_itself", False):
+            return
+        strikes = self._strikes.get(detector.name, 0) + 1
+        self._strikes[detector.name] = strikes
+        if strikes >= STRIKES and detector.name not in self.disabled:
+            self.disabled.add(detector.name)
+            self.reindex()
+            self.on_disabled(detector.name, None, took)
 
     def process_many(self, events: Iterable[Event]) -> list[Alert]:
         """Run :meth:`process` over ``events`` and then advance the watermark once."""
@@ -145,6 +181,11 @@ class DetectionEngine:
 
     def advance(self, out: list[Alert]) -> None:
         """Tell every detector the current watermark (expiry, time-completed alerts)."""
+        for detector in self.detectors:
+            take = getattr(detector, "take_disabled", None)
+            if take is not None:
+                for rule_id, seconds in take():
+                    self.on_disabled(detector.name, rule_id, seconds)
         watermark = self.watermark
         if watermark == float("-inf"):
             return

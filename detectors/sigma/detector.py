@@ -78,6 +78,9 @@ class SigmaConfig(DetectorConfig):
     #: Resources the "who created it" record keeps (``trailguard.resource.*`` fields), least
     #: recently written forgotten first.
     creators_max_resources: int = Field(default=100_000, ge=1)
+    #: Milliseconds one event's rule evaluation may take before rules are timed one by one; a rule
+    #: over it on 3 events is disabled until the next reload (ERROR log, metric).
+    rule_budget_ms: float = Field(default=50.0, gt=0)
 
     @field_validator("severity_overrides")
     @classmethod
@@ -96,6 +99,8 @@ class SigmaDetector(Detector):
     severity: ClassVar[str] = "medium"
     #: Sigma matches eventName/eventSource case-insensitively: the engine's index must too.
     index_case_insensitive: ClassVar[bool] = True
+    #: The time budget disables single rules here (see RuleSet), never the whole detector.
+    budgets_itself: ClassVar[bool] = True
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         super().__init__(config, context)
@@ -109,6 +114,7 @@ class SigmaDetector(Detector):
         #: Called with (rule_id, event) for every unsuppressed match, alerting or not.
         self.on_match: list[MatchListener] = []
         self.rules, plans, errors = self._load(self.paths)
+        self.rules.budget = config.rule_budget_ms / 1000.0
         self._plans = plans
         #: The running correlation rules and their window state.
         self.correlations = self._correlation_set(plans)
@@ -182,6 +188,7 @@ class SigmaDetector(Detector):
             return errors
         correlations = self._correlation_set(plans)
         correlations.adopt(self.correlations)
+        rules.budget = self.settings.rule_budget_ms / 1000.0
         new_terms = self._new_terms_set(rules)
         new_terms.adopt(self.new_terms)
         self.new_terms = new_terms
@@ -197,6 +204,10 @@ class SigmaDetector(Detector):
     def correlation_rules(self) -> tuple[SigmaCorrelationRule, ...]:
         """Correlation rules found in the rule files, for the correlation engine."""
         return self.rules.correlation_rules
+
+    def take_disabled(self) -> list[tuple[str, float]]:
+        """Rules the time budget disabled since the last call (``(rule id, seconds)``), for the engine."""
+        return self.rules.take_disabled()
 
     def index_names(self) -> frozenset[str] | None:
         """The union of the eventNames the rules require, or ``None`` if some rule needs all events."""

@@ -6,13 +6,20 @@ event is tested only against ``by_name[eventName] + by_source[eventSource] + alw
 cost per event depends on how many rules could match it, not on how many are loaded.  Lookups are
 case-insensitive, like Sigma's matching; the candidate list per (eventName, eventSource) is cached.
 
-A :class:`RuleSet` is immutable once built: reloading builds a new one and swaps it whole.
+A :class:`RuleSet` is immutable once built — except that a rule can be *disabled* by the time
+budget: reloading builds a new one and swaps it whole.
+
+Time budget: each event's evaluation is timed as a whole (two clock reads).  When it exceeds
+``budget`` seconds, the next ``WATCH_EVENTS`` events are timed rule by rule; a rule over budget on
+``STRIKES`` events is disabled (dropped from the index) and reported through :meth:`take_disabled`,
+so one pathological rule cannot stall the daemon while the others run on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Final
 
 from sigma.correlations import SigmaCorrelationRule
@@ -24,6 +31,12 @@ from detectors.sigma.new_terms import NewTermsRule
 __all__ = ["CompiledRule", "LoadIssue", "RuleSet"]
 
 _CACHE_LIMIT: Final = 65536
+#: Default per-event evaluation budget (seconds) before rules are timed one by one.
+DEFAULT_BUDGET: Final = 0.05
+#: Events timed rule by rule after one event went over budget.
+WATCH_EVENTS: Final = 64
+#: Over-budget evaluations after which a rule is disabled.
+STRIKES: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +124,13 @@ class RuleSet:
             else:
                 self._always.append(rule)
         self._cache: dict[tuple[str, str, str], tuple[CompiledRule, ...]] = {}
+        #: Seconds one event's evaluation may take before rules are timed one by one.
+        self.budget = DEFAULT_BUDGET
+        self._watching = 0
+        self._strikes: dict[str, int] = {}
+        #: Rule id → seconds of its slowest evaluation, for rules the time budget disabled.
+        self.disabled: dict[str, float] = {}
+        self._reported = 0
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -152,6 +172,8 @@ class RuleSet:
             chosen.extend(self._by_identity.get(identity_type.lower(), ()))
         chosen.extend(self._always)
         position = self._position
+        if self.disabled:
+            chosen = [rule for rule in chosen if rule.rule_id not in self.disabled]
         found = tuple(sorted(set(chosen), key=lambda rule: position[id(rule)]))
         if len(self._cache) < _CACHE_LIMIT:
             self._cache[key] = found
@@ -168,7 +190,36 @@ class RuleSet:
             identity_type = kind if isinstance(kind, str) else (None if kind is not None else "")
         candidates = self.candidates(event_name, event_source, identity_type)
         self.evaluations += len(candidates)
-        return [rule for rule in candidates if rule.predicate(raw)]
+        if self._watching:
+            return self._timed_match(raw, candidates)
+        started = perf_counter()
+        matched = [rule for rule in candidates if rule.predicate(raw)]
+        if perf_counter() - started > self.budget:
+            self._watching = WATCH_EVENTS
+        return matched
+
+    def _timed_match(self, raw: dict[str, Any], candidates: tuple[CompiledRule, ...]) -> list[CompiledRule]:
+        """:meth:`match`, timing each rule: strikes for rules over budget, disabling the repeat offenders."""
+        self._watching -= 1
+        matched: list[CompiledRule] = []
+        for rule in candidates:
+            started = perf_counter()
+            if rule.predicate(raw):
+                matched.append(rule)
+            seconds = perf_counter() - started
+            if seconds > self.budget:
+                strikes = self._strikes.get(rule.rule_id, 0) + 1
+                self._strikes[rule.rule_id] = strikes
+                if strikes >= STRIKES:
+                    self.disabled[rule.rule_id] = max(seconds, self.disabled.get(rule.rule_id, 0.0))
+                    self._cache.clear()
+        return matched
+
+    def take_disabled(self) -> list[tuple[str, float]]:
+        """Rules disabled by the time budget since the last call: ``(rule id, slowest seconds)``."""
+        fresh = list(self.disabled.items())[self._reported:]
+        self._reported = len(self.disabled)
+        return fresh
 
     def index_names(self) -> frozenset[str] | None:
         """Every eventName any rule can match, lowercased; ``None`` if some rule needs every event.
