@@ -153,3 +153,15 @@ def test_regex_flags_still_apply_on_re2() -> None:
     assert matches({"s": {"f|re|m": "^second"}, "condition": "s"}, {"f": "first\nsecond"})
     assert matches({"s": {"f|re|s": "a.b"}, "condition": "s"}, {"f": "a\nb"})
     assert not matches({"s": {"f|re": "a.b"}, "condition": "s"}, {"f": "a\nb"})
+
+
+def test_many_wildcards_on_a_long_value_are_fast() -> None:
+    """Sigma wildcards ran on Python's backtracking ``re``: ``*a*a*a*a*b`` took 74 s on 300 chars."""
+    raw = stratus("aws.defense-evasion.cloudtrail-stop")
+    raw["userAgent"] = "a" * 20_000
+    started = time.perf_counter()
+    assert not matches({"s": {"userAgent": "*a*a*a*a*a*b"}, "condition": "s"}, raw)
+    assert not matches({"s": {"userAgent": "a?a*a?a*b"}, "condition": "s"}, raw)
+    assert time.perf_counter() - started < 5.0  # generous; it is milliseconds
+    assert matches({"s": {"userAgent": "stratus*a*"}, "condition": "s"}, stratus("aws.defense-evasion.cloudtrail-stop"))
+    assert matches({"s": {"f": "a?b*c"}, "condition": "s"}, {"f": "A\nb-and-C"})  # ? and * cross newlines

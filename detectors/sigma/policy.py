@@ -138,8 +138,16 @@ def _actions(statement: dict[str, Any]) -> list[str]:
     return [action.lower() for action in _strings(statement.get("Action"))]
 
 
+#: Longest action pattern compared by wildcard (policy text is attacker-controlled; real ones are short).
+_MAX_ACTION: Final = 128
+
+
 def _covers(deny_actions: list[str], allowed: str) -> bool:
-    return any(pattern in _ALL_ACTIONS or fnmatch.fnmatchcase(allowed, pattern) for pattern in deny_actions)
+    """True when a Deny's action patterns cover ``allowed`` (over-long patterns never cover: stays public)."""
+    if len(allowed) > _MAX_ACTION:
+        return False
+    return any(pattern in _ALL_ACTIONS or (len(pattern) <= _MAX_ACTION and fnmatch.fnmatchcase(allowed, pattern))
+               for pattern in deny_actions)
 
 
 def _statements(document: Any) -> list[dict[str, Any]] | str:
