@@ -40,6 +40,8 @@ _POLICY_SOURCES: Final[dict[str, tuple[str, tuple[str, ...], tuple[str, str] | N
     "CreateTopic": ("topic", ("attributes", "Policy"), None),
     "PutResourcePolicy": ("secret", ("resourcePolicy",), None),
     "SetRepositoryPolicy": ("repository", ("policyText",), None),
+    "PutRegistryPolicy": ("repository", ("policyText",), None),
+    "PutBackupVaultAccessPolicy": ("vault", ("policy",), None),
     "UpdateAssumeRolePolicy": ("trust", ("policyDocument",), None),
     "CreateRole": ("trust", ("assumeRolePolicyDocument",), None),
     "PutUserPolicy": ("identity", ("policyDocument",), None),
