@@ -28,7 +28,7 @@ RESTRICTING_KEYS: Final = frozenset({
     "aws:principalorgid", "aws:principalorgpaths", "aws:resourceorgid", "aws:sourceorgid",
     "aws:sourceorgpaths", "aws:sourcevpc", "aws:sourcevpce", "aws:sourceip", "aws:vpcsourceip",
     "aws:userid", "aws:username", "aws:principalservicename", "kms:calleraccount",
-    "s3:datapointaccount", "s3:dataaccesspointaccount", "s3:dataaccesspointarn", "sns:endpoint",
+    "s3:dataaccesspointaccount", "s3:dataaccesspointarn", "sns:endpoint",
 })
 #: Positive-match operators: the key must have one of the listed values.
 _POSITIVE: Final = frozenset({"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike",
