@@ -75,6 +75,10 @@ class Daemon:
         self.detectors = build_detectors(built, context)
         self.engine = DetectionEngine(self.detectors, allowed_lateness=config.pipeline.allowed_lateness,
                                       on_error=self._detector_error, on_disabled=self._detector_disabled)
+        for detector in self.detectors:  # exported at 0 from start-up, so absence/rate alerts work
+            self.metrics.detectors_disabled.labels(detector=detector.name, rule="no")
+            if getattr(detector, "budgets_itself", False):
+                self.metrics.detectors_disabled.labels(detector=detector.name, rule="yes")
         self.sinks = list(sinks) if sinks is not None else build_sinks(built)
         self.sources = list(sources) if sources is not None else build_sources(built, self.invalid)
         state_path = state_dir or (config.resolve_path(config.state.path) if config.state.path else None)

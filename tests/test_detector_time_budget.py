@@ -78,3 +78,19 @@ def test_a_detector_slow_on_every_event_is_disabled_by_the_engine(tmp_path: Path
     assert fired == [FAST] * len(events)
     assert disabled == [("slowpoke", None)] and engine.disabled == {"slowpoke"}
     assert engine.candidates(events[0]) == (sigma,)
+
+
+def test_the_daemon_exports_the_metric_from_start_up_and_counts_a_disable() -> None:
+    from daemon.app import Daemon
+    from daemon.components import check
+    from daemon.config import load_config
+    from daemon.metrics import Metrics
+
+    config = load_config(None)
+    metrics = Metrics()
+    daemon = Daemon(config, check(config), metrics=metrics, sources=[], sinks=[], serve_http=False)
+    value = metrics.registry.get_sample_value
+    labels = {"detector": "sigma", "rule": "yes"}
+    assert value("trailguard_detectors_disabled_total", labels) == 0.0
+    daemon.engine.on_disabled("sigma", SLOW, 0.2)
+    assert value("trailguard_detectors_disabled_total", labels) == 1.0
