@@ -165,3 +165,10 @@ def test_many_wildcards_on_a_long_value_are_fast() -> None:
     assert time.perf_counter() - started < 5.0  # generous; it is milliseconds
     assert matches({"s": {"userAgent": "stratus*a*"}, "condition": "s"}, stratus("aws.defense-evasion.cloudtrail-stop"))
     assert matches({"s": {"f": "a?b*c"}, "condition": "s"}, {"f": "A\nb-and-C"})  # ? and * cross newlines
+
+
+def test_correlation_value_aggregates_read_numbers_as_strictly_as_matching() -> None:
+    from detectors.sigma.correlation import _number
+
+    assert [_number(text) for text in ("22", "-1.5", "1e3")] == [22.0, -1.5, 1000.0]
+    assert [_number(text) for text in (" 22", "+22", "2_2", "-inf", "nan", "0x16")] == [None] * 6

@@ -66,6 +66,7 @@ __all__ = [
     "Matcher",
     "Resolver",
     "Unsupported",
+    "as_number",
     "compile_path",
     "compile_value_group",
     "leaves",
@@ -350,6 +351,11 @@ def _as_number(value: Any) -> float | int | None:
         number = float(value)
         return number if math.isfinite(number) else None
     return None
+
+
+def as_number(value: Any) -> float | int | None:
+    """A JSON number as it is, a string only when written as a finite JSON number, else ``None``."""
+    return _as_number(value)
 
 
 def _number(expected: int | float) -> Matcher:
