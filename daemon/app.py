@@ -89,7 +89,11 @@ class Daemon:
         )
         self.detectors = build_detectors(built, context)
         self.engine = DetectionEngine(self.detectors, allowed_lateness=config.pipeline.allowed_lateness,
-                                      on_error=self._detector_error)
+                                      on_error=self._detector_error, on_disabled=self._detector_disabled)
+        for detector in self.detectors:  # exported at 0 from start-up, so absence/rate alerts work
+            self.metrics.detectors_disabled.labels(detector=detector.name, rule="no")
+            if getattr(detector, "budgets_itself", False):
+                self.metrics.detectors_disabled.labels(detector=detector.name, rule="yes")
         self.sinks = list(sinks) if sinks is not None else build_sinks(built)
         self.sources = list(sources) if sources is not None else build_sources(built, self.invalid)
         self.metrics.preinitialise(sources=[s.name for s in self.sources], sinks=[s.name for s in self.sinks],
@@ -132,6 +136,12 @@ class Daemon:
         self.log.error("detector raised; event skipped for this detector", detector=detector,
                        event_id=event.event_id if event else None, error=type(error).__name__,
                        detail=str(error)[:300], exc_info=error)
+
+    def _detector_disabled(self, detector: str, rule_id: str | None, seconds: float) -> None:
+        self.metrics.detectors_disabled.labels(detector=detector, rule="yes" if rule_id else "no").inc()
+        what = f"rule {rule_id} of detector {detector}" if rule_id else f"detector {detector}"
+        self.log.error(f"{what} disabled: it exceeded the per-event time budget repeatedly; the rest run on",
+                       detector=detector, rule_id=rule_id, seconds=round(seconds, 3))
 
     def _health(self) -> tuple[bool, str]:
         return self.pipeline.healthy(self.config.metrics.stall_after)

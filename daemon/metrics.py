@@ -120,6 +120,10 @@ class Metrics:
         self.detector_errors = Counter(
             "trailguard_detector_errors_total", "Exceptions raised by a detector (event skipped for it).",
             ["detector"], registry=r)
+        self.detectors_disabled = Counter(
+            "trailguard_detectors_disabled_total",
+            "Detectors, or single Sigma rules (rule=\"yes\"), disabled for exceeding the per-event time budget.",
+            ["detector", "rule"], registry=r)
         self.state_keys = Gauge(
             "trailguard_state_keys", "Keys held in a detector's state.", ["detector"], registry=r)
         self.state_evictions = Counter(

@@ -43,6 +43,7 @@ from detectors.sigma import CORRELATION_NOTICE, CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.correlation_plan import Plan
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
 from detectors.sigma.loader import rule_files
+from detectors.sigma.new_terms import NewTermsRule
 
 __all__ = [
     "TESTS_SUFFIX",
@@ -104,7 +105,7 @@ class CaseResult:
 class RuleResult:
     """The outcome of one rule's tests (``problem`` is set when they could not run at all)."""
 
-    rule: CompiledRule | Plan
+    rule: CompiledRule | Plan | NewTermsRule
     cases: list[CaseResult | TimelineResult] = field(default_factory=list)
     problem: str | None = None
 
@@ -239,8 +240,8 @@ def run_correlation_tests(detector: SigmaDetector, *, only: Collection[str] | No
 
     ``only``: resolved paths of the rule files to test (default: every correlation loaded).
     """
-    by_file: dict[str, list[Plan]] = {}
-    for plan in detector.correlations.plans:
+    by_file: dict[str, list[Plan | NewTermsRule]] = {}
+    for plan in (*detector.correlations.plans, *detector.new_terms.plans):
         if _selected(plan.path, only):
             by_file.setdefault(plan.path, []).append(plan)
     detections_in: dict[str, int] = {}
@@ -266,7 +267,7 @@ def run_correlation_tests(detector: SigmaDetector, *, only: Collection[str] | No
     return results
 
 
-def metadata_problems(rule: CompiledRule | Plan) -> list[str]:
+def metadata_problems(rule: CompiledRule | Plan | NewTermsRule) -> list[str]:
     """What a rule of the shipped pack must carry beyond loading (``validate --strict``)."""
     problems = []
     if not _UUID.fullmatch(rule.rule_id):
@@ -305,9 +306,10 @@ class LoadedRules:
         return [rule for rule in self.detector.rules.rules if rule.path in self.selected]
 
     @property
-    def plans(self) -> list[Plan]:
+    def plans(self) -> list[Plan | NewTermsRule]:
         """The correlation rules of the given files that can run."""
-        return [plan for plan in self.detector.correlations.plans if plan.path in self.selected]
+        return [plan for plan in (*self.detector.correlations.plans, *self.detector.new_terms.plans)
+                if plan.path in self.selected]
 
 
 def load_rule_files(paths: Sequence[str | Path]) -> LoadedRules:
@@ -345,7 +347,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"ERROR {_issue_line(issue)}", file=out)
     for issue in loaded.skipped:
         print(f"SKIP  {_issue_line(issue)}", file=out)
-    everything: list[CompiledRule | Plan] = [*loaded.rules, *loaded.plans]
+    everything: list[CompiledRule | Plan | NewTermsRule] = [*loaded.rules, *loaded.plans]
     for rule in everything:
         problems = metadata_problems(rule) if args.strict else []
         if problems:
@@ -374,7 +376,7 @@ def cmd_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
         where = f"{_shown(rule.path)} ({rule.title})"
         if result.passed:
             positives = sum(r.case.expected for r in result.cases)
-            unit = " timeline(s)" if isinstance(rule, Plan) else ""
+            unit = " timeline(s)" if isinstance(rule, (Plan, NewTermsRule)) else ""
             print(f"PASS  {where}: {positives} positive, {len(result.cases) - positives} negative{unit}", file=out)
             continue
         failed += 1

@@ -173,6 +173,7 @@ def run_timeline(detector: SigmaDetector, rule_id: str, timeline: Timeline) -> T
     alerts = []
     for event in events:
         alerts.extend(engine.process_many([event]))
-    horizon = max((plan.timespan for plan in twin.correlations.plans), default=0.0) + engine.allowed_lateness + 1.0
+    plans = (*twin.correlations.plans, *twin.new_terms.plans)
+    horizon = max((plan.timespan for plan in plans), default=0.0) + engine.allowed_lateness + 1.0
     alerts.extend(twin.on_watermark(engine.max_event_time + horizon) or ())
     return TimelineResult(timeline, sum(alert.rule_id == rule_id for alert in alerts), late=late[0])

@@ -1,11 +1,20 @@
 """Runs the enabled detectors over events, testing each event only against candidate detectors.
 
 Detectors declare the eventNames/eventSources they need; the engine indexes them so that the cost
-per event depends on how many detectors *could* match, not on how many are loaded.  The engine
+per event depends on how many detectors *could* match, not on how many are loaded.  A detector
+that declares ``index_case_insensitive`` (the Sigma detector: Sigma matching ignores case) is
+looked up by the lowercased eventName/eventSource, so its index never hides an event its rules
+would match.  The engine
 also owns the watermark (max event time seen minus the allowed lateness), which drives expiry.
 A detector that raises is isolated: the error is reported through a hook and the others go on.
 The engine also keeps the identity lineage (:mod:`detectors.lineage`): fed by the STS events only,
 it fills ``identity_chain``/``origin_principal`` on the alerts when the watermark advances.
+
+Time budget: a detector that takes longer than ``detector_budget`` seconds on one event, on
+``STRIKES`` of the events timed (one in ``TIMING_SAMPLE``), is disabled — dropped from the index —
+and reported through ``on_disabled``; the others run on.  A detector that budgets its own parts
+(``budgets_itself``: the Sigma detector disables single rules) is not disabled whole; the rules it
+disabled are collected after each batch and reported through the same hook.
 """
 
 from __future__ import annotations
@@ -22,9 +31,20 @@ __all__ = ["TIMING_SAMPLE", "DetectionEngine"]
 
 #: One event in this many (a power of two) is timed per detector.
 TIMING_SAMPLE = 16
+#: Over-budget timed events after which a detector is disabled.
+STRIKES = 3
+
+
+def _folds(detector: Detector) -> bool:
+    """True for a detector whose index names/sources match case-insensitively (Sigma rules)."""
+    return bool(getattr(detector, "index_case_insensitive", False))
 
 
 def _ignore_error(_detector: str, _event: Event | None, _error: BaseException) -> None:
+    return None
+
+
+def _ignore_disabled(_detector: str, _rule_id: str | None, _seconds: float) -> None:
     return None
 
 
@@ -37,10 +57,19 @@ class DetectionEngine:
         *,
         allowed_lateness: float = 900.0,
         on_error: Callable[[str, Event | None, BaseException], None] = _ignore_error,
+        detector_budget: float = 1.0,
+        on_disabled: Callable[[str, str | None, float], None] = _ignore_disabled,
     ) -> None:
         self.detectors = list(detectors)
         self.allowed_lateness = allowed_lateness
         self.on_error = on_error
+        #: Seconds one detector may take on one event (see the module docstring).
+        self.detector_budget = detector_budget
+        #: ``on_disabled(detector, rule_id or None, seconds)``: a detector (or one of its rules) was disabled.
+        self.on_disabled = on_disabled
+        self._strikes: dict[str, int] = {}
+        #: Names of the detectors the time budget disabled.
+        self.disabled: set[str] = set()
         self.max_event_time = float("-inf")
         #: Role-session chains seen in the stream, for the alerts' ``identity_chain``.
         self.lineage = IdentityLineage(max_keys=max((d.context.max_keys for d in self.detectors), default=100_000))
@@ -53,18 +82,26 @@ class DetectionEngine:
         """(Re)build the eventName/eventSource index, e.g. after a detector reloaded its rules."""
         by_name: dict[str, list[Detector]] = {}
         by_source: dict[str, list[Detector]] = {}
+        #: Detectors that match names/sources case-insensitively (Sigma), keyed lowercased.
+        folded_name: dict[str, list[Detector]] = {}
+        folded_source: dict[str, list[Detector]] = {}
         always: list[Detector] = []
         for detector in self.detectors:
+            if detector.name in self.disabled:
+                continue
             names, sources = detector.index_names(), detector.index_sources()
+            fold = _folds(detector)
             if names is not None:
                 for name in names:
-                    by_name.setdefault(name, []).append(detector)
+                    (folded_name if fold else by_name).setdefault(name.lower() if fold else name, []).append(detector)
             elif sources is not None:
                 for source in sources:
-                    by_source.setdefault(source, []).append(detector)
+                    (folded_source if fold else by_source).setdefault(
+                        source.lower() if fold else source, []).append(detector)
             else:
                 always.append(detector)
         self._by_name, self._by_source, self._always = by_name, by_source, always
+        self._folded_name, self._folded_source = folded_name, folded_source
         self._candidates_cache: dict[tuple[str, str], tuple[Detector, ...]] = {}
 
     @property
@@ -83,6 +120,12 @@ class DetectionEngine:
                 if sources is None or event.event_source in sources:
                     chosen.append(detector)
             chosen.extend(self._by_source.get(event.event_source, ()))
+            source = event.event_source.lower()
+            for detector in self._folded_name.get(event.event_name.lower(), ()):
+                sources = detector.index_sources()
+                if sources is None or source in {each.lower() for each in sources}:
+                    chosen.append(detector)
+            chosen.extend(self._folded_source.get(source, ()))
             chosen.extend(self._always)
             # keep registration order so output order is deterministic
             order = {id(d): i for i, d in enumerate(self.detectors)}
@@ -120,7 +163,20 @@ class DetectionEngine:
                     out.extend(produced)
             except Exception as error:
                 self.on_error(detector.name, event, error)
-            seconds[detector.name] += (perf_counter() - started) * TIMING_SAMPLE
+            took = perf_counter() - started
+            seconds[detector.name] += took * TIMING_SAMPLE
+            if took > self.detector_budget:
+                self._over_budget(detector, took)
+
+    def _over_budget(self, detector: Detector, took: float) -> None:
+        if getattr(detector, "budgets_itself", False):
+            return
+        strikes = self._strikes.get(detector.name, 0) + 1
+        self._strikes[detector.name] = strikes
+        if strikes >= STRIKES and detector.name not in self.disabled:
+            self.disabled.add(detector.name)
+            self.reindex()
+            self.on_disabled(detector.name, None, took)
 
     def process_many(self, events: Iterable[Event]) -> list[Alert]:
         """Run :meth:`process` over ``events`` and then advance the watermark once."""
@@ -132,6 +188,11 @@ class DetectionEngine:
 
     def advance(self, out: list[Alert]) -> None:
         """Tell every detector the current watermark (expiry, time-completed alerts); annotate ``out``."""
+        for detector in self.detectors:
+            take = getattr(detector, "take_disabled", None)
+            if take is not None:
+                for rule_id, seconds in take():
+                    self.on_disabled(detector.name, rule_id, seconds)
         watermark = self.watermark
         if watermark == float("-inf"):
             self.lineage.annotate(out)

@@ -280,11 +280,12 @@ def test_requirements_are_derived_conservatively() -> None:
 
 def test_index_names_for_the_engine(tmp_path: Path) -> None:
     named = detector_for(tmp_path, simple(1, "StopLogging"), simple(2, ["DeleteTrail", "UpdateTrail"]))
-    assert named.index_names() == {"StopLogging", "DeleteTrail", "UpdateTrail"}
+    assert named.index_names() == {"stoplogging", "deletetrail", "updatetrail"}
+    assert named.index_case_insensitive  # the engine looks these up by the lowercased eventName
     for path in tmp_path.iterdir():
         path.unlink()
     mis_cased = detector_for(tmp_path, simple(1, "StopLogging"), simple(2, "deletetrail"))
-    assert mis_cased.index_names() is None  # the engine matches names exactly; Sigma does not
+    assert mis_cased.index_names() == {"stoplogging", "deletetrail"}
     for path in tmp_path.iterdir():
         path.unlink()
     always = rule_yaml(uid(3), {"s": {"userIdentity.type": "Root"}, "condition": "s"})
@@ -379,7 +380,7 @@ def test_reload_swaps_only_a_clean_rule_set(tmp_path: Path) -> None:
     assert detector.reload([elsewhere]) == []
     assert rule_ids(detector, record()) == []
     assert rule_ids(detector, record("DeleteTrail")) == [uid(4)]
-    assert detector.index_names() == {"DeleteTrail"}
+    assert detector.index_names() == {"deletetrail"}
 
 
 def test_load_errors_are_exposed_for_check_config(tmp_path: Path) -> None:
@@ -459,4 +460,4 @@ def test_sigma_filters_apply_to_rules_in_other_files(tmp_path: Path) -> None:
     assert detector.load_errors == []
     assert rule_ids(detector, record()) == [uid(1)]
     assert rule_ids(detector, record(userAgent="Terraform/1.6 (+https://www.terraform.io)")) == []
-    assert detector.index_names() == {"StopLogging"}
+    assert detector.index_names() == {"stoplogging"}

@@ -104,7 +104,10 @@ def test_null_matches_missing_or_json_null_only() -> None:
 def test_exists() -> None:
     assert fires({"errorCode|exists": True}, {"errorCode": "AccessDenied"})
     assert not fires({"errorCode|exists": True}, {})
-    assert fires({"errorCode|exists": False}, {"errorCode": None})
+    # presence, not value: a field present with JSON null exists (issue 12)
+    assert not fires({"errorCode|exists": False}, {"errorCode": None})
+    assert fires({"errorCode|exists": True}, {"errorCode": None})
+    assert fires({"errorCode|exists": False}, {})
     assert not fires({"errorCode|exists": False}, {"errorCode": ""})
 
 
@@ -270,7 +273,8 @@ def test_keyword_search_looks_at_every_value_recursively() -> None:
     rule = compile_detection(detection)
     assert rule.matches({"requestParameters": {"items": [{"host": "a.EVIL.example.com"}]}})
     assert rule.matches({"sourceIPAddress": "7.7.7.7"})
-    assert not rule.matches({"sourceIPAddress": "7.7.7.77", "evil.example": "keys are not searched"})
+    assert rule.matches({"sourceIPAddress": "7.7.7.77"})  # keywords match inside values, as in Sigma
+    assert not rule.matches({"sourceIPAddress": "7.7.8.7", "evil.example": "keys are not searched"})
     numbers = compile_detection({"keywords": [443], "condition": "keywords"})
     assert numbers.matches({"requestParameters": {"port": 443}})
 

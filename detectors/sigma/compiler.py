@@ -6,13 +6,16 @@ module walks those objects once and builds nested closures: a field item reads i
 tests all its values, a map is an AND, a list of maps an OR, and the condition combines the named
 detections.  Evaluating a rule is then plain function calls, with short-circuiting.
 
-Keyword (field-less) items search every scalar in the record, recursively: their cost grows with
+Keyword (field-less) items search every scalar in the record, recursively, for the keyword *inside*
+the value (full-text search, as every Sigma backend does: ``stratus-red-team`` matches a userAgent
+that contains it; a keyword already starting/ending with ``*`` keeps its wildcards).  Their cost grows with
 the size of the record (a few hundred values for a large CloudTrail event), so rules that use them
 should also constrain ``eventName`` or ``eventSource`` so that the index keeps them off most events.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +31,7 @@ from sigma.conditions import (
 )
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaDetections, SigmaRule
-from sigma.types import SigmaExpansion, SigmaNull, SigmaNumber, SigmaString, SigmaType
+from sigma.types import SigmaExpansion, SigmaNull, SigmaNumber, SigmaString, SigmaType, SpecialChars
 
 from detectors.sigma.values import (
     Matcher,
@@ -76,6 +79,23 @@ def _negate(predicate: Predicate) -> Predicate:
 # -- detection items ------------------------------------------------------------------------------
 
 
+def _inside(value: SigmaString) -> SigmaString:
+    """A keyword as a substring pattern: ``*keyword*`` (no second ``*`` where one is written)."""
+    star = SpecialChars.WILDCARD_MULTI
+    if not value.s:
+        return value  # an empty keyword stays an exact empty value, not "anything"
+    if value.startswith(star) and value.endswith(star):
+        return value
+    parts = list(value.s)
+    if not parts or parts[0] is not star:
+        parts.insert(0, star)
+    if parts[-1] is not star:
+        parts.append(star)
+    inside = copy.copy(value)
+    inside.s = parts
+    return inside
+
+
 def _keyword_item(item: SigmaDetectionItem) -> Predicate:
     """Field-less values: true when a scalar anywhere in the record matches (AND with ``all``)."""
     tests: list[Callable[[str], bool]] = []
@@ -86,9 +106,9 @@ def _keyword_item(item: SigmaDetectionItem) -> Predicate:
         strings: list[SigmaString] = []
         for member in members:
             if isinstance(member, SigmaString):
-                strings.append(member)
+                strings.append(_inside(member))
             elif isinstance(member, SigmaNumber):
-                strings.append(SigmaString(str(member.number)))
+                strings.append(_inside(SigmaString(str(member.number))))
             else:
                 raise Unsupported(f"keyword value of type {type(member).__name__} is not supported")
         if grouped:

@@ -40,6 +40,7 @@ from detectors.event import Event, format_time
 from detectors.sigma.correlation_closing import ClosingWindows
 from detectors.sigma.correlation_evidence import EvidenceLog
 from detectors.sigma.correlation_plan import Input, Plan, compare
+from detectors.sigma.values import as_number
 from detectors.windows import CountWindow, DistinctCountWindow, SequenceWindow
 
 __all__ = ["SNAPSHOT_VERSION", "CorrelationSet", "Firing"]
@@ -69,10 +70,8 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
+        number = as_number(value)  # number text only: not " 22", "+22", "2_2", "-inf", "nan"
+        return float(number) if number is not None else None
     return None
 
 

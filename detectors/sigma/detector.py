@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sigma.correlations import SigmaCorrelationRule
 
 from detectors.alert import SEVERITIES, Alert
@@ -33,7 +33,10 @@ from detectors.event import Event
 from detectors.sigma.alert_content import content_of, describe_match
 from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan, compile_correlations
+from detectors.sigma.creators import CreatorRecord
+from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
+from detectors.sigma.new_terms import NewTermsSet
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.tuning import ExceptionConfig, Exceptions
 
@@ -73,6 +76,12 @@ class SigmaConfig(DetectorConfig):
     #: Rule id → severity, overriding the rule's ``level``.
     severity_overrides: dict[str, str] = {}
     exceptions: list[ExceptionConfig] = []
+    #: Resources the "who created it" record keeps (``trailguard.resource.*`` fields), least
+    #: recently written forgotten first.
+    creators_max_resources: int = Field(default=100_000, ge=1)
+    #: Milliseconds one event's rule evaluation may take before rules are timed one by one; a rule
+    #: over it on 3 events is disabled until the next reload (ERROR log, metric).
+    rule_budget_ms: float = Field(default=50.0, gt=0)
 
     @field_validator("severity_overrides")
     @classmethod
@@ -89,6 +98,10 @@ class SigmaDetector(Detector):
     name: ClassVar[str] = "sigma"
     Config: ClassVar[type[DetectorConfig]] = SigmaConfig
     severity: ClassVar[str] = "medium"
+    #: Sigma matches eventName/eventSource case-insensitively: the engine's index must too.
+    index_case_insensitive: ClassVar[bool] = True
+    #: The time budget disables single rules here (see RuleSet), never the whole detector.
+    budgets_itself: ClassVar[bool] = True
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         super().__init__(config, context)
@@ -102,9 +115,15 @@ class SigmaDetector(Detector):
         #: Called with (rule_id, event) for every unsuppressed match, alerting or not.
         self.on_match: list[MatchListener] = []
         self.rules, plans, errors = self._load(self.paths)
+        self.rules.budget = config.rule_budget_ms / 1000.0
         self._plans = plans
         #: The running correlation rules and their window state.
         self.correlations = self._correlation_set(plans)
+        #: The running ``new_terms`` correlations (trailguard extension) and their state.
+        self.new_terms = self._new_terms_set(self.rules)
+        #: Who created/wrote each secret, parameter, function (``trailguard.resource.*`` fields).
+        self.creators = CreatorRecord(config.creators_max_resources)
+        self._track_creators = uses_creators(self.rules)
         #: Problems from the last load that went live (the initial one); for ``check-config``.
         self.load_errors: list[LoadIssue] = list(errors)
 
@@ -129,6 +148,16 @@ class SigmaDetector(Detector):
             on_evict=lambda n: context.on_evict(self.name, n),
         )
 
+    def _new_terms_set(self, rules: RuleSet) -> NewTermsSet:
+        context = self.context
+        return NewTermsSet(
+            rules.new_terms,
+            severity_of=self.severity_for,
+            max_keys=context.max_keys,
+            on_late=lambda n: context.on_late(self.name, n),
+            on_evict=lambda n: context.on_evict(self.name, n),
+        )
+
     def fork(self, *, generate_all: bool = False, context: DetectorContext | None = None) -> SigmaDetector:
         """A twin sharing the compiled rules (immutable) with empty correlation state.
 
@@ -142,6 +171,8 @@ class SigmaDetector(Detector):
         twin.on_match = list(self.on_match)
         plans = [dataclasses.replace(plan, generate=True) for plan in self._plans] if generate_all else self._plans
         twin.correlations = twin._correlation_set(plans)
+        twin.new_terms = twin._new_terms_set(self.rules)
+        twin.creators = CreatorRecord(self.settings.creators_max_resources)
         return twin
 
     def reload(self, paths: Iterable[str | Path] | None = None) -> list[LoadIssue]:
@@ -158,9 +189,14 @@ class SigmaDetector(Detector):
             return errors
         correlations = self._correlation_set(plans)
         correlations.adopt(self.correlations)
+        rules.budget = self.settings.rule_budget_ms / 1000.0
+        new_terms = self._new_terms_set(rules)
+        new_terms.adopt(self.new_terms)
+        self.new_terms = new_terms
         self.rules = rules
         self._plans = plans
         self.correlations = correlations
+        self._track_creators = uses_creators(rules)
         self.paths = wanted
         self.load_errors = []
         return []
@@ -169,6 +205,10 @@ class SigmaDetector(Detector):
     def correlation_rules(self) -> tuple[SigmaCorrelationRule, ...]:
         """Correlation rules found in the rule files, for the correlation engine."""
         return self.rules.correlation_rules
+
+    def take_disabled(self) -> list[tuple[str, float]]:
+        """Rules the time budget disabled since the last call (``(rule id, seconds)``), for the engine."""
+        return self.rules.take_disabled()
 
     def index_names(self) -> frozenset[str] | None:
         """The union of the eventNames the rules require, or ``None`` if some rule needs all events."""
@@ -193,6 +233,9 @@ class SigmaDetector(Detector):
 
     def on_event(self, event: Event) -> list[Alert] | None:
         """Alerts for the rules ``event`` matches (``None`` when it matches none)."""
+        if self._track_creators:
+            bind_creators(self.creators)
+            self.creators.observe(event.raw)
         matched = self.rules.match(event.raw, event.event_name, event.event_source, event.identity_type)
         if not matched:
             return None
@@ -207,23 +250,36 @@ class SigmaDetector(Detector):
                 alerts.append(self._alert(rule, event))
             if correlations.wants(rule.rule_id):
                 alerts.extend(correlations.observe(rule.rule_id, event))
+            if self.new_terms.wants(rule.rule_id):
+                alerts.extend(self.new_terms.observe(rule.rule_id, event))
         return alerts or None
 
     def on_watermark(self, watermark: float) -> list[Alert] | None:
         """Advance the correlation windows; alerts of the windows that closed (``lt``/``eq``/aggregates)."""
+        self.new_terms.advance(watermark)
         return self.correlations.advance(watermark) or None
 
     def snapshot(self) -> dict[str, Any]:
-        """The correlation rules' window state (plain data, versioned, keyed by correlation rule id)."""
-        return self.correlations.snapshot()
+        """The correlation rules' window state (plain data, versioned, keyed by correlation rule id),
+        plus the creator record under ``"creators"``."""
+        state = self.correlations.snapshot()
+        state["creators"] = self.creators.snapshot()
+        state["new_terms"] = self.new_terms.snapshot()
+        return state
 
     def restore(self, state: Any) -> None:
         """Load :meth:`snapshot`; state of correlation rules no longer loaded or changed is dropped."""
         self.correlations.restore(state)
+        creators = state.get("creators") if isinstance(state, dict) else None
+        if creators is not None:
+            self.creators.restore(creators)
+        new_terms = state.get("new_terms") if isinstance(state, dict) else None
+        if new_terms is not None:
+            self.new_terms.restore(new_terms)
 
     def state_keys(self) -> int:
-        """Keys held by the correlation windows."""
-        return self.correlations.state_keys()
+        """Keys held by the correlation windows, ``new_terms`` groups and the creator record."""
+        return self.correlations.state_keys() + self.new_terms.state_keys() + len(self.creators)
 
     def _alert(self, rule: CompiledRule, event: Event) -> Alert:
         content = content_of(rule.rule)

@@ -4,7 +4,9 @@ One bad rule never stops the others: every rule that cannot be used becomes a :c
 (file, rule id, title, reason) in ``errors`` and the rest load.  Rules for other log sources, rules
 disabled by configuration and correlation rules are set aside in ``skipped`` (not errors).
 Correlation rules are kept, with their references resolved across all files, in
-``RuleSet.correlation_rules`` for the correlation engine; a detection rule a correlation references
+``RuleSet.correlation_rules`` for the correlation engine (trailguard's ``new_terms`` correlations,
+which pySigma does not know, are parsed by :mod:`detectors.sigma.new_terms` into
+``RuleSet.new_terms``); a detection rule a correlation references
 with ``generate: false`` is still loaded and evaluated, but marked as not alerting by itself.
 
 The only I/O here is reading the files given; everything else is pure.
@@ -12,6 +14,7 @@ The only I/O here is reading the files given; everything else is pure.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from sigma.exceptions import SigmaError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
 from detectors.sigma.compiler import compile_rule
+from detectors.sigma.new_terms import NewTermsError, NewTermsRule, is_new_terms, parse_new_terms
 from detectors.sigma.requirements import required_values, spellings
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.values import Unsupported
@@ -93,7 +97,8 @@ def load_rules(
     if issues:
         errors = issues + errors
         rules = RuleSet(
-            rules.rules, correlation_rules=rules.correlation_rules, errors=errors, skipped=rules.skipped
+            rules.rules, correlation_rules=rules.correlation_rules, new_terms=rules.new_terms, errors=errors,
+            skipped=rules.skipped,
         )
     return rules, errors
 
@@ -113,17 +118,51 @@ def _path_of(rule: SigmaRule | SigmaCorrelationRule, default: str) -> str:
     return str(rule.source.path) if rule.source is not None else default
 
 
+def _split_new_terms(
+    path: str, text: str, new_terms: list[NewTermsRule], issues: list[LoadIssue]
+) -> list[object] | None:
+    """The file's documents without its ``new_terms`` correlations (parsed into ``new_terms``), or
+    ``None`` when it has none (the text then goes to pySigma unchanged)."""
+    if "new_terms" not in text:
+        return None
+    try:
+        documents = [document for document in yaml.safe_load_all(text) if document is not None]
+    except yaml.YAMLError:
+        return None  # pySigma reports it
+    if not any(is_new_terms(document) for document in documents):
+        return None
+    others: list[object] = []
+    for document in documents:
+        if not is_new_terms(document):
+            others.append(document)
+            continue
+        try:
+            new_terms.append(parse_new_terms(document, path))
+        except NewTermsError as error:
+            rule_id = document.get("id") or document.get("name")
+            issues.append(LoadIssue(path, str(rule_id) if rule_id else None, document.get("title"),
+                                    f"new_terms correlation: {error}"))
+    return others
+
+
 def _parse(
-    sources: Iterable[tuple[str, str]], issues: list[LoadIssue]
+    sources: Iterable[tuple[str, str]], issues: list[LoadIssue], new_terms: list[NewTermsRule],
 ) -> tuple[list[SigmaRule | SigmaCorrelationRule], list[object]]:
     parsed: list[SigmaRule | SigmaCorrelationRule] = []
     filters: list[object] = []
     for path, text in sources:
         try:
-            collection = SigmaCollection.from_yaml(
-                text, collect_errors=True, source=SigmaRuleLocation(path), resolve_references=False,
-                collect_filters=True,
-            )
+            others = _split_new_terms(path, text, new_terms, issues)
+            if others is not None:
+                collection = SigmaCollection.from_dicts(
+                    others, collect_errors=True, source=SigmaRuleLocation(path),  # type: ignore[arg-type]
+                    resolve_references=False, collect_filters=True,
+                )
+            else:
+                collection = SigmaCollection.from_yaml(
+                    text, collect_errors=True, source=SigmaRuleLocation(path), resolve_references=False,
+                    collect_filters=True,
+                )
         except (yaml.YAMLError, SigmaError) as error:
             issues.append(LoadIssue(path, None, None, f"not a valid Sigma YAML file: {_reason(error)}"))
             continue
@@ -179,7 +218,8 @@ def load_sources(
     """Load rules from ``(path label, YAML text)`` pairs: the pure core of :func:`load_rules`."""
     errors: list[LoadIssue] = []
     skipped: list[LoadIssue] = []
-    parsed, filters = _parse(sources, errors)
+    new_terms: list[NewTermsRule] = []
+    parsed, filters = _parse(sources, errors, new_terms)
     rules = _combine(parsed, filters, errors)
     off = set(disabled)
     compiled: list[CompiledRule] = []
@@ -230,5 +270,41 @@ def load_sources(
             errors.append(LoadIssue(path, rule_id, rule.title, f"unsupported: {_reason(error)}"))
             continue
         seen[rule_id] = path
-    ruleset = RuleSet(compiled, correlation_rules=correlations, errors=errors, skipped=skipped)
+    resolved = _resolve_new_terms(new_terms, compiled, off, errors, skipped)
+    ruleset = RuleSet(compiled, correlation_rules=correlations, new_terms=resolved, errors=errors, skipped=skipped)
     return ruleset, errors
+
+
+def _resolve_new_terms(
+    new_terms: list[NewTermsRule], compiled: list[CompiledRule], off: set[str], errors: list[LoadIssue],
+    skipped: list[LoadIssue],
+) -> list[NewTermsRule]:
+    """``new_terms`` rules with their references resolved to loaded rule ids (and ``generate`` applied)."""
+    by_ref: dict[str, CompiledRule] = {}
+    for rule in compiled:
+        by_ref[rule.rule_id] = rule
+        if rule.rule is not None and rule.rule.name:
+            by_ref[rule.rule.name] = rule
+    resolved: list[NewTermsRule] = []
+    seen = {rule.rule_id for rule in compiled}
+    for rule in new_terms:
+        issue = LoadIssue(rule.path, rule.rule_id, rule.title, CORRELATION_NOTICE)
+        if rule.rule_id in off:
+            skipped.append(LoadIssue(rule.path, rule.rule_id, rule.title, "disabled by configuration"))
+            continue
+        if rule.rule_id in seen:
+            errors.append(LoadIssue(rule.path, rule.rule_id, rule.title, "duplicate rule id"))
+            continue
+        missing = [ref for ref in rule.rules if ref not in by_ref]
+        if missing:
+            errors.append(LoadIssue(rule.path, rule.rule_id, rule.title, f"new_terms correlation: referenced "
+                                    f"rule(s) {', '.join(missing)} not loaded (see their own load report)"))
+            continue
+        targets = [by_ref[ref] for ref in rule.rules]
+        if not rule.generate:
+            for target in targets:
+                target.generate = False
+        seen.add(rule.rule_id)
+        skipped.append(issue)
+        resolved.append(dataclasses.replace(rule, rules=tuple(target.rule_id for target in targets)))
+    return resolved

@@ -6,26 +6,38 @@ event is tested only against ``by_name[eventName] + by_source[eventSource] + alw
 cost per event depends on how many rules could match it, not on how many are loaded.  Lookups are
 case-insensitive, like Sigma's matching; the candidate list per (eventName, eventSource) is cached.
 
-A :class:`RuleSet` is immutable once built: reloading builds a new one and swaps it whole.
+A :class:`RuleSet` is immutable once built — except that a rule can be *disabled* by the time
+budget: reloading builds a new one and swaps it whole.
+
+Time budget: each event's evaluation is timed as a whole (two clock reads).  When it exceeds
+``budget`` seconds, the next ``WATCH_EVENTS`` events are timed rule by rule in CPU time (so a
+loaded machine does not disable cheap rules); a rule over budget on
+``STRIKES`` events is disabled (dropped from the index) and reported through :meth:`take_disabled`,
+so one pathological rule cannot stall the daemon while the others run on.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter, thread_time
 from typing import Any, Final
 
 from sigma.correlations import SigmaCorrelationRule
 from sigma.rule import SigmaRule
 
 from detectors.sigma.compiler import Predicate
+from detectors.sigma.new_terms import NewTermsRule
 
 __all__ = ["CompiledRule", "LoadIssue", "RuleSet"]
 
 _CACHE_LIMIT: Final = 65536
-#: What a real CloudTrail eventName looks like; other spellings keep the rule off the engine index.
-_CANONICAL_NAME: Final = re.compile(r"[A-Z][A-Za-z0-9]*")
+#: Default per-event evaluation budget (seconds) before rules are timed one by one.
+DEFAULT_BUDGET: Final = 0.05
+#: Events timed rule by rule after one event went over budget.
+WATCH_EVENTS: Final = 64
+#: Over-budget evaluations after which a rule is disabled.
+STRIKES: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +94,14 @@ class RuleSet:
         rules: Sequence[CompiledRule] = (),
         *,
         correlation_rules: Iterable[SigmaCorrelationRule] = (),
+        new_terms: Iterable[NewTermsRule] = (),
         errors: Iterable[LoadIssue] = (),
         skipped: Iterable[LoadIssue] = (),
     ) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.correlation_rules: tuple[SigmaCorrelationRule, ...] = tuple(correlation_rules)
+        #: trailguard ``new_terms`` correlations, references resolved to rule ids.
+        self.new_terms: tuple[NewTermsRule, ...] = tuple(new_terms)
         self.errors: tuple[LoadIssue, ...] = tuple(errors)
         self.skipped: tuple[LoadIssue, ...] = tuple(skipped)
         #: How many (rule, event) predicate evaluations :meth:`match` has run.
@@ -110,6 +125,13 @@ class RuleSet:
             else:
                 self._always.append(rule)
         self._cache: dict[tuple[str, str, str], tuple[CompiledRule, ...]] = {}
+        #: Seconds one event's evaluation may take before rules are timed one by one.
+        self.budget = DEFAULT_BUDGET
+        self._watching = 0
+        self._strikes: dict[str, int] = {}
+        #: Rule id → seconds of its slowest evaluation, for rules the time budget disabled.
+        self.disabled: dict[str, float] = {}
+        self._reported = 0
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -151,6 +173,8 @@ class RuleSet:
             chosen.extend(self._by_identity.get(identity_type.lower(), ()))
         chosen.extend(self._always)
         position = self._position
+        if self.disabled:
+            chosen = [rule for rule in chosen if rule.rule_id not in self.disabled]
         found = tuple(sorted(set(chosen), key=lambda rule: position[id(rule)]))
         if len(self._cache) < _CACHE_LIMIT:
             self._cache[key] = found
@@ -159,30 +183,58 @@ class RuleSet:
     def match(self, raw: dict[str, Any], event_name: str, event_source: str,
               identity_type: str | None = None) -> list[CompiledRule]:
         """The rules that match this record (tested only against its candidates)."""
-        if identity_type is None and self._by_identity:
+        if self._by_identity and not identity_type:
+            # unknown, or "" (missing / not a string): read it; a non-string type (a list in a
+            # forged or converted record) could still match an identity rule, so it is "unknown"
             identity = raw.get("userIdentity")
             kind = identity.get("type") if isinstance(identity, dict) else None
-            identity_type = kind if isinstance(kind, str) else ""
+            identity_type = kind if isinstance(kind, str) else (None if kind is not None else "")
         candidates = self.candidates(event_name, event_source, identity_type)
         self.evaluations += len(candidates)
-        return [rule for rule in candidates if rule.predicate(raw)]
+        if self._watching:
+            return self._timed_match(raw, candidates)
+        started = perf_counter()
+        matched = [rule for rule in candidates if rule.predicate(raw)]
+        if perf_counter() - started > self.budget:
+            self._watching = WATCH_EVENTS
+        return matched
+
+    def _timed_match(self, raw: dict[str, Any], candidates: tuple[CompiledRule, ...]) -> list[CompiledRule]:
+        """:meth:`match`, timing each rule: strikes for rules over budget, disabling the repeat offenders."""
+        self._watching -= 1
+        matched: list[CompiledRule] = []
+        for rule in candidates:
+            # CPU time of this thread: a busy machine (CPU steal, preemption) must not disable a cheap rule
+            started = thread_time()
+            if rule.predicate(raw):
+                matched.append(rule)
+            seconds = thread_time() - started
+            if seconds > self.budget:
+                strikes = self._strikes.get(rule.rule_id, 0) + 1
+                self._strikes[rule.rule_id] = strikes
+                if strikes >= STRIKES:
+                    self.disabled[rule.rule_id] = max(seconds, self.disabled.get(rule.rule_id, 0.0))
+                    self._cache.clear()
+        return matched
+
+    def take_disabled(self) -> list[tuple[str, float]]:
+        """Rules disabled by the time budget since the last call: ``(rule id, slowest seconds)``."""
+        fresh = list(self.disabled.items())[self._reported:]
+        self._reported = len(self.disabled)
+        return fresh
 
     def index_names(self) -> frozenset[str] | None:
-        """Every eventName any rule can match, as spelled in the rules; ``None`` if not all are known.
+        """Every eventName any rule can match, lowercased; ``None`` if some rule needs every event.
 
-        ``None`` also when a spelling does not look like a CloudTrail eventName (``StopLogging``):
-        the engine's index is case-sensitive while Sigma is not, so such a rule must see every event.
+        Lowercased because Sigma matching is case-insensitive: the engine looks these up by the
+        event's lowercased name (the Sigma detector declares ``index_case_insensitive``), so an
+        event named ``STOPLOGGING`` reaches a ``StopLogging`` rule whatever else is loaded.
         """
         names: set[str] = set()
         for rule in self.rules:
             if rule.required_names is None:
                 return None
-            spelled = {spelling for spelling in rule.name_spellings if spelling.lower() in rule.required_names}
-            if {spelling.lower() for spelling in spelled} != rule.required_names:
-                return None
-            if not all(_CANONICAL_NAME.fullmatch(spelling) for spelling in spelled):
-                return None
-            names |= spelled
+            names |= rule.required_names
         return frozenset(names)
 
     def index_sources(self) -> frozenset[str] | None:

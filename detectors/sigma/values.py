@@ -17,20 +17,27 @@ Semantics, for JSON records:
 * Strings match case-insensitively unless ``cased``; ``*`` and ``?`` are wildcards (``\\*``
   is a literal star).  Numbers and booleans in the record are compared as their JSON text too,
   so ``publiclyAccessible: 'true'`` matches the JSON ``true``.
-* ``null`` matches a field that is missing or JSON ``null``; ``exists`` is its complement.
+* ``null`` matches a field that is missing or JSON ``null``; ``exists`` is about presence: a
+  field present with JSON ``null`` exists.
+* A string counts as a number only when written as one (``22``, ``-1.5``, ``1e3``): not
+  ``" 22"``, ``"+22"``, ``"2_2"``, ``"-inf"`` or ``"nan"``, which Python's ``float`` would accept.
 * Regular expressions are searched (not anchored: write ``^…$`` to anchor) and are
-  case-sensitive unless the ``i`` flag is set.
+  case-sensitive unless the ``i`` flag is set.  They run on RE2 (linear time in the input, so no
+  pattern can stall the daemon); a pattern RE2 cannot run (backreferences, lookaround) is refused.
+* Field paths starting with ``trailguard.`` are derived fields (:mod:`detectors.sigma.derived`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
 
+import re2
 from sigma.types import (
     CompareOperators,
     Placeholder,
@@ -44,6 +51,7 @@ from sigma.types import (
     SigmaNull,
     SigmaNumber,
     SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
     SigmaString,
     SigmaTimestampPart,
     SigmaType,
@@ -58,6 +66,7 @@ __all__ = [
     "Matcher",
     "Resolver",
     "Unsupported",
+    "as_number",
     "compile_path",
     "compile_value_group",
     "leaves",
@@ -67,6 +76,10 @@ __all__ = [
 
 #: What a resolver returns for a field that is not in the record.
 MISSING: Final = object()
+#: Field paths computed from the record rather than read from it (see :mod:`detectors.sigma.derived`).
+DERIVED_PREFIX: Final = "trailguard."
+#: A JSON number, the only text a string may have to be compared as a number.
+_NUMBER_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 #: ``matcher(value_found_at_the_field, raw_record) -> bool``
 Matcher = Callable[[Any, dict[str, Any]], bool]
@@ -113,6 +126,10 @@ def _resolve_steps(node: Any, steps: tuple[str, ...], start: int) -> Any:
 
 def compile_path(field: str) -> Resolver:
     """A fast reader for one dotted field path (lists fan out, see the module docstring)."""
+    if field.startswith(DERIVED_PREFIX):
+        from detectors.sigma.derived import derived_resolver  # derived fields read the record too
+
+        return derived_resolver(field)
     steps = tuple(field.split("."))
     if len(steps) == 1:
         key = steps[0]
@@ -205,7 +222,7 @@ class _StringPatterns:
         self.prefixes: list[str] = []
         self.suffixes: list[str] = []
         self.contains: list[str] = []
-        self.regexes: list[re.Pattern[str]] = []
+        self.regexes: list[Any] = []  # RE2 patterns
 
     def add(self, value: SigmaString) -> None:
         parts = _parts(value)
@@ -235,7 +252,8 @@ class _StringPatterns:
             self.regexes.append(self._regex(collapsed))
 
     @staticmethod
-    def _regex(parts: list[str | SpecialChars]) -> re.Pattern[str]:
+    def _regex(parts: list[str | SpecialChars]) -> Any:
+        """The wildcard pattern on RE2: Python's ``re`` takes minutes on ``*a*a*a*a*b`` over 300 chars."""
         pieces = []
         for part in parts:
             if part is SpecialChars.WILDCARD_MULTI:
@@ -244,7 +262,9 @@ class _StringPatterns:
                 pieces.append(".")
             else:
                 pieces.append(re.escape(str(part)))
-        return re.compile("".join(pieces), re.DOTALL)
+        options = _re2_options()
+        options.dot_nl = True
+        return re2.compile("".join(pieces), options)
 
     def compile(self) -> Callable[[str], bool]:
         """One test over a text; lowercases it once when the patterns are case-insensitive."""
@@ -318,7 +338,7 @@ def _null(value: Any, _raw: dict[str, Any]) -> bool:
 
 def _exists(expected: bool) -> Matcher:
     def matcher(value: Any, _raw: dict[str, Any]) -> bool:
-        return (value is not MISSING and value is not None) is expected
+        return (value is not MISSING) is expected
 
     return matcher
 
@@ -327,12 +347,15 @@ def _as_number(value: Any) -> float | int | None:
     kind = type(value)
     if kind is int or kind is float:
         return value
-    if kind is str:
-        try:
-            return float(value)
-        except ValueError:
-            return None
+    if kind is str and _NUMBER_TEXT.fullmatch(value) is not None:
+        number = float(value)
+        return number if math.isfinite(number) else None
     return None
+
+
+def as_number(value: Any) -> float | int | None:
+    """A JSON number as it is, a string only when written as a finite JSON number, else ``None``."""
+    return _as_number(value)
 
 
 def _number(expected: int | float) -> Matcher:
@@ -382,15 +405,45 @@ def _compare(expression: SigmaCompareExpression) -> Matcher:
     return _over_values(scalar)
 
 
-def _regex(expression: SigmaRegularExpression) -> Matcher:
-    flags = 0
-    for flag in expression.flags:
-        flags |= SigmaRegularExpression.sigma_to_python_flags[flag]
-    source = str(expression.regexp)
+#: Sigma regex flags as RE2 inline flags (RE2 takes no Python flag bits).
+_RE2_FLAGS: Final = {
+    SigmaRegularExpressionFlag.IGNORECASE: "i",
+    SigmaRegularExpressionFlag.MULTILINE: "m",
+    SigmaRegularExpressionFlag.DOTALL: "s",
+}
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the refusal carries the reason; RE2 must not write to stderr
+    return options
+
+
+def linear_regex(source: str, inline_flags: str = "") -> Callable[[str], Any]:
+    """RE2's ``search`` for ``source``: linear time in the input, whatever the pattern.
+
+    Raises :class:`Unsupported` with the reason for a pattern RE2 cannot run (backreferences,
+    lookahead/lookbehind, possessive quantifiers): those have no linear-time evaluation, so they
+    are refused at load rather than allowed to stall the event loop on a crafted input.
+    """
     try:
-        search = re.compile(source, flags).search
+        re.compile(source)
     except re.error as error:
-        raise Unsupported(f"regular expression {source!r} is invalid in Python: {error}") from None
+        raise Unsupported(f"regular expression {source!r} is invalid: {error}") from None
+    pattern = f"(?{inline_flags}){source}" if inline_flags else source
+    try:
+        return re2.compile(pattern, _re2_options()).search
+    except re2.error as error:
+        detail = error.args[0].decode(errors="replace") if error.args and isinstance(error.args[0], bytes) else error
+        raise Unsupported(
+            f"regular expression {source!r} cannot be run in linear time (RE2: {detail}); backreferences "
+            "and lookaround are not supported: rewrite it without them"
+        ) from None
+
+
+def _regex(expression: SigmaRegularExpression) -> Matcher:
+    flags = "".join(sorted(_RE2_FLAGS[flag] for flag in expression.flags))
+    search = linear_regex(str(expression.regexp), flags)
     return _text_matcher(lambda text: search(text) is not None)
 
 
