@@ -34,14 +34,17 @@ from detectors.sigma.detector import SigmaConfig, SigmaDetector
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
 BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
-              "execution", "organizations", "sign_in", "root_usage", "correlations"}
+              "execution", "organizations", "sign_in", "root_usage", "resource_hijacking", "correlations"}
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
     "new_iam_user_made_admin": ("temporal_ordered", True),
     "secrets_mass_read": ("value_count", True),
-    "s3_mass_object_deletion": ("event_count", True),
+    "s3_mass_object_deletion": ("value_count", True),
+    "s3_bucket_emptied_after_version_listing": ("temporal_ordered", True),
     "destruction_burst": ("event_count", True),
+    "ses_enumeration": ("value_count", True),
+    "instance_role_discovery_burst": ("value_count", True),
 }
 
 
