@@ -13,7 +13,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.yardstick import COVERED, EXPLAINED, NOT_COVERED, TARGET_FLAGGED, TARGET_SILENT, run_yardstick
+from bench.yardstick import (
+    COVERED,
+    EXCLUDED_FROM_ALL,
+    FLOOR_SILENT,
+    NOT_COVERED,
+    TARGET_FLAGGED,
+    doc_text,
+    format_markdown,
+    run_yardstick,
+)
 from daemon.components import DEFAULT_RULE_PATHS, check
 from daemon.config import load_config
 from daemon.rules_cli import (
@@ -34,7 +43,8 @@ from detectors.sigma.detector import SigmaConfig, SigmaDetector
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
 BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
-              "execution", "organizations", "sign_in", "root_usage", "resource_hijacking", "correlations"}
+              "execution", "organizations", "sign_in", "root_usage", "resource_hijacking", "exfiltration", "discovery",
+              "correlations"}
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
@@ -45,6 +55,10 @@ SHIPPED_CORRELATIONS = {
     "destruction_burst": ("event_count", True),
     "ses_enumeration": ("value_count", True),
     "instance_role_discovery_burst": ("value_count", True),
+    "ssm_parameters_mass_decrypted": ("value_count", True),
+    "ssm_parameter_batches_decrypted": ("value_count", True),
+    "ec2_user_data_mass_read": ("value_count", True),
+    "ec2_password_data_mass_requested": ("value_count", True),
 }
 
 
@@ -269,7 +283,7 @@ def detectors() -> tuple[SigmaDetector, CloudTrailTampering]:
 
 def alerts_of(raws: list[dict]) -> set[tuple[str, str, str]]:
     sigma, tampering = detectors()
-    names = {rule.rule_id: stem(rule.path) for rule in sigma.rules.rules}
+    names = {rule.rule_id: stem(rule.path) for rule in [*sigma.rules.rules, *sigma.correlations.plans]}
     found = set()
     for raw in raws:
         event = Event(raw, "test")
@@ -298,13 +312,15 @@ def test_stratus_detonations_alert_exactly_as_the_python_built_ins_did(file_name
     assert alerts_of(records(BUILTIN / "stratus" / file_name)) == {expected}
 
 
-def test_invictus_account_alerts_as_before_plus_the_user_data_reads() -> None:
+def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> None:
     """The same eight alerts (and severities) the three built-in detectors raised on this account,
-    now from pack rules, plus the userData reads of the Stratus discovery run and terraform."""
+    now from pack rules, plus one alert for the Stratus discovery run sweeping fifteen instances' user
+    data (it was fifteen per-call alerts, terraform's four refresh reads included, before the
+    per-call read rules became bulk correlations)."""
     raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
     found = alerts_of(raws)
-    user_data = {a for a in found if a[0] == "credential_access/ec2_user_data_read"}
-    assert len(user_data) == 15 and {a[1] for a in user_data} == {"low"}
+    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_mass_read"}
+    assert len(user_data) == 1 and {a[1] for a in user_data} == {"medium"}
     assert found - user_data == {
         ("cloudtrail_tampering", "high", "076e96d5-2983-473f-920a-2fc2d7e02777"),
         ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "9790ee84-ed2b-4866-83d1-f32af0dd4cd2"),
@@ -339,11 +355,70 @@ def test_panther_yardstick_meets_its_targets_and_explains_every_miss() -> None:
     report = run_yardstick()
     assert report.unmapped == []
     assert set(COVERED).isdisjoint(NOT_COVERED)
-    assert report.total.positives >= 90 and report.total.negatives >= 100
+    assert report.total.positives >= 110 and report.total.negatives >= 140
     assert report.total.flagged_share >= TARGET_FLAGGED, report.total.to_dict()
-    assert report.total.silent_share >= TARGET_SILENT, report.total.to_dict()
-    unexplained = [(m.rule_id, m.test_name) for m in report.misses if (m.rule_id, m.test_name) not in EXPLAINED]
-    assert unexplained == []
+    assert report.total.silent_share >= FLOOR_SILENT, report.total.to_dict()
+    assert [(m.rule_id, m.test_name) for m in report.unexplained] == []
+    assert report.meets_targets
+
+
+def test_panther_yardstick_over_all_non_stateful_rules_gives_every_uncovered_rule_a_reason() -> None:
+    """Issue 12 counts every Panther rule except stateful / threat-intelligence ones: the pack flags
+    64 % of those positives (36 % before) and keeps 94 % of those negatives silent (92 % before); each
+    Panther rule it leaves uncovered has its one-line reason (NOT_COVERED, listed in docs/rule-pack.md)."""
+    report = run_yardstick()
+    every = report.everything
+    assert every.positives > report.total.positives and every.negatives > report.total.negatives
+    assert every.flagged_share >= 0.60, every.to_dict()
+    assert every.silent_share >= 0.93, every.to_dict()
+    counted_uncovered = {rule for rule, (reason, _) in report.not_covered.items() if reason not in EXCLUDED_FROM_ALL}
+    assert counted_uncovered and all(NOT_COVERED[rule].strip() and "\n" not in NOT_COVERED[rule]
+                                     for rule in counted_uncovered)
+    assert doc_text() == format_markdown(report), "run: .venv/bin/python bench/yardstick.py --write"
     owners = {owner for coverage in COVERED.values() for owner in coverage.owners}
     known = {stem(rule.path) for rule in pack().rules} | {"cloudtrail_tampering"}
     assert owners <= known, owners - known
+
+
+# -- evasions found in review: each near miss stays silent, each evasion now alerts -----------------
+def sidecar_case(rule: str, name: str) -> RuleTestCase:
+    cases = load_tests(PACK / f"{rule}.tests.json").popitem()[1]
+    return next(c for c in cases if isinstance(c, RuleTestCase) and c.name == name)
+
+
+def rules_alerting(raw: dict) -> set[str]:
+    return {name for name, _, _ in alerts_of([raw])}
+
+
+@pytest.mark.parametrize(("rule", "near_miss", "evasion"), [
+    ("iam_persistence/login_profile_for_another_user", "Panther: changes own password",
+     "Panther: reset required (was an evasion: passwordResetRequired silenced the rule)"),
+    ("iam_persistence/login_profile_for_another_user", "Panther: changes own password",
+     "Stratus CreateLoginProfile with passwordResetRequired=true"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "Panther: assumed role (was an evasion: non-SSO assumed roles were not flagged)"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "stolen EC2 instance-role session (was an evasion)"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "CI role assumed through GitHub OIDC (was an evasion)"),
+])
+def test_an_evasion_found_in_review_now_alerts_while_its_near_miss_stays_silent(
+        rule: str, near_miss: str, evasion: str) -> None:
+    quiet, caught = sidecar_case(rule, near_miss), sidecar_case(rule, evasion)
+    assert not quiet.expected and caught.expected
+    assert rule not in rules_alerting(quiet.event)
+    assert rule in rules_alerting(caught.event)
+
+
+def test_mass_deletion_counts_objects_not_calls() -> None:
+    """The review's evasion: the correlation counted calls, so one key deleted 100 times alerted and
+    51 distinct objects did not; now 51 distinct keys alert and 60 deletions of one key do not."""
+    plan = next(p for p in plans() if Path(p.path).stem == "s3_mass_object_deletion")
+    assert (plan.kind, plan.count, plan.inputs[0].value_field) == ("value_count", 50, "requestParameters.key")
+    assert set(plan.group_by) == {"userIdentity.arn", "requestParameters.bucketName"}
+    timelines = {t.name: t for t in load_tests(sidecar_path(plan.path))[plan.rule_id] if isinstance(t, Timeline)}
+    objects = timelines["Stratus individual deletion: 51 objects deleted in 51 seconds"]
+    calls = timelines["the same key deleted 60 times (retries, versions of one object)"]
+    assert len(objects.events) == 51 and not calls.expected
+    assert run_timeline(pack_detector(), plan.rule_id, calls).alerts == 0
+    assert run_timeline(pack_detector(), plan.rule_id, objects).alerts > 0
