@@ -478,3 +478,15 @@ def test_strict_validation_runs_pysigmas_validators(tmp_path: Path) -> None:
     assert "pySigma DuplicateTagIssue" in out.getvalue()
     out = StringIO()
     assert cmd_validate(Namespace(paths=[str(tmp_path)], strict=False, verbose=False), out) == 0
+
+
+def test_every_rule_has_two_positives_and_a_near_miss_negative() -> None:
+    """Pack hygiene (issue 12): at least two positive cases (events, or timelines for correlations)
+    and at least one negative, for every rule of the pack and of the optional directory."""
+    sidecars = sorted(p for root in (PACK, OPTIONAL) for p in root.rglob("*.tests.json"))
+    assert len(sidecars) == len(rule_documents())
+    for path in sidecars:
+        cases = next(iter(load_tests(path).values()))
+        positives = [c for c in cases if c.expected]
+        negatives = [c for c in cases if not c.expected]
+        assert len(positives) >= 2 and negatives, path
