@@ -490,3 +490,17 @@ def test_every_rule_has_two_positives_and_a_near_miss_negative() -> None:
         positives = [c for c in cases if c.expected]
         negatives = [c for c in cases if not c.expected]
         assert len(positives) >= 2 and negatives, path
+
+
+def test_alert_summaries_use_only_the_agreed_placeholders() -> None:
+    """Issue 11's convention: ``{dotted.event.path}`` or one of the named values; braces balanced."""
+    import re
+
+    named = {"principal", "account_id", "region", "source_ip", "event_name"}
+    summaries = [(path, document["alert_summary"]) for path, document in rule_documents()
+                 if "alert_summary" in document]
+    assert len(summaries) >= 30
+    for path, summary in summaries:
+        assert summary.count("{") == summary.count("}"), path
+        for placeholder in re.findall(r"\{([^{}]*)\}", summary):
+            assert placeholder in named or re.fullmatch(r"[A-Za-z][\w-]*(\.[\w-]+)+", placeholder), (path, placeholder)
