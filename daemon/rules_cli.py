@@ -11,7 +11,8 @@ would pick up, and real CloudTrail records are JSON anyway)::
 A file holding several rules may give a list of such objects, one per rule.  ``validate`` loads
 every rule through the real loader (pySigma + trailguard's compiler) and prints each problem with
 file, id, title and reason; ``--strict`` also checks the metadata the shipped pack promises (UUID
-id, level, ATT&CK tags, description, a tests sidecar).  ``test`` runs every case through the real
+id, level, ATT&CK tags, description, a tests sidecar) and runs pySigma's own validators
+(``daemon/rules_validators.py``).  ``test`` runs every case through the real
 rule index and predicate (``RuleSet.match`` on a validated :class:`~detectors.event.Event`), so a
 rule the index would keep away from its own positive fails too.  A rule without tests fails.
 Both exit 1 on any failure, 0 otherwise.
@@ -38,6 +39,7 @@ from typing import Any, Final, TextIO
 import orjson
 
 from daemon.rules_timelines import Timeline, TimelineError, TimelineResult, parse_timelines, run_timeline
+from daemon.rules_validators import pysigma_problems, sigma_rules_by_id
 from detectors.event import Event, InvalidEvent
 from detectors.sigma import CORRELATION_NOTICE, CompiledRule, LoadIssue, RuleSet
 from detectors.sigma.correlation_plan import Plan
@@ -348,8 +350,12 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for issue in loaded.skipped:
         print(f"SKIP  {_issue_line(issue)}", file=out)
     everything: list[CompiledRule | Plan | NewTermsRule] = [*loaded.rules, *loaded.plans]
+    sources = sigma_rules_by_id([*(r.rule for r in loaded.rules if r.rule is not None),
+                                 *loaded.detector.rules.correlation_rules]) if args.strict else {}
     for rule in everything:
         problems = metadata_problems(rule) if args.strict else []
+        if args.strict and rule.rule_id in sources:
+            problems += pysigma_problems(sources[rule.rule_id])
         if problems:
             failed += 1
             for problem in problems:
@@ -398,7 +404,8 @@ def add_rules_parser(sub: Any) -> None:
     validate = commands.add_parser("validate", help="load every rule and report problems")
     validate.add_argument("paths", nargs="+", help="rule files or directories (searched recursively)")
     validate.add_argument("--strict", action="store_true",
-                          help="also require UUID ids, level, ATT&CK tags, description and a tests sidecar")
+                          help="also require UUID ids, level, ATT&CK tags, description and a tests sidecar, "
+                               "and run pySigma's rule validators")
     validate.add_argument("--verbose", "-v", action="store_true", help="list the rules that are fine too")
     validate.set_defaults(func=cmd_validate)
     test = commands.add_parser("test", help="run each rule's positive and negative test events")

@@ -13,7 +13,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.yardstick import COVERED, EXPLAINED, NOT_COVERED, TARGET_FLAGGED, TARGET_SILENT, run_yardstick
+from bench.yardstick import (
+    COVERED,
+    EXCLUDED_FROM_ALL,
+    FLOOR_SILENT,
+    NOT_COVERED,
+    TARGET_FLAGGED,
+    doc_text,
+    format_markdown,
+    run_yardstick,
+)
 from daemon.components import DEFAULT_RULE_PATHS, check
 from daemon.config import load_config
 from daemon.rules_cli import (
@@ -34,14 +43,22 @@ from detectors.sigma.detector import SigmaConfig, SigmaDetector
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
 BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
-              "execution", "organizations", "sign_in", "root_usage", "correlations"}
+              "execution", "organizations", "sign_in", "root_usage", "resource_hijacking", "exfiltration", "discovery",
+              "correlations"}
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
     "new_iam_user_made_admin": ("temporal_ordered", True),
     "secrets_mass_read": ("value_count", True),
-    "s3_mass_object_deletion": ("event_count", True),
+    "s3_mass_object_deletion": ("value_count", True),
+    "s3_bucket_emptied_after_version_listing": ("temporal_ordered", True),
     "destruction_burst": ("event_count", True),
+    "ses_enumeration": ("value_count", True),
+    "instance_role_discovery_burst": ("value_count", True),
+    "ssm_parameters_mass_decrypted": ("value_count", True),
+    "ssm_parameter_batches_decrypted": ("value_count", True),
+    "ec2_user_data_mass_read": ("value_count", True),
+    "ec2_password_data_mass_requested": ("value_count", True),
 }
 
 
@@ -88,7 +105,7 @@ def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
         assert metadata_problems(plan) == [], (plan.path, metadata_problems(plan))
         assert str(uuid.UUID(plan.rule_id)) == plan.rule_id and plan.references
         rule = sigma[plan.rule_id]
-        assert rule.author == "trailguard" and rule.date is not None and rule.status is not None
+        assert rule.author.startswith("trailguard") and rule.date is not None and rule.status is not None
     admin = by_stem["new_iam_user_made_admin"]
     assert admin.timespan == 600 and {i.group_fields for i in admin.inputs} == {("requestParameters.userName",)}
     secrets = by_stem["secrets_mass_read"]
@@ -114,7 +131,7 @@ def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -
         ids.add(rule.rule_id)
         assert metadata_problems(rule) == [], (rule.path, metadata_problems(rule))
         assert rule.level in {"informational", "low", "medium", "high", "critical"}
-        assert sigma.author == "trailguard" and sigma.date is not None and rule.references
+        assert sigma.author.startswith("trailguard") and sigma.date is not None and rule.references
         assert sigma.status is not None
         assert Path(rule.path).parent.name in BEHAVIOURS, rule.path
     assert len(ids) == len(pack())
@@ -266,7 +283,7 @@ def detectors() -> tuple[SigmaDetector, CloudTrailTampering]:
 
 def alerts_of(raws: list[dict]) -> set[tuple[str, str, str]]:
     sigma, tampering = detectors()
-    names = {rule.rule_id: stem(rule.path) for rule in sigma.rules.rules}
+    names = {rule.rule_id: stem(rule.path) for rule in [*sigma.rules.rules, *sigma.correlations.plans]}
     found = set()
     for raw in raws:
         event = Event(raw, "test")
@@ -295,13 +312,15 @@ def test_stratus_detonations_alert_exactly_as_the_python_built_ins_did(file_name
     assert alerts_of(records(BUILTIN / "stratus" / file_name)) == {expected}
 
 
-def test_invictus_account_alerts_as_before_plus_the_user_data_reads() -> None:
+def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> None:
     """The same eight alerts (and severities) the three built-in detectors raised on this account,
-    now from pack rules, plus the userData reads of the Stratus discovery run and terraform."""
+    now from pack rules, plus one alert for the Stratus discovery run sweeping fifteen instances' user
+    data (it was fifteen per-call alerts, terraform's four refresh reads included, before the
+    per-call read rules became bulk correlations)."""
     raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
     found = alerts_of(raws)
-    user_data = {a for a in found if a[0] == "credential_access/ec2_user_data_read"}
-    assert len(user_data) == 15 and {a[1] for a in user_data} == {"low"}
+    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_mass_read"}
+    assert len(user_data) == 1 and {a[1] for a in user_data} == {"medium"}
     assert found - user_data == {
         ("cloudtrail_tampering", "high", "076e96d5-2983-473f-920a-2fc2d7e02777"),
         ("logging_tampering/cloudtrail_logging_stop_attempt", "high", "9790ee84-ed2b-4866-83d1-f32af0dd4cd2"),
@@ -336,11 +355,152 @@ def test_panther_yardstick_meets_its_targets_and_explains_every_miss() -> None:
     report = run_yardstick()
     assert report.unmapped == []
     assert set(COVERED).isdisjoint(NOT_COVERED)
-    assert report.total.positives >= 90 and report.total.negatives >= 100
+    assert report.total.positives >= 110 and report.total.negatives >= 140
     assert report.total.flagged_share >= TARGET_FLAGGED, report.total.to_dict()
-    assert report.total.silent_share >= TARGET_SILENT, report.total.to_dict()
-    unexplained = [(m.rule_id, m.test_name) for m in report.misses if (m.rule_id, m.test_name) not in EXPLAINED]
-    assert unexplained == []
+    assert report.total.silent_share >= FLOOR_SILENT, report.total.to_dict()
+    assert [(m.rule_id, m.test_name) for m in report.unexplained] == []
+    assert report.meets_targets
+
+
+def test_panther_yardstick_over_all_non_stateful_rules_gives_every_uncovered_rule_a_reason() -> None:
+    """Issue 12 counts every Panther rule except stateful / threat-intelligence ones: the pack flags
+    64 % of those positives (36 % before) and keeps 94 % of those negatives silent (92 % before); each
+    Panther rule it leaves uncovered has its one-line reason (NOT_COVERED, listed in docs/rule-pack.md)."""
+    report = run_yardstick()
+    every = report.everything
+    assert every.positives > report.total.positives and every.negatives > report.total.negatives
+    assert every.flagged_share >= 0.60, every.to_dict()
+    assert every.silent_share >= 0.93, every.to_dict()
+    counted_uncovered = {rule for rule, (reason, _) in report.not_covered.items() if reason not in EXCLUDED_FROM_ALL}
+    assert counted_uncovered and all(NOT_COVERED[rule].strip() and "\n" not in NOT_COVERED[rule]
+                                     for rule in counted_uncovered)
+    assert doc_text() == format_markdown(report), "run: .venv/bin/python bench/yardstick.py --write"
     owners = {owner for coverage in COVERED.values() for owner in coverage.owners}
     known = {stem(rule.path) for rule in pack().rules} | {"cloudtrail_tampering"}
     assert owners <= known, owners - known
+
+
+# -- evasions found in review: each near miss stays silent, each evasion now alerts -----------------
+def sidecar_case(rule: str, name: str) -> RuleTestCase:
+    cases = load_tests(PACK / f"{rule}.tests.json").popitem()[1]
+    return next(c for c in cases if isinstance(c, RuleTestCase) and c.name == name)
+
+
+def rules_alerting(raw: dict) -> set[str]:
+    return {name for name, _, _ in alerts_of([raw])}
+
+
+@pytest.mark.parametrize(("rule", "near_miss", "evasion"), [
+    ("iam_persistence/login_profile_for_another_user", "Panther: changes own password",
+     "Panther: reset required (was an evasion: passwordResetRequired silenced the rule)"),
+    ("iam_persistence/login_profile_for_another_user", "Panther: changes own password",
+     "Stratus CreateLoginProfile with passwordResetRequired=true"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "Panther: assumed role (was an evasion: non-SSO assumed roles were not flagged)"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "stolen EC2 instance-role session (was an evasion)"),
+    ("execution/lambda_code_updated", "CloudFormation deploying for a role",
+     "CI role assumed through GitHub OIDC (was an evasion)"),
+])
+def test_an_evasion_found_in_review_now_alerts_while_its_near_miss_stays_silent(
+        rule: str, near_miss: str, evasion: str) -> None:
+    quiet, caught = sidecar_case(rule, near_miss), sidecar_case(rule, evasion)
+    assert not quiet.expected and caught.expected
+    assert rule not in rules_alerting(quiet.event)
+    assert rule in rules_alerting(caught.event)
+
+
+def test_mass_deletion_counts_objects_not_calls() -> None:
+    """The review's evasion: the correlation counted calls, so one key deleted 100 times alerted and
+    51 distinct objects did not; now 51 distinct keys alert and 60 deletions of one key do not."""
+    plan = next(p for p in plans() if Path(p.path).stem == "s3_mass_object_deletion")
+    assert (plan.kind, plan.count, plan.inputs[0].value_field) == ("value_count", 50, "requestParameters.key")
+    assert set(plan.group_by) == {"userIdentity.arn", "requestParameters.bucketName"}
+    timelines = {t.name: t for t in load_tests(sidecar_path(plan.path))[plan.rule_id] if isinstance(t, Timeline)}
+    objects = timelines["Stratus individual deletion: 51 objects deleted in 51 seconds"]
+    calls = timelines["the same key deleted 60 times (retries, versions of one object)"]
+    assert len(objects.events) == 51 and not calls.expected
+    assert run_timeline(pack_detector(), plan.rule_id, calls).alerts == 0
+    assert run_timeline(pack_detector(), plan.rule_id, objects).alerts > 0
+
+
+# -- pack hygiene: runbooks, SigmaHQ attribution, pySigma's validators ------------------------------
+def rule_documents() -> list[tuple[Path, dict]]:
+    import yaml
+
+    files = sorted(p for root in (PACK, OPTIONAL) for p in root.rglob("*.yml"))
+    return [(path, yaml.safe_load(path.read_text())) for path in files]
+
+
+def test_every_rule_carries_a_runbook() -> None:
+    """Issue 11: a runbook (triage steps or a URL) on every rule; base rules point at their correlation."""
+    documents = rule_documents()
+    assert len(documents) >= 110
+    for path, document in documents:
+        runbook = document.get("runbook")
+        assert isinstance(runbook, str) and len(runbook.strip()) >= 20, path
+        if document.get("level") == "informational":
+            assert runbook.startswith("Never alerts"), path
+        else:  # numbered triage steps, or (a correlation's silenced step) where to find them
+            assert runbook.lstrip().startswith(("1.", "Never alerts")), path
+
+
+def test_rules_derived_from_sigmahq_say_so_and_credit_the_author() -> None:
+    """Detection Rule License 1.1: name the original rule's author, link the licence, say what changed."""
+    derived = [(path, document) for path, document in rule_documents()
+               if any("SigmaHQ/sigma" in ref for ref in document.get("references", ()))]
+    assert len(derived) >= 13
+    for path, document in derived:
+        related = document.get("related") or []
+        assert related and all(str(uuid.UUID(str(r["id"]))) and r["type"] in {"derived", "similar"}
+                               for r in related), path
+        if any(r["type"] == "derived" for r in related):
+            assert document["license"] == "DRL-1.1", path
+            assert "derived from the SigmaHQ rule" in document["author"], path
+            assert "Detection-Rule-License" in document["author"], path
+
+
+def test_strict_validation_runs_pysigmas_validators(tmp_path: Path) -> None:
+    from argparse import Namespace
+    from io import StringIO
+
+    from daemon.rules_cli import cmd_validate
+
+    out = StringIO()
+    assert cmd_validate(Namespace(paths=[str(PACK), str(OPTIONAL)], strict=True, verbose=False), out) == 0, (
+        out.getvalue())
+    source = PACK / "destruction" / "s3_bucket_deleted"
+    rule = source.with_suffix(".yml").read_text().replace("  - attack.impact\n", "  - attack.impact\n" * 2, 1)
+    (tmp_path / "s3_bucket_deleted.yml").write_text(rule)
+    (tmp_path / "s3_bucket_deleted.tests.json").write_bytes(source.with_suffix(".tests.json").read_bytes())
+    out = StringIO()
+    assert cmd_validate(Namespace(paths=[str(tmp_path)], strict=True, verbose=False), out) == 1
+    assert "pySigma DuplicateTagIssue" in out.getvalue()
+    out = StringIO()
+    assert cmd_validate(Namespace(paths=[str(tmp_path)], strict=False, verbose=False), out) == 0
+
+
+def test_every_rule_has_two_positives_and_a_near_miss_negative() -> None:
+    """Pack hygiene (issue 12): at least two positive cases (events, or timelines for correlations)
+    and at least one negative, for every rule of the pack and of the optional directory."""
+    sidecars = sorted(p for root in (PACK, OPTIONAL) for p in root.rglob("*.tests.json"))
+    assert len(sidecars) == len(rule_documents())
+    for path in sidecars:
+        cases = next(iter(load_tests(path).values()))
+        positives = [c for c in cases if c.expected]
+        negatives = [c for c in cases if not c.expected]
+        assert len(positives) >= 2 and negatives, path
+
+
+def test_alert_summaries_use_only_the_agreed_placeholders() -> None:
+    """Issue 11's convention: ``{dotted.event.path}`` or one of the named values; braces balanced."""
+    import re
+
+    named = {"principal", "account_id", "region", "source_ip", "event_name"}
+    summaries = [(path, document["alert_summary"]) for path, document in rule_documents()
+                 if "alert_summary" in document]
+    assert len(summaries) >= 30
+    for path, summary in summaries:
+        assert summary.count("{") == summary.count("}"), path
+        for placeholder in re.findall(r"\{([^{}]*)\}", summary):
+            assert placeholder in named or re.fullmatch(r"[A-Za-z][\w-]*(\.[\w-]+)+", placeholder), (path, placeholder)
