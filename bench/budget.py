@@ -77,7 +77,7 @@ def _events(records: list[dict[str, Any]]) -> list[Any]:
     return events
 
 
-def measure(count: int, reps: int) -> dict[str, Any]:
+def measure(count: int, reps: int, only: list[str] | None = None) -> dict[str, Any]:
     """Every stage's µs/event over ``count`` benchmark events, plus alert and start-up figures."""
     from daemon.dedupe import Deduplicator
     from daemon.metrics import Metrics
@@ -127,6 +127,9 @@ def measure(count: int, reps: int) -> dict[str, Any]:
     raised: dict[str, int] = {}
 
     for index, name in enumerate(names):
+        if only and name not in only:
+            continue
+
         def one(index: int = index, name: str = name) -> None:
             detector = _build_detectors()[index]
             engine = DetectionEngine([detector])
@@ -208,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", type=int, metavar="TOP", default=0, help="also print cProfile's top TOP")
+    parser.add_argument("--detector", action="append", help="time only these detectors on their own")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    result = measure(args.events, args.reps)
+    result = measure(args.events, args.reps, args.detector)
     print(f"{'stage':<44} {'µs/event':>9}")
     for stage, value in result["us_per_event"].items():
         print(f"{stage:<44} {value:>9.2f}")
