@@ -117,8 +117,8 @@ class _Credential:
     ``pending``: outside uses not yet judged qualifying, ``[time, ip, event id, rank, event name, region]``.
     """
 
-    __slots__ = ("alerted_at", "alerted_rank", "classified", "newest", "pending", "reasons", "role",
-                 "session", "sightings", "suppressed")
+    __slots__ = ("agent", "alerted_at", "alerted_rank", "classified", "ip", "network", "newest", "pending",
+                 "reasons", "role", "session", "sightings", "suppressed")
 
     def __init__(self, session: str, role: str, newest: float) -> None:
         self.session = session
@@ -132,6 +132,12 @@ class _Credential:
         self.alerted_at: float | None = None
         self.alerted_rank = -1
         self.suppressed = 0
+        #: Per-session memo (not state: rebuilt after a restore): the last user agent already
+        #: checked for a compute runtime, and the last address with its network kind, so a
+        #: session's repeated calls from one place cost no regex search and no enrichment call.
+        self.agent: str | None = None
+        self.ip: str | None = None
+        self.network = ""
 
     def first_sighting(self) -> tuple[str, list[Any]] | None:
         """The earliest sighting (ties: inside first)."""
@@ -257,17 +263,22 @@ class CredentialExfiltration(Detector):
         self._late(event)
         t = event.time
         credential = self._credential(key, session, role, t)
+        agent = event.user_agent
         if not credential.classified:
             self._classify(credential, event)
-        elif "compute_user_agent" not in credential.reasons and _COMPUTE_AGENT.search(event.user_agent):
-            self._add_reason(credential, "compute_user_agent")
+            credential.agent = agent
+        elif agent != credential.agent:
+            credential.agent = agent
+            if "compute_user_agent" not in credential.reasons and _COMPUTE_AGENT.search(agent):
+                self._add_reason(credential, "compute_user_agent")
         ip = event.source_ip
-        network = self.context.enricher.network_kind(ip) if ip else "missing"
+        if ip and ip == credential.ip:
+            network = credential.network  # enrichment is static: the same address, the same answer
+        else:
+            network = self._network_of(ip)
+            credential.ip, credential.network = ip, network
         if network == "missing":
             return None
-        allowlisted = getattr(self.context.enricher, "is_allowlisted", None)
-        if allowlisted is not None and network in ("public", "aws") and allowlisted(ip):
-            network = "allowlisted"
         self._sight(credential, ip, t, network, event.event_id or "")
         if network == "public":
             readonly = event.get("readOnly")
@@ -277,6 +288,17 @@ class CredentialExfiltration(Detector):
             if len(pending) > _MAX_PENDING:
                 del pending[0]
         return self._judge(key, credential, event)
+
+    def _network_of(self, ip: str) -> str:
+        """``network_kind`` of the address, or ``allowlisted`` for an allowlisted public/AWS one."""
+        if not ip:
+            return "missing"
+        enricher = self.context.enricher
+        network = enricher.network_kind(ip)
+        allowlisted = getattr(enricher, "is_allowlisted", None)
+        if allowlisted is not None and network in ("public", "aws") and allowlisted(ip):
+            return "allowlisted"
+        return network
 
     def _credential(self, key: str, session: str, role: str, t: float) -> _Credential:
         credential = self._credentials.get(key)

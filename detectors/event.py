@@ -190,6 +190,7 @@ class Event:
 
     __slots__ = (
         "_account_id",
+        "_identity_type",
         "_ip_kind",
         "_principal",
         "_role_arn",
@@ -231,6 +232,7 @@ class Event:
         self._principal: Any = _UNSET
         self._role_arn: Any = _UNSET
         self._account_id: Any = _UNSET
+        self._identity_type: Any = _UNSET
         self._ip_kind: Any = _UNSET
 
     def get(self, path: str, default: Any = None) -> Any:
@@ -265,9 +267,16 @@ class Event:
 
     @property
     def identity_type(self) -> str:
-        """``userIdentity.type`` (``Root``, ``IAMUser``, ``AssumedRole`` …) or ``""``."""
-        value = get_path(self.raw, "userIdentity.type", "")
-        return value if isinstance(value, str) else ""
+        """``userIdentity.type`` (``Root``, ``IAMUser``, ``AssumedRole`` …) or ``""``.
+
+        Cached: several detectors and the Sigma index read it for every event.
+        """
+        kind = self._identity_type
+        if kind is _UNSET:
+            identity = self.raw.get("userIdentity")
+            kind = identity.get("type") if isinstance(identity, dict) else None
+            kind = self._identity_type = kind if isinstance(kind, str) else ""
+        return kind
 
     @property
     def account_id(self) -> str:

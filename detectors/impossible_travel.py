@@ -103,28 +103,38 @@ class _Place:
         self.ids = ids
 
 
-def _continues_newest(trail: _Trail, ip: str, t: float) -> bool:
-    """True when the event adds nothing to compare: same address as the trail's newest sighting, and
-    not older than it.  Every other place's sightings are then at or before the newest one, which
-    was already compared with them when it arrived, and a later time only makes any gap longer.
+def _continues_newest(trail: _Trail, geo: GeoInfo, t: float) -> bool:
+    """True when the event adds nothing to compare: it is at the *place* (coordinates) of the
+    trail's newest sighting, with an accuracy radius no smaller, and not older than it.
+
+    Why nothing is lost: every sighting ``s`` at another place is at or before the newest sighting
+    ``N`` (``N`` is the newest of all), and when the later of ``s`` and ``N`` arrived it was
+    compared with the other's nearest sighting in time, at a gap no longer than ``t - s``.  The
+    event's distance to that place is the same and its conservative distance no larger (its
+    accuracy radius is no smaller), so its speed can only be lower.  The address may differ (a
+    second address in the same /24, a NAT pool): only the place matters, so a principal is
+    compared only when it changes place.
     """
-    if t < trail.newest or not trail.places:
+    last = trail.last
+    if last is None or t < trail.newest:
         return False
-    last_ip = next(reversed(trail.places))
-    if last_ip != ip:
+    if last.lat != geo.latitude or last.lon != geo.longitude or geo.accuracy_km < last.accuracy:
         return False
-    times = trail.places[last_ip].times
+    times = last.times
     return bool(times) and times[-1] == trail.newest
 
 
 class _Trail:
-    """A principal's places (address → :class:`_Place`) and the newest event time among them."""
+    """A principal's places (address → :class:`_Place`), the newest event time among them, and
+    the place that holds that newest sighting (``last``: what :func:`_continues_newest` checks).
+    """
 
-    __slots__ = ("newest", "places")
+    __slots__ = ("last", "newest", "places")
 
-    def __init__(self, newest: float, places: dict[str, _Place]) -> None:
+    def __init__(self, newest: float, places: dict[str, _Place], last: _Place | None = None) -> None:
         self.newest = newest
         self.places = places
+        self.last = last
 
 
 def _newest(trail: _Trail) -> float:
@@ -207,22 +217,6 @@ class ImpossibleTravel(Detector):
         )
 
     # -- events ------------------------------------------------------------------------------
-    def _location(self, event: Event) -> GeoInfo | None:
-        """The event's location when it counts as a place, else ``None`` (see the module docstring)."""
-        if event.source_ip_kind != IP_PUBLIC:
-            return None
-        ip = event.source_ip
-        places = self._ip_places
-        geo = places.get(ip, _UNKNOWN)
-        if geo is _UNKNOWN:
-            geo = self._place_of(ip)
-            if len(places) >= _MAX_CACHED_IPS:
-                places.clear()  # enrichment is static: a cold cache only costs lookups
-            places[ip] = geo
-        if geo is None or _is_failed_console_login(event):
-            return None
-        return geo  # type: ignore[return-value]
-
     def _place_of(self, ip: str) -> GeoInfo | None:
         """One enrichment pass per address: not AWS, not allowlisted, and geolocated."""
         enricher = self.context.enricher
@@ -234,9 +228,22 @@ class ImpossibleTravel(Detector):
         return enricher.geo(ip)
 
     def on_event(self, event: Event) -> list[Alert] | None:
-        """Compare the event's place with the principal's other places; remember it."""
-        geo = self._location(event)
-        if geo is None:
+        """Compare the event's place with the principal's other places; remember it.
+
+        The hot path (most events: a principal at its usual place) is one address-cache lookup,
+        one store lookup and an append; the place comparison runs only when the place changes.
+        """
+        if event.source_ip_kind != IP_PUBLIC:
+            return None
+        ip = event.source_ip
+        places = self._ip_places
+        geo = places.get(ip, _UNKNOWN)
+        if geo is _UNKNOWN:
+            geo = self._place_of(ip)
+            if len(places) >= _MAX_CACHED_IPS:
+                places.clear()  # enrichment is static: a cold cache only costs lookups
+            places[ip] = geo
+        if geo is None or (event.event_name == "ConsoleLogin" and _is_failed_console_login(event)):
             return None
         principal = event.principal
         patterns = self.config.ignore_principal_patterns
@@ -249,18 +256,17 @@ class ImpossibleTravel(Detector):
             if self.config.late_policy == "drop":
                 return None
         cutoff = store.watermark - self.config.window
-        ip = event.source_ip
         trail = store.get(principal)
-        hit = (self._fastest(trail, ip, geo, t, cutoff)
-               if trail is not None and not _continues_newest(trail, ip, t) else None)
+        hit = (self._fastest(trail, ip, geo, t, cutoff)  # type: ignore[arg-type]
+               if trail is not None and not _continues_newest(trail, geo, t) else None)  # type: ignore[arg-type]
         if t >= cutoff:
-            self._remember(principal, trail, ip, geo, t, event.event_id or "", cutoff)
+            self._remember(principal, trail, ip, geo, t, event.event_id or "", cutoff)  # type: ignore[arg-type]
         if hit is None:
             return None
         suppressed = self._throttle.allow(principal, t)
         if suppressed is None:
             return None
-        return [self._alert(event, geo, hit, suppressed)]
+        return [self._alert(event, geo, hit, suppressed)]  # type: ignore[arg-type]
 
     def _fastest(self, trail: _Trail, ip: str, geo: GeoInfo, t: float, cutoff: float) -> _Hit | None:
         """The fastest impossible pair between (``ip``, ``t``) and the trail's other places."""
@@ -272,7 +278,7 @@ class ImpossibleTravel(Detector):
         for other, place in trail.places.items():
             if other == ip or (place.lat == lat and place.lon == lon):
                 continue  # the same address, or another address at the same place (same /24, NAT pool)
-            pair = (lat, lon, place.lat, place.lon)
+            pair = (lat, lon, place.lat, place.lon) if lat < place.lat else (place.lat, place.lon, lat, lon)
             distance = distances.get(pair)
             if distance is None:
                 distance = haversine_km(lat, lon, place.lat, place.lon)
@@ -300,22 +306,28 @@ class ImpossibleTravel(Detector):
     def _remember(self, principal: str, trail: _Trail | None, ip: str, geo: GeoInfo, t: float,
                   event_id: str, cutoff: float) -> None:
         config = self.config
-        if trail is None:
-            trail = _Trail(t, {})
-            self._trails.insert(principal, trail)
-        elif t > trail.newest:
-            trail.newest = t
-        places = trail.places
-        place = places.pop(ip, None)
+        places = trail.places if trail is not None else None
+        place = places.pop(ip, None) if places is not None else None
         if place is None:
             place = _Place(geo.latitude, geo.longitude, geo.accuracy_km, [], [])
-        places[ip] = place  # most recently seen last
+        if trail is None:
+            trail = _Trail(t, {}, place)
+            places = trail.places
+            self._trails.insert(principal, trail)
+        elif t >= trail.newest:
+            trail.newest = t
+            trail.last = place
+        places[ip] = place  # type: ignore[index]  # most recently seen last
         times = place.times
-        j = bisect_left(times, t)
-        if j < len(times) and times[j] == t:
-            return  # this address at this second is already known (a duplicate or a burst)
-        times.insert(j, t)
-        place.ids.insert(j, event_id)
+        if not times or times[-1] < t:  # in order: the common case
+            times.append(t)
+            place.ids.append(event_id)
+        else:
+            j = bisect_left(times, t)
+            if j < len(times) and times[j] == t:
+                return  # this address at this second is already known (a duplicate or a burst)
+            times.insert(j, t)
+            place.ids.insert(j, event_id)
         stale = bisect_left(times, cutoff)
         drop = max(stale, len(times) - config.max_times)
         if drop > 0:

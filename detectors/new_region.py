@@ -174,10 +174,21 @@ class NewRegion(Detector):
         config = self.config
         on_evict = self.context.on_evict
         # late events are counted once, here (see on_event), not by each primitive
+        #: (account, region) → the event time (a second) whose activity was last recorded in full.
+        #: Another call of that account in that region in that same second changes no state (its
+        #: region is known with that very time, the account's newest time is not older), so it is
+        #: skipped; cleared on any eviction or restore, so a skip never stands for dropped state.
+        self._recent: dict[tuple[str, str], float] = {}
+        self._cap_recent = config.max_keys
+
+        def evicted(n: int) -> None:
+            self._recent.clear()
+            on_evict(self.name, n)
+
         hooks: dict[str, Any] = {
             "max_keys": config.max_keys,
             "late_policy": config.late_policy,
-            "on_evict": lambda n: on_evict(self.name, n),
+            "on_evict": evicted,
         }
         # One learning clock per account for activity (value: the region) and disabled-region probes
         # (value: ("disabled", region)), so that both learn from the account's first event.
@@ -187,8 +198,7 @@ class NewRegion(Detector):
                                    throttle=config.service_throttle, **hooks)
         #: account → {region: last active}: the known regions shown in evidence.
         self._known: KeyedState[_Known] = KeyedState(
-            horizon=config.forget_after, max_keys=config.max_keys, newest=_newest,
-            on_evict=lambda n: on_evict(self.name, n),
+            horizon=config.forget_after, max_keys=config.max_keys, newest=_newest, on_evict=evicted,
         )
         self._approved_throttle = Throttle(config.throttle, max_keys=config.max_keys,
                                            on_evict=lambda n: on_evict(self.name, n))
@@ -241,6 +251,11 @@ class NewRegion(Detector):
 
     def _on_activity(self, event: Event, account: str, region: str, out: list[Alert]) -> None:
         t = event.time
+        pair = (account, region)
+        approved = self.config.approved_regions
+        recent = self._recent
+        if not approved and recent.get(pair) == t and t >= self._known.watermark:
+            return  # this account in this region in this second: already recorded (see __init__)
         state = self._known.get(account)
         if state is None:
             state = _Known(t, {})
@@ -251,9 +266,13 @@ class NewRegion(Detector):
         last = known.pop(region, None)
         known[region] = t if last is None or t > last else last
         if len(known) > _MAX_REGIONS:
-            del known[next(iter(known))]
+            dropped = next(iter(known))
+            del known[dropped]
+            recent.pop((account, dropped), None)
         report = self._regions.add(account, t, region, event.event_id)
-        approved = self.config.approved_regions
+        if len(recent) >= self._cap_recent:
+            recent.clear()
+        recent[pair] = t
         if approved:
             if region in approved:
                 return
@@ -373,6 +392,7 @@ class NewRegion(Detector):
     def restore(self, state: Any) -> None:
         """Load :meth:`snapshot` output (``ValueError`` for a foreign or newer snapshot)."""
         data = check_snapshot(state, self.name)
+        self._recent.clear()
         self._regions.restore(data["regions"])
         self._services.restore(data["services"])
         self._approved_throttle.restore(data["approved_throttle"])

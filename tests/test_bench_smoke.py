@@ -50,3 +50,17 @@ def test_percentile_is_nearest_rank() -> None:
     assert latency.percentile(values, 0.5) == 50.0
     assert latency.percentile(values, 0.99) == 99.0
     assert latency.percentile([7.0], 0.99) == 7.0
+
+
+def test_cost_budget_names_every_stage_and_every_default_detector() -> None:
+    from bench import budget
+    from daemon.cli import _load
+
+    _, built = _load(None)
+    result = budget.measure(600, 1)
+    stages = result["us_per_event"]
+    for stage in ("decode (orjson.loads)", "Event (validation, event time)", "dedupe", "reorder (replay only)",
+                  "engine (all detectors)", "alerts (to_dict + orjson.dumps)", "metrics (per slice)"):
+        assert stages[stage] > 0, stage
+    assert {f"detector {cls.name}" for cls, _ in built.detectors} <= set(stages)
+    assert result["events"] == 600 and result["alerts"] > 0

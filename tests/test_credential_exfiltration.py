@@ -305,3 +305,26 @@ def test_snapshot_msgpack_restore_behaves_identically() -> None:
     ]
     with pytest.raises(ValueError):
         restored.restore({"version": 99, "kind": "credential_exfiltration"})
+
+
+class CountingEnricher(FakeEnricher):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def network_kind(self, ip: str | None) -> str:
+        self.calls.append(ip or "")
+        return super().network_kind(ip)
+
+
+def test_a_session_is_enriched_once_per_address_and_a_later_compute_agent_still_counts() -> None:
+    # 50 calls from inside by a human-looking session, then the same key from outside with a
+    # Lambda runtime's user agent: the per-session memo must not hide the new agent or address.
+    enricher = CountingEnricher()
+    d = CredentialExfiltration(CredentialExfiltration.Config(network_change=False), Counters().context(enricher))
+    inside = [use(i, INSIDE, name=f"Get{i}") for i in range(50)]
+    assert run(d, inside) == []
+    assert enricher.calls == [INSIDE]
+    alerts = run(d, [use(60, OUTSIDE, ua="aws-sdk-go/1.44 exec-env/AWS_Lambda_go1.x")])
+    assert enricher.calls == [INSIDE, OUTSIDE]
+    assert findings(alerts) == [("compute_credential_outside_aws", "high", 60)]
+    assert alerts[0].evidence["compute_reasons"] == ["compute_user_agent"]

@@ -184,6 +184,45 @@ def test_one_alert_per_principal_per_window_and_the_next_carries_the_suppressed_
     assert [a.evidence["suppressed"] for a in alerts] == [0, 2]
 
 
+LONDON_B, LONDON_FUZZY = "81.2.69.143", "81.2.69.144"
+GEO[LONDON_B] = GeoInfo(51.5143, -0.0912, "GB", "London", 0.0, 5089, "Virgin Media")  # same /24, same place
+GEO[LONDON_FUZZY] = GeoInfo(51.5143, -0.0912, "GB", "", 5100.0)  # London's coordinates, known to 5,100 km
+
+
+def _counting_comparisons(d: ImpossibleTravel) -> list[float]:
+    calls: list[float] = []
+    compare = d._fastest
+
+    def counted(trail: Any, ip: str, geo: GeoInfo, t: float, cutoff: float) -> Any:
+        calls.append(t - T0)
+        return compare(trail, ip, geo, t, cutoff)
+
+    d._fastest = counted  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_principal_is_compared_only_when_its_place_changes() -> None:
+    # New York t=0; London t=3600 (alert); more London calls from a second address of the same
+    # place; back to New York t=3900.  Only the two place changes are compared.
+    d = make()
+    calls = _counting_comparisons(d)
+    alerts = run(d, [event(0, NEW_YORK), event(3600, LONDON), event(3700, LONDON_B), event(3800, LONDON),
+                     event(3900, NEW_YORK)])
+    assert calls == [3600, 3900]
+    assert [a.time - T0 for a in alerts] == [3600]
+    assert alerts[0].source_ips == [NEW_YORK, LONDON]
+
+
+def test_same_place_with_a_sharper_location_is_still_compared() -> None:
+    # London known only to 5,100 km is 470 km from New York conservatively: silent.  The same
+    # coordinates from an address known exactly are 5,570 km away: that event must be compared.
+    d = make()
+    calls = _counting_comparisons(d)
+    alerts = run(d, [event(0, NEW_YORK), event(3600, LONDON_FUZZY), event(3700, LONDON)])
+    assert calls == [3600, 3700]
+    assert [(a.time - T0, a.source_ips) for a in alerts] == [(3700, [NEW_YORK, LONDON])]
+
+
 def test_key_spray_is_capped_and_evictions_counted() -> None:
     counters = Counters()
     d = make(counters, max_keys=64)

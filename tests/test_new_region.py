@@ -199,3 +199,23 @@ def test_snapshot_msgpack_restore_behaves_identically() -> None:
     assert a1[0]["evidence"]["known_regions"] == ["eu-west-1", "us-east-1"]
     with pytest.raises(ValueError):
         restored.restore({"version": 1, "kind": "impossible_travel"})
+
+
+def test_a_burst_in_one_second_is_recorded_once_and_judged_like_one_call() -> None:
+    # 200 calls of the account in us-east-1 in the same second after learning, then a new region in
+    # that same second: the burst changes nothing, the new region still alerts exactly once.
+    d = make()
+    burst = [event(7.5 * DAY, "us-east-1", user=f"u{i}") for i in range(200)]
+    alerts = run(d, learned(), [*burst, event(7.5 * DAY, "ap-east-1"), event(7.5 * DAY, "ap-east-1", user="b")])
+    assert brief(alerts) == [("new_region", "ap-east-1", "medium", 7.5)]
+    assert alerts[0].evidence["known_regions"] == ["eu-west-1", "us-east-1"]
+
+
+def test_an_account_evicted_within_its_second_is_recorded_again() -> None:
+    # max_keys=1: account B evicts A; A's next call in the same second must re-create its state.
+    counters = Counters()
+    d = make(counters, max_keys=1)
+    other = "111122223333"
+    run(d, [event(0, "us-east-1"), event(0, "us-east-1", account=other), event(0, "us-east-1", user="bob")])
+    assert counters.evicted >= 1
+    assert [account for account, _ in d._known.items()] == [ACCOUNT]

@@ -1,7 +1,8 @@
 """A bounded LRU memo for one lookup function, with hit/miss counts the daemon exports as metrics.
 
-CloudTrail repeats the same few source addresses over and over, and a GeoIP record decode in the
-pure-Python ``maxminddb`` reader costs well over 100 µs, so every lookup goes through one of these.
+CloudTrail repeats the same few source addresses over and over, and a GeoIP record decode costs
+~13 µs even in the compiled reader (~230 µs in the pure-Python one), so every lookup goes through one
+of these.
 It wraps :func:`functools.lru_cache` (implemented in C, thread-safe) rather than re-implementing it.
 """
 

