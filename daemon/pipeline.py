@@ -263,6 +263,8 @@ class Pipeline:
                 self.finished.set()
                 return
             source, batch = item
+            while batch.partition in self.restoring:  # fetched while its state is being restored
+                await asyncio.sleep(0.01)
             total = len(batch.records)
             # Large batches are detected in slices, each slice's alerts handed on at once: an alert
             # does not wait for the rest of a 1,000-record file.  The batch is acknowledged (its
@@ -455,12 +457,12 @@ class Pipeline:
 
     async def _on_partitions(self, source: Source, assigned: set[str], revoked: set[str]) -> None:
         """Kafka rebalance: checkpoint and drop revoked partitions; restore assigned ones first."""
+        self.restoring.update(key for key in assigned if key not in self.partitions)
         if revoked:
             await self.checkpoint(drop=revoked)
         for key in sorted(assigned):
             if key in self.partitions:
                 continue
-            self.restoring.add(key)
             self.metrics.state_restoring.set(len(self.restoring))
             try:
                 async with self._checkpoint_lock:

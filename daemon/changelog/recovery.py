@@ -68,7 +68,7 @@ class RecoveryManager:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
                                         auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
-                                        fetch_max_bytes=64 << 20)
+                                        fetch_max_bytes=64 << 20, fetch_max_wait_ms=20)
             await asyncio.wait_for(consumer.start(), self.timeout)
             self._consumer = consumer
         return self._consumer
@@ -86,7 +86,6 @@ class RecoveryManager:
         tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
         async with self._lock:
             consumer = await self._started()
-            consumer.assign([tp])
             end = (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
             if cache is not None and cache.changelog_end == end:
                 parts = msgpack.unpackb(cache.body, raw=False, strict_map_key=False)
@@ -94,7 +93,11 @@ class RecoveryManager:
             begin = (await asyncio.wait_for(consumer.beginning_offsets([tp]), self.timeout))[tp]
             if end <= begin:
                 return None, end, "empty"
-            latest = await self._read(consumer, tp, begin, end)
+            consumer.assign([tp])
+            try:
+                latest = await self._read(consumer, tp, begin, end)
+            finally:
+                consumer.unsubscribe()  # no background fetches between restores
         restored = assemble(key, latest)
         return restored, end, "changelog" if restored is not None else "empty"
 

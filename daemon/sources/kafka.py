@@ -486,6 +486,17 @@ class KafkaSource(Source):
         for tp in assigned:
             self._partitions[tp] = PartitionOffsets(self._epoch)
         self.log.info("kafka partitions assigned", partitions=len(assigned))
+        consumer = self._consumer
+        if new and consumer is not None:
+            # Nothing of a new partition is fetched until its state is restored (the callbacks).
+            consumer.pause(*new)
+        try:
+            await self._prepare_and_notify(new)
+        finally:
+            if new and consumer is not None and consumer is self._consumer:
+                consumer.resume(*[tp for tp in new if tp in self._partitions])
+
+    async def _prepare_and_notify(self, new: list[TopicPartition]) -> None:
         if new and self.changelog is not None and self._consumer is not None:
             for topic in sorted({tp.topic for tp in new}):
                 count = len(self._consumer.partitions_for_topic(topic) or ())
