@@ -401,9 +401,15 @@ class Pipeline:
         origin = "empty"
         if log is not None:
             cache = CachedState.from_dict(body) if body else None
-            saved, origin = await log.restore(key, cache)
+            saved, origin, fresh = await log.restore(key, cache)
             if saved:
                 state.restore(saved)
+            if fresh is not None and store is not None:
+                try:
+                    await asyncio.to_thread(store.write, fresh.to_dict())
+                except OSError as error:
+                    self.log.warning("partition state cache not written; the changelog has the state",
+                                     partition=key, error=type(error).__name__, detail=str(error)[:300])
         elif body:
             cached = CachedState.from_dict(body)
             if cached is not None:

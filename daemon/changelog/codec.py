@@ -48,6 +48,8 @@ class Restored:
     generation: int
     parts: dict[str, Any]
     live_keys: set[bytes] = field(default_factory=set)
+    #: The encoded parts, as read (for the local cache file).
+    body: bytes = b""
 
 
 def manifest_key(partition: str) -> bytes:
@@ -109,4 +111,4 @@ def assemble(partition: str, latest: Mapping[bytes, bytes | None]) -> Restored |
     parts = msgpack.unpackb(body, raw=False, strict_map_key=False)
     if not isinstance(parts, dict):
         raise ChangelogCorrupt(f"changelog of {partition}: generation {generation} is not a mapping of parts")
-    return Restored(generation, parts, live)
+    return Restored(generation, parts, live, body)

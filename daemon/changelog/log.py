@@ -41,14 +41,18 @@ class StateChangelog:
         """Create the changelog of ``topic`` when missing (called on assignment)."""
         return await self.producer.ensure_topic(topic, partitions)
 
-    async def restore(self, key: str, cache: CachedState | None) -> tuple[dict[str, Any] | None, str]:
-        """Partition ``key``'s saved parts (``None``: no state yet) and where they came from."""
-        restored, _end, origin = await self.recovery.restore(key, cache)
+    async def restore(self, key: str,
+                      cache: CachedState | None) -> tuple[dict[str, Any] | None, str, CachedState | None]:
+        """Partition ``key``'s saved parts (``None``: no state yet), where they came from, and what
+        the local cache should hold now (``None``: it is current already)."""
+        restored, end, origin = await self.recovery.restore(key, cache)
         if restored is None:
             self._known[key] = _Known()
-            return None, origin
+            return None, origin, None
         self._known[key] = _Known(restored.generation, set(restored.live_keys))
-        return restored.parts, origin
+        fresh = (CachedState(end, restored.generation, restored.body, frozenset(restored.live_keys))
+                 if origin == "changelog" else None)
+        return restored.parts, origin, fresh
 
     def encode(self, key: str, parts: dict[str, Any]) -> EncodedWrite:
         """The next generation of ``key`` (synchronous: call while the state is consistent)."""

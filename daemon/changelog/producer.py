@@ -109,14 +109,13 @@ class ChangelogProducer:
         topic, partition = split_partition(key)
         name = changelog_topic(self.group_id, topic)
         producer = await self._started()
-        futures = [await producer.send(name, value, key=record_key, partition=partition)
-                   for record_key, value in encoded.records]
-        results = await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
-        last = results[-1].offset
-        if stale:
-            futures = [await producer.send(name, None, key=record_key, partition=partition)
-                       for record_key in sorted(stale)]
-            results = await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
-            last = max(last, *(r.offset for r in results))
+        # One record per produce request, each awaited: the manifest is never in a batch with (or
+        # ahead of) its chunks, and every record is a batch of its own (tansu reports the end offset
+        # of a multi-record batch as its base offset + 1, which would defeat the cache check).
+        last = -1
+        for record_key, value in [*encoded.records, *((k, None) for k in sorted(stale))]:
+            result = await asyncio.wait_for(
+                producer.send_and_wait(name, value, key=record_key, partition=partition), self.timeout)
+            last = max(last, result.offset)
         self.metrics.changelog_bytes.inc(sum(len(v) for _, v in encoded.records))
         return last + 1

@@ -89,7 +89,7 @@ class RecoveryManager:
             end = (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
             if cache is not None and cache.changelog_end == end:
                 parts = msgpack.unpackb(cache.body, raw=False, strict_map_key=False)
-                return Restored(cache.generation, parts, set(cache.live_keys)), end, "cache"
+                return Restored(cache.generation, parts, set(cache.live_keys), cache.body), end, "cache"
             begin = (await asyncio.wait_for(consumer.beginning_offsets([tp]), self.timeout))[tp]
             if end <= begin:
                 return None, end, "empty"
@@ -120,17 +120,15 @@ class RecoveryManager:
                                            f"{self.timeout:.0f}s at offset {position} of {end}")
                     continue
                 idle_since = time.monotonic()
-                for message in messages:
-                    if message.offset >= end:
-                        break
+                for message in messages:  # records past ``end`` are committed data too: kept
                     if message.key is not None:
                         latest[message.key] = message.value
-                read = min(messages[-1].offset + 1, end) - position
+                read = messages[-1].offset + 1 - position
                 position += read
-                remaining.dec(read)
+                remaining.dec(min(read, max(0, end - position + read)))
                 self.metrics.state_restore_records.inc(read)
         finally:
-            remaining.dec(end - position)
+            remaining.dec(max(0, end - position))
         self.log.info("partition state read from changelog", changelog=tp.topic, partition=tp.partition,
                       records=end - begin, keys=len(latest), seconds=round(time.perf_counter() - started, 3))
         return latest
