@@ -185,6 +185,7 @@ class KafkaSource(Source):
         self.config = config
         self.log = structlog.get_logger("trailguard.source.kafka").bind(source=self.name)
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting: AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
         self._epoch = 0
         self._callbacks: list[AssignmentCallback] = []
@@ -322,6 +323,8 @@ class KafkaSource(Source):
             consumer.subscribe(pattern=self.config.topic_pattern, listener=listener)
         else:
             consumer.subscribe(topics=self.config.topics, listener=listener)
+        # The first assignment may arrive while start() runs: the rebalance callbacks use this one.
+        self._starting = consumer
         try:
             await consumer.start()
         except _ERRORS as error:
@@ -486,20 +489,21 @@ class KafkaSource(Source):
         for tp in assigned:
             self._partitions[tp] = PartitionOffsets(self._epoch)
         self.log.info("kafka partitions assigned", partitions=len(assigned))
-        consumer = self._consumer
+        consumer = self._consumer or self._starting
         if new and consumer is not None:
             # Nothing of a new partition is fetched until its state is restored (the callbacks).
             consumer.pause(*new)
         try:
             await self._prepare_and_notify(new)
         finally:
-            if new and consumer is not None and consumer is self._consumer:
+            if new and consumer is not None and consumer in (self._consumer, self._starting):
                 consumer.resume(*[tp for tp in new if tp in self._partitions])
 
     async def _prepare_and_notify(self, new: list[TopicPartition]) -> None:
-        if new and self.changelog is not None and self._consumer is not None:
+        consumer = self._consumer or self._starting
+        if new and self.changelog is not None and consumer is not None:
             for topic in sorted({tp.topic for tp in new}):
-                count = len(self._consumer.partitions_for_topic(topic) or ())
+                count = len(consumer.partitions_for_topic(topic) or ())
                 try:
                     await self.changelog.ensure_topic(topic, count)
                 except ChangelogError as error:
