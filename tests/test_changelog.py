@@ -201,3 +201,10 @@ async def test_large_state_is_chunked_and_old_chunks_are_tombstoned(bootstrap: s
     restored = assemble(f"{topic}/0", values)
     assert restored is not None and restored.generation == 2
     assert restored.parts["engine"]["detectors"]["counting"]["count"] == 3
+
+
+def test_the_restore_bench_scenario_runs_and_measures_a_real_restore() -> None:
+    from bench.scenarios.restore import run
+
+    (row,) = run(quick=True, reps=1, keys=2000)
+    assert row["keys"] == 2000 and row["restore_seconds"] > 0 and row["raw_read_seconds"] > 0
