@@ -19,14 +19,15 @@ idempotent on the alert id, which is deterministic).  On revocation the rebalanc
 commits what is already acknowledged; acknowledgements of a revoked assignment are ignored.
 
 **Partitioning and detector state.**  Producers should key messages by the event's account id
-(``recipientAccountId``, else ``userIdentity.accountId``), so every event of an account reaches
-one partition and so one replica.  Detectors whose state is keyed inside one account (a
-principal's failed logins, an access key's API volume, a user's impossible travel) then see every
-event they need.  Detectors correlating *across* accounts (one IP hitting many accounts, a role
-chain crossing accounts) only see the share of their partitions in each replica; run them on a
-single replica (one partition, or a dedicated consumer group) if that matters.  State stays
-per-process today; :meth:`KafkaSource.assigned_partitions` and :meth:`KafkaSource.on_assignment`
-are the hooks for moving detector state with partitions.
+(``recipientAccountId``, else ``userIdentity.accountId``; ``trailguard relay`` does), so every
+event of an account reaches one partition.  Each partition's state follows it: the pipeline
+restores it on assignment from the changelog topic ``<group_id>-<topic>-changelog``
+(:mod:`daemon.changelog`, created here on first assignment) while the partition is paused, and
+checkpoints it (changelog write, then offset commit) on revocation, before the listener lets the
+partition go.  Detectors correlating *across* accounts (one IP hitting many accounts, org-wide
+silence) still see only their instance's partitions: there is no repartitioning stage yet.
+Assignment is ``sticky`` first (aiokafka has no cooperative protocol); ``group_instance_id`` gives
+static membership.
 
 Broker outages: aiokafka reconnects by itself; a periodic probe (end offsets of the assignment)
 drives :attr:`ready` and the ``trailguard_kafka_lag{topic,partition}`` gauge (high watermark minus
