@@ -190,8 +190,14 @@ class Pipeline:
         if self.restoring:
             return f"restoring state of {len(self.restoring)} partition(s)"
         for source in self.sources:
-            if getattr(source, "partitioned", False) and not source.assigned_partitions():  # type: ignore[attr-defined]
+            if not getattr(source, "partitioned", False):
+                continue
+            assigned = {f"{topic}/{number}" for topic, number in source.assigned_partitions()}  # type: ignore[attr-defined]
+            if not assigned:
                 return f"source {source.name} owns no partition (waiting for an assignment)"
+            waiting = assigned - self.partitions.keys() - self.restore_failures.keys()
+            if waiting:  # assigned, and the restore has not started yet
+                return f"restoring state of {len(waiting)} partition(s)"
         return None
 
     async def _watch_pumps(self) -> None:

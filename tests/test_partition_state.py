@@ -157,12 +157,15 @@ async def test_batches_of_a_partition_not_owned_are_dropped_not_processed(tmp_pa
 async def test_readiness_waits_for_restores_and_an_assignment(tmp_path: Path) -> None:
     pipeline, source = build(tmp_path, [])
     source.partitioned = True  # type: ignore[attr-defined]
-    source.assigned_partitions = lambda: frozenset(pipeline.partitions)  # type: ignore[method-assign]
+    owned: set[tuple[str, int]] = set()
+    source.assigned_partitions = lambda: frozenset(owned)  # type: ignore[method-assign]
     await pipeline.start()
     assert pipeline.not_ready_reason() == "source partitioned owns no partition (waiting for an assignment)"
     pipeline.restoring.add("ct/0")
     assert pipeline.not_ready_reason() == "restoring state of 1 partition(s)"
     pipeline.restoring.clear()
+    owned.add(("ct", 0))  # assigned by the broker, the pipeline not told yet
+    assert pipeline.not_ready_reason() == "restoring state of 1 partition(s)"
     await source.rebalance({"ct/0"}, set())
     assert pipeline.not_ready_reason() is None
     await pipeline.stop(5)
