@@ -208,3 +208,31 @@ def test_the_restore_bench_scenario_runs_and_measures_a_real_restore() -> None:
 
     (row,) = run(quick=True, reps=1, keys=2000)
     assert row["keys"] == 2000 and row["restore_seconds"] > 0 and row["raw_read_seconds"] > 0
+
+
+async def test_static_membership_restart_keeps_the_assignment(bootstrap: str, tmp_path: Path) -> None:
+    """A restart with the same ``group_instance_id`` within the session timeout gets its partitions
+    back, and the other member is not rebalanced (tansu and aiokafka both support KIP-345)."""
+    topic = await create_topic(bootstrap, partitions=4)
+    group = f"static-{next(_groups)}"
+    first, _ = instance(bootstrap, topic, group, tmp_path / "a", group_instance_id="pod-a", session_timeout_ms=10000)
+    await run_until(first, 0)
+    other, other_metrics = instance(bootstrap, topic, group, tmp_path / "b", group_instance_id="pod-b",
+                                    session_timeout_ms=10000)
+    await run_until(other, 0)
+    async with asyncio.timeout(60):
+        while len(first.partitions) + len(other.partitions) != 4 or not other.partitions or not first.partitions:
+            await asyncio.sleep(0.05)
+    before = set(first.partitions)
+    kept = set(other.partitions)
+    await first.stop(10)
+    await first.sources[0].wait_closed()
+    again, _ = instance(bootstrap, topic, group, tmp_path / "a", group_instance_id="pod-a", session_timeout_ms=10000)
+    await run_until(again, 0)
+    assert set(again.partitions) == before
+    assert set(other.partitions) == kept
+    assert restores(other_metrics, "empty") + restores(other_metrics, "changelog") + restores(
+        other_metrics, "cache") == len(kept), "the other member restored nothing again: no rebalance reached it"
+    for pipeline in (again, other):
+        await pipeline.stop(10)
+        await pipeline.sources[0].wait_closed()
