@@ -38,6 +38,7 @@ SCENARIOS: dict[str, str] = {
     "kafka": "bench.scenarios.kafka:run",
     "sqs": "bench.scenarios.sqs:run",
     "latency": "bench.scenarios.latency:run",
+    "restore": "bench.scenarios.restore:run",
 }
 
 

@@ -156,6 +156,9 @@ class Daemon:
         down = [s.name for s in self.sources if not s.ready]
         if down:
             return False, f"sources not connected: {', '.join(down)}"
+        partitions = self.pipeline.not_ready_reason()
+        if partitions:
+            return False, partitions
         if self.stop_requested.is_set():
             return False, "shutting down"
         return True, "ok"

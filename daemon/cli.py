@@ -123,6 +123,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                       "fix: check free disk space and permissions of the paths in the config"])
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Drain SQS into Kafka until SIGTERM/SIGINT (see :mod:`daemon.relay`)."""
+    path = _config_path(args.config)
+    if not args.bootstrap_servers or not args.topic:
+        return _fail(["relay: --bootstrap-servers and --topic are required (or TRAILGUARD_RELAY_BOOTSTRAP and "
+                      "TRAILGUARD_RELAY_TOPIC)"])
+    try:
+        config, built = _load(path)
+    except ConfigError as error:
+        return _fail(error.problems)
+    configure_logging(config.logging.level, config.logging.format)
+    from daemon.relay import Relay
+
+    async def main() -> int:
+        try:
+            relay = Relay(config, built, bootstrap_servers=args.bootstrap_servers, topic=args.topic)
+        except (ValueError, OSError) as error:
+            return _fail([f"{path or '<defaults>'}: {error}"])
+        return await relay.run()
+
+    return asyncio.run(main())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Process files once in event-time order; alerts on stdout, a summary on stderr."""
     path = _config_path(args.config)
@@ -219,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr (summary still shown)")
     replay.add_argument("paths", nargs="+", help="files, directories, globs, or - for stdin")
     replay.set_defaults(func=cmd_replay)
+
+    relay = sub.add_parser("relay", help="drain the config's SQS source into a Kafka topic keyed by account")
+    relay.add_argument("--config", "-c", help="config file with an 'sqs' source (default: $TRAILGUARD_CONFIG)")
+    relay.add_argument("--bootstrap-servers", default=os.environ.get("TRAILGUARD_RELAY_BOOTSTRAP"),
+                       help="Kafka brokers (default: $TRAILGUARD_RELAY_BOOTSTRAP)")
+    relay.add_argument("--topic", default=os.environ.get("TRAILGUARD_RELAY_TOPIC"),
+                       help="topic to produce to (default: $TRAILGUARD_RELAY_TOPIC)")
+    relay.set_defaults(func=cmd_relay)
 
     check_cmd = sub.add_parser("check-config", help="validate a config file and exit")
     check_cmd.add_argument("file")

@@ -162,6 +162,28 @@ class Metrics:
         self.sqs_backlog = Gauge(
             "trailguard_sqs_backlog", "ApproximateNumberOfMessages visible in the queue.", ["source"],
             registry=r)
+        # -- partition state (changelog) -------------------------------------------------
+        self.state_restoring = Gauge(
+            "trailguard_state_restoring_partitions", "Partitions whose state is being restored now.",
+            registry=r)
+        self.state_restore_remaining = Gauge(
+            "trailguard_state_restore_remaining_records", "Changelog records still to read by running restores.",
+            registry=r)
+        self.state_restore_records = Counter(
+            "trailguard_state_restore_records_total", "Changelog records read to restore partitions.", registry=r)
+        self.state_restores = Counter(
+            "trailguard_state_restores_total", "Partition restores, by where the state came from.", ["origin"],
+            registry=r)
+        self.state_restore_seconds = Histogram(
+            "trailguard_state_restore_seconds", "Time to restore one partition's state.",
+            buckets=_FAST_BUCKETS, registry=r)
+        self.changelog_bytes = Counter(
+            "trailguard_changelog_bytes_total", "Bytes of partition state written to changelog topics.",
+            registry=r)
+        self.partition_batches_dropped = Counter(
+            "trailguard_partition_batches_dropped_total",
+            "Batches of a partition this instance no longer owns, dropped unprocessed (its new owner reads "
+            "them).", registry=r)
         # -- sinks -------------------------------------------------------------------------
         self.sink_deliveries = Counter(
             "trailguard_sink_deliveries_total", "Alert delivery attempts, by sink and outcome.",

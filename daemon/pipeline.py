@@ -15,28 +15,40 @@ The checkpoint order is written down once, here, and nowhere else:
        and source positions, and let the processor go on;
     2. wait until every alert the snapshot's batches produced is handed to the sinks, and flush
        the sinks (fsync, spool commit);
-    3. write the snapshot atomically;
+    3. write the snapshot atomically (the state file, and each changed Kafka partition's state to
+       its changelog topic, waiting for the broker's acknowledgement);
     4. acknowledge the input the snapshot covers (delete SQS messages, commit Kafka offsets).
 
 So restored state is never ahead of acknowledged input, and acknowledged input never has alerts
 that were not handed to a sink: a batch of alerts the dispatcher failed on is not counted as
 handed over, and a dead dispatcher fails the checkpoint (and ``/healthz``) instead of letting it
 acknowledge.
+
+**Partitions.**  A Kafka partition's state (its named parts, :mod:`daemon.changelog.parts`) exists
+only while this instance owns the partition: it is restored on assignment, before any of the
+partition's batches is processed (``/readyz`` is false meanwhile), and on revocation the pipeline
+runs the checkpoint above for everything, then drops the revoked state.  A batch of a partition
+this instance does not own (queued before a revocation) is dropped unprocessed and unacknowledged:
+its new owner reads it again.  State is never created by a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import msgpack
 import structlog
 
 from daemon.accounts import AccountMap
+from daemon.changelog.parts import PartitionState, PartRegistry
+from daemon.changelog.recovery import CachedState
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
 from daemon.dedupe import Deduplicator
@@ -116,10 +128,18 @@ class Pipeline:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._account_times: dict[str, float] = {}
-        #: Partition-local state (Kafka): one engine and dedupe record per ``topic/partition``.
-        self.partitions: dict[str, tuple[DetectionEngine, Deduplicator]] = {}
+        #: Partition-local state (Kafka): the named parts of every owned ``topic/partition``.
+        self.partitions: dict[str, PartitionState] = {}
+        #: What every partition's state is made of; register a part here to make it follow partitions.
+        self.state_parts = PartRegistry()
+        self.state_parts.register("engine", self._fork_engine)
+        self.state_parts.register("dedupe", lambda: Deduplicator(config.dedupe_horizon, config.dedupe_max_ids))
+        #: Partitions being restored now, and partitions whose restore failed (reason).
+        self.restoring: set[str] = set()
+        self.restore_failures: dict[str, str] = {}
+        self._partition_logs: dict[str, Any] = {}
         for source in self.sources:
-            source.on_partitions(self._on_partitions)
+            source.on_partitions(functools.partial(self._on_partitions, source))
         self.finished = asyncio.Event()
         self.restored = False
         self.started = False
@@ -185,6 +205,9 @@ class Pipeline:
             return False, "; ".join(f"source {name} failed: {why}" for name, why in self.failed_sources.items())
         if self.checkpoint_error is not None:
             return False, f"checkpoint failed: {self.checkpoint_error}"
+        if self.restore_failures:
+            partition, reason = next(iter(self.restore_failures.items()))
+            return False, f"state of partition {partition} could not be restored: {reason}"
         if self.ingest.qsize() and time.monotonic() - self.last_progress > stall_after:
             return False, f"no batch processed for {time.monotonic() - self.last_progress:.0f}s with input waiting"
         return True, "ok"
@@ -198,6 +221,20 @@ class Pipeline:
             self.log.error("pipeline task died; /healthz fails and unacknowledged input will be redelivered",
                            task=task.get_name(), error=type(error).__name__, detail=str(error)[:300],
                            exc_info=error)
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` must say no on the partition side: restoring, or owning nothing."""
+        if self.restoring:
+            return f"restoring state of {len(self.restoring)} partition(s)"
+        for source in self.sources:
+            if not getattr(source, "partitioned", False):
+                continue
+            assigned = {f"{topic}/{number}" for topic, number in source.assigned_partitions()}  # type: ignore[attr-defined]
+            if not assigned:
+                return f"source {source.name} owns no partition (waiting for an assignment)"
+            waiting = assigned - self.partitions.keys() - self.restore_failures.keys()
+            if waiting:  # assigned, and the restore has not started yet
+                return f"restoring state of {len(waiting)} partition(s)"
+        return None
 
     async def _watch_pumps(self) -> None:
         if self._pumps:
@@ -285,6 +322,8 @@ class Pipeline:
                 self.finished.set()
                 return
             source, batch = item
+            while batch.partition in self.restoring:  # fetched while its state is being restored
+                await asyncio.sleep(0.01)
             total = len(batch.records)
             # Large batches are detected in slices, each slice's alerts handed on at once: an alert
             # does not wait for the rest of a 1,000-record file.  The batch is acknowledged (its
@@ -293,6 +332,10 @@ class Pipeline:
             for start in range(0, max(total, 1), _SLICE):
                 end = min(start + _SLICE, total)
                 async with self._lock:
+                    if batch.partition is not None and batch.partition not in self.partitions:
+                        # Revoked (or never restored) here: the owner reads it; never acknowledged.
+                        self.metrics.partition_batches_dropped.inc()
+                        break
                     alerts = self._handle(batch, start, end)
                     if end >= total:
                         self._pending[id(source)].append(batch.position)
@@ -424,7 +467,7 @@ class Pipeline:
 
     def engines(self) -> list[DetectionEngine]:
         """The default engine and every partition's engine."""
-        return [self.engine, *(engine for engine, _ in self.partitions.values())]
+        return [self.engine, *(state.part("engine") for state in self.partitions.values())]
 
     def watermark(self) -> float:
         """The lowest watermark among engines that have seen events (the conservative one)."""
@@ -434,23 +477,13 @@ class Pipeline:
     def _state_for(self, partition: str | None) -> tuple[DetectionEngine, Deduplicator]:
         if partition is None:
             return self.engine, self.dedupe
-        found = self.partitions.get(partition)
-        if found is None:
-            found = self._new_partition(partition)
-        return found
+        state = self.partitions[partition]
+        state.dirty = True
+        return state.part("engine"), state.part("dedupe")
 
-    def _new_partition(self, partition: str) -> tuple[DetectionEngine, Deduplicator]:
-        engine = DetectionEngine([d.fork() for d in self.engine.detectors],
-                                 allowed_lateness=self.engine.allowed_lateness, on_error=self.engine.on_error)
-        dedupe = Deduplicator(self.config.dedupe_horizon, self.config.dedupe_max_ids)
-        store = self._partition_store(partition)
-        body = store.load() if store is not None else None
-        if body:
-            engine.restore(body.get("engine") or {})
-            dedupe.restore(body.get("dedupe") or {})
-            self.log.info("partition state restored", partition=partition, dedupe_ids=len(dedupe))
-        self.partitions[partition] = (engine, dedupe)
-        return engine, dedupe
+    def _fork_engine(self) -> DetectionEngine:
+        return DetectionEngine([d.fork() for d in self.engine.detectors],
+                               allowed_lateness=self.engine.allowed_lateness, on_error=self.engine.on_error)
 
     def _partition_store(self, partition: str) -> StateStore | None:
         if self.store is None:
@@ -459,27 +492,97 @@ class Pipeline:
         store.prepare()
         return store
 
-    def _partition_bodies(self) -> list[tuple[StateStore, bytes]]:
-        out = []
-        for partition, (engine, dedupe) in self.partitions.items():
-            store = self._partition_store(partition)
-            if store is not None:
-                out.append((store, store.encode({"engine": engine.snapshot(), "dedupe": dedupe.snapshot()})))
+    async def _restore_partition(self, source: Source, key: str) -> None:
+        """Build partition ``key``'s parts and load them: from the changelog (the local file a verified
+        cache), or from the local file alone when the source has no changelog."""
+        started = time.perf_counter()
+        state = self.state_parts.build(key)
+        store = self._partition_store(key)
+        body = await asyncio.to_thread(store.load) if store is not None else None
+        log = source.state_log()
+        origin = "empty"
+        if log is not None:
+            cache = CachedState.from_dict(body) if body else None
+            saved, origin, fresh = await log.restore(key, cache)
+            if saved:
+                state.restore(saved)
+            if fresh is not None and store is not None:
+                try:
+                    await asyncio.to_thread(store.write, fresh.to_dict())
+                except OSError as error:
+                    self.log.warning("partition state cache not written; the changelog has the state",
+                                     partition=key, error=type(error).__name__, detail=str(error)[:300])
+        elif body:
+            cached = CachedState.from_dict(body)
+            if cached is not None:
+                state.restore(msgpack.unpackb(cached.body, raw=False, strict_map_key=False))
+            else:  # written by an older trailguard: the parts themselves
+                state.restore(body)
+            origin = "cache"
+        self.partitions[key] = state
+        self._partition_logs[key] = log
+        self.metrics.state_restores.labels(origin=origin).inc()
+        self.metrics.state_restore_seconds.observe(time.perf_counter() - started)
+        self.log.info("partition state restored", partition=key, origin=origin,
+                      dedupe_ids=len(state.part("dedupe")), seconds=round(time.perf_counter() - started, 3))
+
+    def _encode_partitions(self) -> list[tuple[str, Any, Any]]:
+        """Under the lock: each changed partition's state, encoded (log encoding or file body)."""
+        out: list[tuple[str, Any, Any]] = []
+        for key, state in self.partitions.items():
+            if not state.dirty:
+                continue
+            log = self._partition_logs.get(key)
+            if log is not None:
+                out.append((key, log, log.encode(key, state.snapshot())))
+            elif self.store is not None:
+                body = msgpack.packb(state.snapshot(), use_bin_type=True)
+                out.append((key, None, CachedState(None, 0, body, frozenset())))
+            state.dirty = False
         return out
 
-    async def _on_partitions(self, assigned: set[str], revoked: set[str]) -> None:
-        """Kafka rebalance: save and drop revoked partitions' state; load assigned ones' (between batches)."""
-        async with self._checkpoint_lock, self._lock:
-            for partition in revoked:
-                found = self.partitions.pop(partition, None)
-                store = self._partition_store(partition)
-                if found is not None and store is not None:
-                    engine, dedupe = found
-                    data = store.encode({"engine": engine.snapshot(), "dedupe": dedupe.snapshot()})
-                    await asyncio.to_thread(store.write_encoded, data)
-            for partition in assigned:
-                if partition not in self.partitions:
-                    self._new_partition(partition)
+    async def _write_partitions(self, encoded: list[tuple[str, Any, Any]]) -> None:
+        """Changelog first (the state of record), then the local cache file."""
+        for index, (key, log, item) in enumerate(encoded):
+            try:
+                cached = await log.write(key, item) if log is not None else item
+            except BaseException:
+                for unwritten, _, _ in encoded[index:]:
+                    state = self.partitions.get(unwritten)
+                    if state is not None:
+                        state.dirty = True  # written again by the next checkpoint
+                raise
+            store = self._partition_store(key)
+            if store is None:
+                continue
+            try:
+                await asyncio.to_thread(store.write, cached.to_dict())
+            except OSError as error:
+                if log is None:
+                    raise
+                self.log.warning("partition state cache not written; the changelog has the state",
+                                 partition=key, error=type(error).__name__, detail=str(error)[:300])
+
+    async def _on_partitions(self, source: Source, assigned: set[str], revoked: set[str]) -> None:
+        """Kafka rebalance: checkpoint and drop revoked partitions; restore assigned ones first."""
+        self.restoring.update(key for key in assigned if key not in self.partitions)
+        if revoked:
+            await self.checkpoint(drop=revoked)
+        for key in sorted(assigned):
+            if key in self.partitions:
+                continue
+            self.metrics.state_restoring.set(len(self.restoring))
+            try:
+                async with self._checkpoint_lock:
+                    await self._restore_partition(source, key)
+                self.restore_failures.pop(key, None)
+            except Exception as error:
+                self.restore_failures[key] = f"{type(error).__name__}: {str(error)[:200]}"
+                self.log.error("partition state not restored; its batches are not processed",
+                               partition=key, error=type(error).__name__, detail=str(error)[:300])
+            finally:
+                self.restoring.discard(key)
+                self.metrics.state_restoring.set(len(self.restoring))
         if assigned or revoked:
             self.log.info("partition state rebalanced", assigned=len(assigned), revoked=len(revoked),
                           owned=len(self.partitions))
@@ -544,8 +647,11 @@ class Pipeline:
                 self.log.error("checkpoint failed; input stays unacknowledged and will be redelivered",
                                error=type(error).__name__, detail=str(error)[:300])
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, drop: set[str] | None = None) -> None:
         """Flush sinks → snapshot state → acknowledge input (see the module docstring).
+
+        ``drop``: partitions being revoked; their state is snapshotted with the rest and then
+        removed (under the same pause), so no later batch of theirs is processed here.
 
         The processor is paused only while the snapshot is taken and encoded: waiting for the
         sinks (delivery of every alert the snapshot's batches produced, then fsync) and writing the
@@ -563,7 +669,6 @@ class Pipeline:
                 self.publish_state_metrics()
                 covered = self._emitted
                 data: bytes | None = None
-                partition_data: list[tuple[StateStore, bytes]] = []
                 if self.store is not None:
                     body = {
                         "engine": self.engine.snapshot(),
@@ -574,13 +679,24 @@ class Pipeline:
                         "positions": {s.name: s.checkpoint_positions() for s in self.sources},
                     }
                     data = self.store.encode(body)
-                    partition_data = self._partition_bodies()
-            await self._delivered_through(covered)
-            await self.dispatcher.flush()
-            if self.store is not None and data is not None:
-                await asyncio.to_thread(self.store.write_encoded, data)
-                for store, encoded in partition_data:
-                    await asyncio.to_thread(store.write_encoded, encoded)
+                partition_data = self._encode_partitions()
+                dropped = [(key, self._partition_logs.pop(key, None)) for key in drop or ()
+                           if self.partitions.pop(key, None) is not None]
+            try:
+                await self._delivered_through(covered)
+                await self.dispatcher.flush()
+                if self.store is not None and data is not None:
+                    await asyncio.to_thread(self.store.write_encoded, data)
+                await self._write_partitions(partition_data)
+            except BaseException:
+                # Not acknowledged now: the next checkpoint acknowledges these positions (in order).
+                for key, positions in pending.items():
+                    self._pending[key][:0] = positions
+                raise
+            finally:
+                for key, log in dropped:
+                    if log is not None:
+                        log.forget(key)
             for source in self.sources:
                 positions = pending.get(id(source))
                 if positions:

@@ -1,5 +1,7 @@
 """Partition-local state: each Kafka partition has its own detector state, checkpointed in its own file,
-saved and dropped when the partition is revoked, and restored by whichever replica is assigned it next."""
+saved and dropped when the partition is revoked, and restored by whichever replica is assigned it next.
+State exists only for owned partitions: a batch of a partition that is not (or no longer) owned is
+dropped unprocessed — no "zombie" state is created by batches queued before a revocation."""
 
 from __future__ import annotations
 
@@ -52,6 +54,10 @@ class PartitionedSource(Source):
         super().__init__("partitioned", invalid)
         self._batches = batches
         self.callbacks: list[Any] = []
+        self.acked: list[Any] = []
+
+    async def acknowledge(self, positions: list[Any]) -> None:
+        self.acked.extend(positions)
 
     @property
     def finite(self) -> bool:
@@ -84,7 +90,7 @@ def build(tmp_path: Path, batches: list[tuple[str, list[dict[str, Any]]]]) -> tu
 
 
 def counts(pipeline: Pipeline) -> dict[str, int]:
-    return {key: engine.detectors[0].count for key, (engine, _) in pipeline.partitions.items()}
+    return {key: state.part("engine").detectors[0].count for key, state in pipeline.partitions.items()}
 
 
 async def wait_processed(pipeline: Pipeline, n: int) -> None:
@@ -97,7 +103,8 @@ async def test_partitions_keep_separate_state_and_files(tmp_path: Path) -> None:
     batches = [("ct/0", [record("A", "2024-01-01T00:00:00Z", "a1"), record("A", "2024-01-01T00:00:01Z", "a2")]),
                ("ct/1", [record("B", "2024-01-01T00:00:00Z", "b1")]),
                ("ct/0", [record("A", "2024-01-01T00:00:02Z", "a3")])]
-    pipeline, _ = build(tmp_path, batches)
+    pipeline, source = build(tmp_path, batches)
+    await source.rebalance({"ct/0", "ct/1"}, set())
     await pipeline.start()
     await wait_processed(pipeline, 4)
     assert counts(pipeline) == {"ct/0": 3, "ct/1": 1}
@@ -111,6 +118,7 @@ async def test_revoked_partition_state_moves_to_the_next_owner(tmp_path: Path) -
     first = [("ct/0", [record("A", "2024-01-01T00:00:00Z", "a1"), record("A", "2024-01-01T00:00:01Z", "a2")]),
              ("ct/1", [record("B", "2024-01-01T00:00:00Z", "b1")])]
     pipeline, source = build(tmp_path, first)
+    await source.rebalance({"ct/0", "ct/1"}, set())
     await pipeline.start()
     await wait_processed(pipeline, 3)
     await source.rebalance(set(), {"ct/0"})  # this replica loses partition 0
@@ -126,3 +134,38 @@ async def test_revoked_partition_state_moves_to_the_next_owner(tmp_path: Path) -
     assert counts(other)["ct/0"] == 3, "restored count 2 + one new event; the redelivered a2 is a duplicate"
     assert other.metrics.registry.get_sample_value("trailguard_events_duplicate_total") == 1
     await other.stop(5)
+
+
+async def test_batches_of_a_partition_not_owned_are_dropped_not_processed(tmp_path: Path) -> None:
+    batches = [("ct/0", [record("A", "2024-01-01T00:00:00Z", "a1")]),
+               ("ct/1", [record("B", "2024-01-01T00:00:00Z", "b1")]),  # queued, but ct/1 was revoked
+               ("ct/0", [record("A", "2024-01-01T00:00:02Z", "a2")])]
+    pipeline, source = build(tmp_path, batches)
+    await source.rebalance({"ct/0"}, set())
+    await pipeline.start()
+    await wait_processed(pipeline, 2)
+    async with asyncio.timeout(10):
+        while pipeline.metrics.registry.get_sample_value("trailguard_partition_batches_dropped_total") != 1:
+            await asyncio.sleep(0.01)
+    assert counts(pipeline) == {"ct/0": 2}, "no engine was created for ct/1"
+    await pipeline.checkpoint()
+    assert sorted(source.acked) == [0, 2], "the dropped batch is never acknowledged"
+    await pipeline.stop(5)
+    assert not (tmp_path / "state" / "partitions" / "ct_1").exists()
+
+
+async def test_readiness_waits_for_restores_and_an_assignment(tmp_path: Path) -> None:
+    pipeline, source = build(tmp_path, [])
+    source.partitioned = True  # type: ignore[attr-defined]
+    owned: set[tuple[str, int]] = set()
+    source.assigned_partitions = lambda: frozenset(owned)  # type: ignore[method-assign]
+    await pipeline.start()
+    assert pipeline.not_ready_reason() == "source partitioned owns no partition (waiting for an assignment)"
+    pipeline.restoring.add("ct/0")
+    assert pipeline.not_ready_reason() == "restoring state of 1 partition(s)"
+    pipeline.restoring.clear()
+    owned.add(("ct", 0))  # assigned by the broker, the pipeline not told yet
+    assert pipeline.not_ready_reason() == "restoring state of 1 partition(s)"
+    await source.rebalance({"ct/0"}, set())
+    assert pipeline.not_ready_reason() is None
+    await pipeline.stop(5)

@@ -139,6 +139,10 @@ class Source(ABC):
         """
         return None
 
+    def state_log(self) -> Any | None:
+        """The changelog that partition state follows (Kafka), or ``None``: state is local only."""
+        return None
+
     def restore_positions(self, positions: dict[str, Any]) -> None:
         """Resume from positions a checkpoint recorded."""
         return None

@@ -19,14 +19,15 @@ idempotent on the alert id, which is deterministic).  On revocation the rebalanc
 commits what is already acknowledged; acknowledgements of a revoked assignment are ignored.
 
 **Partitioning and detector state.**  Producers should key messages by the event's account id
-(``recipientAccountId``, else ``userIdentity.accountId``), so every event of an account reaches
-one partition and so one replica.  Detectors whose state is keyed inside one account (a
-principal's failed logins, an access key's API volume, a user's impossible travel) then see every
-event they need.  Detectors correlating *across* accounts (one IP hitting many accounts, a role
-chain crossing accounts) only see the share of their partitions in each replica; run them on a
-single replica (one partition, or a dedicated consumer group) if that matters.  State stays
-per-process today; :meth:`KafkaSource.assigned_partitions` and :meth:`KafkaSource.on_assignment`
-are the hooks for moving detector state with partitions.
+(``recipientAccountId``, else ``userIdentity.accountId``; ``trailguard relay`` does), so every
+event of an account reaches one partition.  Each partition's state follows it: the pipeline
+restores it on assignment from the changelog topic ``<group_id>-<topic>-changelog``
+(:mod:`daemon.changelog`, created here on first assignment) while the partition is paused, and
+checkpoints it (changelog write, then offset commit) on revocation, before the listener lets the
+partition go.  Detectors correlating *across* accounts (one IP hitting many accounts, org-wide
+silence) still see only their instance's partitions: there is no repartitioning stage yet.
+Assignment is ``sticky`` first (aiokafka has no cooperative protocol); ``group_instance_id`` gives
+static membership.
 
 Broker outages: aiokafka reconnects by itself; a periodic probe (end offsets of the assignment)
 drives :attr:`ready` and the ``trailguard_kafka_lag{topic,partition}`` gauge (high watermark minus
@@ -44,10 +45,15 @@ from typing import Any, Final, Literal, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from daemon.changelog.log import StateChangelog
+from daemon.changelog.producer import ChangelogError
 from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
 from daemon.sources.base import Source, SourceBatch
@@ -59,6 +65,8 @@ __all__ = ["AssignmentChange", "KafkaPosition", "KafkaSource", "KafkaSourceConfi
 
 _THREAD_DECODE_BYTES: Final = 256 << 10
 _ERRORS: Final = (KafkaError, OSError, TimeoutError)
+_ASSIGNORS: Final = {"sticky": StickyPartitionAssignor, "roundrobin": RoundRobinPartitionAssignor,
+                     "range": RangePartitionAssignor}
 
 
 class KafkaSourceConfig(BaseModel):
@@ -74,6 +82,22 @@ class KafkaSourceConfig(BaseModel):
     topics: list[str] = Field(default_factory=list)
     topic_pattern: str | None = None
     group_id: str = Field("trailguard", min_length=1)
+    #: Static membership (KIP-345): a stable name per instance, e.g. ``"${POD_NAME}"`` in a
+    #: StatefulSet, so a restart within ``session_timeout_ms`` moves no partition.
+    group_instance_id: str | None = Field(None, min_length=1)
+    #: Offered assignors, preferred first; ``sticky`` keeps partitions where they are on rebalances
+    #: (aiokafka has no cooperative protocol).  Keep ``roundrobin`` listed while older replicas run.
+    partition_assignment_strategy: list[Literal["sticky", "roundrobin", "range"]] = Field(
+        default_factory=lambda: ["sticky", "roundrobin"], min_length=1)
+    #: Log each partition's detector and dedupe state to ``<group_id>-<topic>-changelog`` (compacted,
+    #: created when missing) so whichever instance owns a partition next restores it; with it off,
+    #: state lives only in ``state.path`` (which then must be shared by every replica).
+    state_changelog: bool = True
+    changelog_replication_factor: int = Field(3, ge=1)
+    #: Largest changelog message (a partition's state is split into chunks of this size).
+    changelog_chunk_bytes: int = Field(512 << 10, ge=1024, le=16 << 20)
+    #: How long a changelog write or a restore may stall before the checkpoint / restore fails.
+    changelog_timeout: Duration = Field(60.0, gt=0)
     client_id: str = "trailguard"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: Most messages one poll returns (over all partitions).
@@ -162,6 +186,7 @@ class KafkaSource(Source):
         self.config = config
         self.log = structlog.get_logger("trailguard.source.kafka").bind(source=self.name)
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting: AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, PartitionOffsets] = {}
         self._epoch = 0
         self._callbacks: list[AssignmentCallback] = []
@@ -176,8 +201,23 @@ class KafkaSource(Source):
         self._lag = metrics.kafka_lag
         self._m_errors = metrics.source_errors.labels(source=self.name)
         self._m_up = metrics.source_up.labels(source=self.name)
+        self.changelog = (
+            StateChangelog(self._connection_args(), group_id=config.group_id,
+                           replication_factor=config.changelog_replication_factor,
+                           chunk_bytes=config.changelog_chunk_bytes, timeout=config.changelog_timeout,
+                           metrics=metrics)
+            if config.state_changelog else None)
 
     # -- public hooks ----------------------------------------------------------------------------
+    def state_log(self) -> StateChangelog | None:
+        """The changelog partition state follows (``None`` with ``state_changelog: false``)."""
+        return self.changelog
+
+    @property
+    def partitioned(self) -> bool:
+        """Work is split by partitions: an instance owning none has nothing to do."""
+        return True
+
     def assigned_partitions(self) -> frozenset[tuple[str, int]]:
         """The ``(topic, partition)`` pairs this consumer owns right now."""
         return frozenset((tp.topic, tp.partition) for tp in self._partitions)
@@ -233,6 +273,11 @@ class KafkaSource(Source):
                 await consumer.stop()
             except _ERRORS as error:
                 self.log.warning("kafka consumer did not close cleanly", error=type(error).__name__)
+        if self.changelog is not None:
+            try:
+                await self.changelog.stop()
+            except _ERRORS as error:
+                self.log.warning("changelog clients did not close cleanly", error=type(error).__name__)
 
     def _check_drained(self) -> None:
         if self._stopping and not self._polling and all(not p.outstanding for p in self._partitions.values()):
@@ -241,14 +286,24 @@ class KafkaSource(Source):
     # -- connecting ------------------------------------------------------------------------------
     def _consumer_args(self) -> dict[str, Any]:
         c = self.config
-        servers = c.bootstrap_servers if isinstance(c.bootstrap_servers, str) else ",".join(c.bootstrap_servers)
-        args: dict[str, Any] = {
-            "bootstrap_servers": servers, "group_id": c.group_id, "client_id": c.client_id,
+        args = self._connection_args()
+        args.update({
+            "group_id": c.group_id, "group_instance_id": c.group_instance_id,
+            "partition_assignment_strategy": tuple(_ASSIGNORS[name] for name in c.partition_assignment_strategy),
             "enable_auto_commit": False, "auto_offset_reset": c.auto_offset_reset,
             "session_timeout_ms": c.session_timeout_ms, "heartbeat_interval_ms": c.heartbeat_interval_ms,
-            "max_poll_interval_ms": c.max_poll_interval_ms, "request_timeout_ms": c.request_timeout_ms,
+            "max_poll_interval_ms": c.max_poll_interval_ms, "fetch_max_wait_ms": c.fetch_max_wait_ms,
+        })
+        return args
+
+    def _connection_args(self) -> dict[str, Any]:
+        """Broker address, client id, timeouts, TLS and SASL: shared by the consumer and the changelog."""
+        c = self.config
+        servers = c.bootstrap_servers if isinstance(c.bootstrap_servers, str) else ",".join(c.bootstrap_servers)
+        args: dict[str, Any] = {
+            "bootstrap_servers": servers, "client_id": c.client_id,
+            "request_timeout_ms": c.request_timeout_ms,
             "metadata_max_age_ms": c.metadata_max_age_ms, "security_protocol": c.security_protocol,
-            "fetch_max_wait_ms": c.fetch_max_wait_ms,
         }
         if c.security_protocol.endswith("SSL"):
             context = create_ssl_context(
@@ -269,6 +324,8 @@ class KafkaSource(Source):
             consumer.subscribe(pattern=self.config.topic_pattern, listener=listener)
         else:
             consumer.subscribe(topics=self.config.topics, listener=listener)
+        # The first assignment may arrive while start() runs: the rebalance callbacks use this one.
+        self._starting = consumer
         try:
             await consumer.start()
         except _ERRORS as error:
@@ -415,13 +472,16 @@ class KafkaSource(Source):
     # -- rebalances ------------------------------------------------------------------------------
     async def _revoked(self, revoked: Sequence[TopicPartition]) -> None:
         owned = [tp for tp in revoked if tp in self._partitions]
+        if owned:
+            # First the pipeline checkpoints (state to the changelog, offsets committed while the
+            # partitions are still ours) and drops their state, then what is left is committed.
+            await self._notify(AssignmentChange(frozenset(), frozenset((tp.topic, tp.partition) for tp in owned)))
         await self._commit(owned)
         for tp in owned:
             del self._partitions[tp]
             self._forget_lag(tp)
         if owned:
             self.log.info("kafka partitions revoked", partitions=len(owned))
-            await self._notify(AssignmentChange(frozenset(), frozenset((tp.topic, tp.partition) for tp in owned)))
         self._check_drained()
 
     async def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -430,6 +490,29 @@ class KafkaSource(Source):
         for tp in assigned:
             self._partitions[tp] = PartitionOffsets(self._epoch)
         self.log.info("kafka partitions assigned", partitions=len(assigned))
+        consumer = self._consumer or self._starting
+        if new and consumer is not None:
+            # Nothing of a new partition is fetched until its state is restored (the callbacks).
+            consumer.pause(*new)
+        try:
+            await self._prepare_and_notify(new)
+        finally:
+            if new and consumer is not None and consumer in (self._consumer, self._starting):
+                consumer.resume(*[tp for tp in new if tp in self._partitions])
+
+    async def _prepare_and_notify(self, new: list[TopicPartition]) -> None:
+        consumer = self._consumer or self._starting
+        if new and self.changelog is not None and consumer is not None:
+            for topic in sorted({tp.topic for tp in new}):
+                count = len(consumer.partitions_for_topic(topic) or ())
+                try:
+                    await self.changelog.ensure_topic(topic, count)
+                except ChangelogError as error:
+                    self.log.error("changelog topic unusable; partition state cannot be restored",
+                                   detail=str(error))
+                except _ERRORS as error:
+                    self.log.error("changelog topic could not be created; restores will retry",
+                                   error=type(error).__name__, detail=str(error)[:300])
         if new:
             await self._notify(AssignmentChange(frozenset((tp.topic, tp.partition) for tp in new), frozenset()))
 

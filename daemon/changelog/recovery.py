@@ -1,0 +1,134 @@
+"""Restores a partition from its changelog before the partition is processed (Kafka Streams' restore).
+
+On assignment the new owner reads changelog partition ``p`` from the beginning to the end offset it
+saw when it started, keeping the latest value per key (what compaction would keep), and assembles
+the newest manifest's generation.  The local file is only a cache: it is used instead of reading
+when it records exactly the changelog's current end offset (nobody wrote the partition since this
+instance did), so a pod that restarts in place restores in milliseconds and a pod that lost its
+volume, or whose partition was written by another instance meanwhile, reads the changelog.
+Progress is exported as ``trailguard_state_restore_remaining_records``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from daemon.changelog.codec import Restored, assemble
+from daemon.changelog.producer import changelog_topic, split_partition
+from daemon.metrics import Metrics
+
+__all__ = ["CachedState", "RecoveryManager"]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    """What the local cache file holds for a partition."""
+
+    changelog_end: int | None
+    generation: int
+    body: bytes
+    live_keys: frozenset[bytes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the cache file."""
+        return {"changelog_end": self.changelog_end, "generation": self.generation, "body": self.body,
+                "live_keys": sorted(self.live_keys)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CachedState | None:
+        """Read a cache file's body (``None`` when it is not a changelog cache)."""
+        body = data.get("body")
+        if not isinstance(body, bytes):
+            return None
+        end = data.get("changelog_end")
+        return cls(end if isinstance(end, int) else None, int(data.get("generation") or 0), body,
+                   frozenset(k for k in data.get("live_keys") or () if isinstance(k, bytes)))
+
+
+class RecoveryManager:
+    """Reads changelog partitions back (one restore at a time, one reusable consumer)."""
+
+    def __init__(self, connection: dict[str, Any], *, group_id: str, timeout: float, metrics: Metrics) -> None:
+        self.connection = connection
+        self.group_id = group_id
+        self.timeout = timeout
+        self.metrics = metrics
+        self.log = structlog.get_logger("trailguard.changelog")
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
+                                        auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
+                                        fetch_max_bytes=64 << 20, fetch_max_wait_ms=20)
+            await asyncio.wait_for(consumer.start(), self.timeout)
+            self._consumer = consumer
+        return self._consumer
+
+    async def stop(self) -> None:
+        """Close the restore consumer."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def restore(self, key: str, cache: CachedState | None) -> tuple[Restored | None, int, str]:
+        """The state of partition ``key``, the changelog end offset it matches, and where it came from
+        (``"cache"``, ``"changelog"`` or ``"empty"``)."""
+        topic, partition = split_partition(key)
+        tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
+        async with self._lock:
+            consumer = await self._started()
+            end = (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
+            if cache is not None and cache.changelog_end == end:
+                parts = msgpack.unpackb(cache.body, raw=False, strict_map_key=False)
+                return Restored(cache.generation, parts, set(cache.live_keys), cache.body), end, "cache"
+            begin = (await asyncio.wait_for(consumer.beginning_offsets([tp]), self.timeout))[tp]
+            if end <= begin:
+                return None, end, "empty"
+            consumer.assign([tp])
+            try:
+                latest = await self._read(consumer, tp, begin, end)
+            finally:
+                consumer.unsubscribe()  # no background fetches between restores
+        restored = assemble(key, latest)
+        return restored, end, "changelog" if restored is not None else "empty"
+
+    async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int,
+                    end: int) -> dict[bytes, bytes | None]:
+        started = time.perf_counter()
+        remaining = self.metrics.state_restore_remaining
+        remaining.inc(end - begin)
+        latest: dict[bytes, bytes | None] = {}
+        position = begin
+        consumer.seek(tp, begin)
+        idle_since = time.monotonic()
+        try:
+            while position < end:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+                messages = batch.get(tp, [])
+                if not messages:
+                    if time.monotonic() - idle_since > self.timeout:
+                        raise TimeoutError(f"changelog {tp.topic}/{tp.partition} returned nothing for "
+                                           f"{self.timeout:.0f}s at offset {position} of {end}")
+                    continue
+                idle_since = time.monotonic()
+                for message in messages:  # records past ``end`` are committed data too: kept
+                    if message.key is not None:
+                        latest[message.key] = message.value
+                read = messages[-1].offset + 1 - position
+                position += read
+                remaining.dec(min(read, max(0, end - position + read)))
+                self.metrics.state_restore_records.inc(read)
+        finally:
+            remaining.dec(max(0, end - position))
+        self.log.info("partition state read from changelog", changelog=tp.topic, partition=tp.partition,
+                      records=end - begin, keys=len(latest), seconds=round(time.perf_counter() - started, 3))
+        return latest
