@@ -12,7 +12,8 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from daemon.config import REPO_ROOT, Config, ConfigError, format_validation_error
+from daemon.bundled import rule_pack_path
+from daemon.config import Config, ConfigError, format_validation_error
 from detectors.base import Detector, DetectorContext
 from detectors.registry import DETECTORS, detector_class
 
@@ -161,7 +162,7 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
 
 
 #: Rules loaded by the ``sigma`` detector when its section names no ``paths``: the shipped pack.
-DEFAULT_RULE_PATHS: Final = [str(REPO_ROOT / "config" / "rules")]
+DEFAULT_RULE_PATHS: Final = [str(rule_pack_path())]
 
 
 def _resolve_detector_paths(config: Config, section: dict[str, Any], name: str = "") -> dict[str, Any]:
