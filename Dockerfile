@@ -32,9 +32,11 @@ COPY daemon/ daemon/
 COPY detectors/ detectors/
 COPY config/ config/
 COPY samples/ samples/
-# A throw-away venv gives the same pip on both bases (Debian's python3 has no global pip).
+# A throw-away venv with a current pip gives the same build on both bases (Debian's python3 has no
+# global pip, and its venv's pip 23.0 cannot build sdists such as maxminddb's without 'wheel').
 RUN if [ -s /etc/ssl/certs/ca-certificates.crt ]; then export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
  && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install -q --upgrade pip wheel \
  && /opt/build/bin/pip wheel . -w /wheels
 
 # --- stage 2: the runtime ------------------------------------------------------------------------

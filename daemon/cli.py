@@ -10,10 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from typing import Any
-
-import orjson
 
 from daemon import __version__
 from daemon.components import Built, check
@@ -101,68 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Process files once in event-time order; alerts on stdout, a summary on stderr."""
-    path = _config_path(args.config)
-    sources = [{"type": "file", "paths": [os.path.abspath(p) if p != "-" else p for p in args.paths]}]
-    try:
-        config, built = _load(path, sources=sources, sinks=[{"type": "stdout"}])
-    except ConfigError as error:
-        return _fail(error.problems)
-    configure_logging(config.logging.level if not args.quiet else "error", config.logging.format)
-    from daemon.app import Daemon
+    """Process files once in event-time order; alerts on stdout, the per-rule report on stderr."""
+    from daemon.replay import replay
 
-    async def main() -> int:
-        try:
-            daemon = Daemon(config, built, serve_http=False, reorder=True, state_dir=args.state)
-        except (CheckpointError, ValueError, OSError) as error:
-            return _fail([f"{path or '<defaults>'}: {error}"])
-        daemon.install_signal_handlers()
-        started = time.monotonic()
-        progress = asyncio.create_task(_progress(daemon)) if sys.stderr.isatty() else None
-        code = await daemon.run()
-        if progress is not None:
-            progress.cancel()
-            print(file=sys.stderr)
-        _summary(daemon, time.monotonic() - started)
-        return code
-
-    return asyncio.run(main())
-
-
-async def _progress(daemon: Any) -> None:
-    counts = daemon.pipeline.counts
-    while True:
-        await asyncio.sleep(0.25)
-        print(f"\r{counts['processed']:>10,} events  {counts['alerts']:>6,} alerts  "
-              f"{counts['invalid']:>6,} invalid", end="", file=sys.stderr, flush=True)
-
-
-def _invalid_by_reason(daemon: Any) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for family in daemon.metrics.registry.collect():
-        if family.name == "trailguard_events_invalid":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.value:
-                    found[sample.labels["reason"]] = int(sample.value)
-    return dict(sorted(found.items()))
-
-
-def _summary(daemon: Any, seconds: float) -> None:
-    counts = daemon.pipeline.counts
-    invalid = _invalid_by_reason(daemon)
-    summary = {
-        "events": counts["processed"],
-        "received": counts["received"],
-        "invalid": sum(invalid.values()),
-        "invalid_by_reason": invalid,
-        "duplicates": counts["duplicate"],
-        "alerts": counts["alerts"],
-        "alerts_by_detector": dict(sorted(daemon.pipeline.alerts_by_detector.items())),
-        "seconds": round(seconds, 3),
-        "events_per_second": round(counts["processed"] / seconds, 1) if seconds > 0 else None,
-    }
-    sys.stderr.write("trailguard replay summary: " + orjson.dumps(summary).decode() + "\n")
-    sys.stderr.flush()
+    return replay(args, _config_path(args.config), _load, _fail)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", "-c", help="config file for detector settings")
     replay.add_argument("--state", help="checkpoint directory (resume an interrupted replay)")
     replay.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr (summary still shown)")
+    replay.add_argument("--format", choices=("json", "pretty"),
+                        help="alerts as JSON lines, or one readable line each (default: pretty on a terminal, "
+                             "JSON otherwise)")
+    replay.add_argument("--rules", action="append", metavar="PATH",
+                        help="Sigma rule files/directories to run instead of the configured ones (repeatable)")
+    replay.add_argument("--rule", action="append", metavar="ID",
+                        help="only report this rule (id or title) or detector (repeatable): a backtest")
+    replay.add_argument("--since", help="skip events before this time (2024-01-31 or 2024-01-31T12:00:00Z)")
+    replay.add_argument("--until", help="skip events from this time on")
     replay.add_argument("paths", nargs="+", help="files, directories, globs, or - for stdin")
     replay.set_defaults(func=cmd_replay)
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from daemon.bundled import rule_pack_path
 from daemon.config import Config, ConfigError, format_validation_error
 from detectors.base import Detector, DetectorContext
-from detectors.registry import DETECTORS, detector_class
+from detectors.registry import detector_class, detector_names
 
 __all__ = ["SINKS", "SOURCES", "Built", "build_detectors", "build_sinks", "build_sources", "check"]
 
@@ -89,6 +89,11 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
     """Validate every section; raise :class:`ConfigError` listing *all* problems at once."""
     problems: list[str] = []
     built = Built()
+    from daemon.plugins import load_plugins, plugin_sinks
+
+    problems.extend(load_plugins(config.plugins, origin, SINKS))
+    sink_types = {**SINKS, **plugin_sinks()}
+    detectors_known = detector_names()
 
     def resolve_source_paths(item: dict[str, Any]) -> dict[str, Any]:
         if item.get("type") == "file" and isinstance(item.get("paths"), list):
@@ -106,7 +111,7 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
                                       resolve_source_paths)
     if not config.sources:
         problems.append(f"{origin}: sources: no source configured; fix: add at least one source")
-    built.sinks = _validate_section("sinks", SINKS, config.sinks, origin, problems, resolve_sink_paths)
+    built.sinks = _validate_section("sinks", sink_types, config.sinks, origin, problems, resolve_sink_paths)
     if not config.sinks:
         problems.append(f"{origin}: sinks: no sink configured; fix: add at least one sink (e.g. type: stdout)")
     for cls, model in built.sources:
@@ -115,13 +120,13 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
             problems.extend(f"{origin}: sources: {p}" for p in validate(model))
 
     for name, section in config.detectors.items():
-        if name not in DETECTORS:
+        if name not in detectors_known:
             problems.append(f"{origin}: detectors.{name}: unknown detector; fix: use one of "
-                            f"{', '.join(sorted(DETECTORS))}")
+                            f"{', '.join(sorted(detectors_known))}")
         elif not isinstance(section, dict):
             problems.append(f"{origin}: detectors.{name}: must be a mapping of settings; "
                             "fix: write e.g. 'enabled: true'")
-    for name in DETECTORS:
+    for name in detectors_known:
         section = config.detectors.get(name) or {}
         if not isinstance(section, dict):
             continue

@@ -110,6 +110,9 @@ class Config(Strict):
     """Which alerts go to which sinks (validated by ``daemon.delivery.routing.RoutingConfig``)."""
     delivery: dict[str, Any] = Field(default_factory=dict)
     """Spool, retries, dedup and throttling of alert delivery (``daemon.delivery.dispatch.DeliveryConfig``)."""
+    plugins: list[str] = Field(default_factory=list)
+    """Importable modules adding detectors/sinks (each defines ``DETECTORS`` and/or ``SINKS``); see
+    ``daemon.plugins``.  Entry points ``trailguard.detectors``/``trailguard.sinks`` need no listing."""
     pipeline: PipelineConfig = PipelineConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()
