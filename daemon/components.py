@@ -16,6 +16,7 @@ from daemon.bundled import rule_pack_path
 from daemon.config import Config, ConfigError, format_validation_error
 from detectors.base import Detector, DetectorContext
 from detectors.registry import detector_class, detector_names
+from detectors.suggest import suggestion
 
 __all__ = ["SINKS", "SOURCES", "Built", "build_detectors", "build_sinks", "build_sources", "check"]
 
@@ -67,8 +68,8 @@ def _validate_section(
             continue
         kind_name = item["type"]
         if kind_name not in registry:
-            problems.append(f"{origin}: {where}.type: unknown {kind[:-1]} type {kind_name!r}; fix: use one of "
-                            f"{', '.join(sorted(registry))}")
+            problems.append(f"{origin}: {where}.type: unknown {kind[:-1]} type {kind_name!r}; fix: "
+                            f"{suggestion(str(kind_name), registry, 'type')} (known: {', '.join(sorted(registry))})")
             continue
         cls = _load(registry[kind_name])
         try:
@@ -121,8 +122,9 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
 
     for name, section in config.detectors.items():
         if name not in detectors_known:
-            problems.append(f"{origin}: detectors.{name}: unknown detector; fix: use one of "
-                            f"{', '.join(sorted(detectors_known))}")
+            problems.append(f"{origin}: detectors.{name}: unknown detector; fix: "
+                            f"{suggestion(name, detectors_known, 'detector')} (known: "
+                            f"{', '.join(sorted(detectors_known))})")
         elif not isinstance(section, dict):
             problems.append(f"{origin}: detectors.{name}: must be a mapping of settings; "
                             "fix: write e.g. 'enabled: true'")

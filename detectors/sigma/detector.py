@@ -34,7 +34,7 @@ from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan, compile_correlations
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
-from detectors.sigma.tuning import ExceptionConfig, Exceptions
+from detectors.sigma.tuning import ExceptionConfig, Exceptions, resolve_tuning
 
 __all__ = ["LogsourceConfig", "SigmaConfig", "SigmaDetector"]
 
@@ -115,8 +115,12 @@ class SigmaDetector(Detector):
 
     def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[Plan], list[LoadIssue]]:
         rules, errors = load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
+        settings, tuning = resolve_tuning(self.settings, rules)  # every tuning reference names a rule
+        if settings is not self.settings:  # rules named by title: load again with their ids
+            self.settings, self.exceptions = settings, Exceptions(settings.exceptions)
+            rules, errors = load_rules(paths, logsources=self.logsources, disabled=settings.disabled_rules)
         plans, problems = compile_correlations(rules, disabled=self.settings.disabled_rules)
-        return rules, plans, [*errors, *problems]
+        return rules, plans, [*errors, *problems, *(LoadIssue("config", None, None, line) for line in tuning)]
 
     def _correlation_set(self, plans: list[Plan]) -> CorrelationSet:
         context = self.context

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from detectors.event import Event
 
-__all__ = ["ExceptionConfig", "Exceptions"]
+__all__ = ["ExceptionConfig", "Exceptions", "resolve_tuning", "rule_references"]
 
 
 class ExceptionConfig(BaseModel):
@@ -116,3 +116,66 @@ class Exceptions:
             if exception.matches(event):
                 return True
         return any(exception.matches(event) for exception in self._by_rule.get(rule_id, ()))
+
+
+def rule_references(rules: Any) -> dict[str, str]:
+    """Every way tuning may name a rule → its rule id: the id itself, its title, its Sigma ``name``.
+
+    ``rules`` is a :class:`~detectors.sigma.ruleset.RuleSet`; rules set aside (disabled, or
+    correlations) count too, so disabling a rule by id stays a valid reference.
+    """
+    found: dict[str, str] = {}
+    for rule in getattr(rules, "rules", ()):
+        found.setdefault(rule.rule_id, rule.rule_id)
+    for issue in getattr(rules, "skipped", ()):
+        if issue.rule_id:
+            found.setdefault(issue.rule_id, issue.rule_id)
+    for rule in getattr(rules, "correlation_rules", ()):
+        rule_id = str(getattr(rule, "id", None) or getattr(rule, "name", None) or "")
+        if rule_id:
+            found.setdefault(rule_id, rule_id)
+    for rule in getattr(rules, "rules", ()):
+        found.setdefault(rule.title, rule.rule_id)
+    for issue in getattr(rules, "skipped", ()):
+        if issue.rule_id and issue.title:
+            found.setdefault(issue.title, issue.rule_id)
+    for rule in getattr(rules, "correlation_rules", ()):
+        rule_id = str(getattr(rule, "id", None) or getattr(rule, "name", None) or "")
+        for alias in (getattr(rule, "name", None), getattr(rule, "title", None)):
+            if rule_id and alias:
+                found.setdefault(str(alias), rule_id)
+    return found
+
+
+def resolve_tuning(settings: Any, rules: Any) -> tuple[Any, list[str]]:
+    """Check every rule reference of the Sigma detector's tuning against the loaded rules.
+
+    Returns the settings with titles/names replaced by rule ids (the same object when nothing
+    needed replacing) and one problem line per reference that names no rule, with the closest
+    match: ``disabled_rules[1]: 'Root console logn' names no loaded rule; fix: did you mean …?``.
+    """
+    from detectors.suggest import suggestion
+
+    known = rule_references(rules)
+    problems: list[str] = []
+
+    def resolve(reference: str, where: str) -> str:
+        if reference in known:
+            return known[reference]
+        problems.append(f"tuning: detectors.sigma.{where}: {reference!r} names no loaded rule (by id or title); "
+                        f"fix: {suggestion(reference, known, 'rule id or title')}")
+        return reference
+
+    disabled = [resolve(ref, f"disabled_rules[{i}]") for i, ref in enumerate(settings.disabled_rules)]
+    overrides = {resolve(ref, f"severity_overrides.{ref}"): level for ref, level in settings.severity_overrides.items()}
+    exceptions = [
+        exception.model_copy(update={"rule_ids": [resolve(ref, f"exceptions[{i}].rule_ids[{j}]")
+                                                  for j, ref in enumerate(exception.rule_ids)]})
+        for i, exception in enumerate(settings.exceptions)
+    ]
+    changed = (disabled != list(settings.disabled_rules) or overrides != dict(settings.severity_overrides)
+               or any(new.rule_ids != old.rule_ids for new, old in zip(exceptions, settings.exceptions, strict=True)))
+    if not changed:
+        return settings, problems
+    return settings.model_copy(update={"disabled_rules": disabled, "severity_overrides": overrides,
+                                       "exceptions": exceptions}), problems
