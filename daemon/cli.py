@@ -45,6 +45,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate everything (sections, detectors, rules, paths) and report; exit 2 on problems."""
     try:
         config, built = _load(args.file)
+        configure_logging(config.logging.level, config.logging.format)  # logs to stderr; results to stdout
         from daemon.app import build_enricher
 
         build_enricher(config).close()
@@ -57,6 +58,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _fail(rule_problems)
     names = ", ".join(cls.name for cls, _ in built.detectors)
     print(f"{args.file}: ok ({len(built.sources)} source(s), {len(built.sinks)} sink(s), detectors: {names})")
+    if args.explain_routing is not None:
+        from daemon.routing_explain import explain_routing, sample_alert
+
+        try:
+            alert = sample_alert(args.explain_routing)
+        except ValueError as error:
+            return _fail([f"--explain-routing: {error}"])
+        sink_names = [getattr(model, "name", None) or model.type for _, model in built.sinks]
+        print("\n".join(explain_routing(built.routing, sink_names, alert)))
     return 0
 
 
@@ -132,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_cmd = sub.add_parser("check-config", help="validate a config file and exit")
     check_cmd.add_argument("file")
+    check_cmd.add_argument("--explain-routing", nargs="*", metavar="KEY=VALUE",
+                           help="show where a sample alert would be delivered, e.g. severity=high detector=sigma "
+                                "account_id=111122223333 region=us-east-1 rule_id=… tags=a,b")
     check_cmd.set_defaults(func=cmd_check_config)
     from daemon.rules_cli import add_rules_parser
 
