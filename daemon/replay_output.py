@@ -111,7 +111,7 @@ def alert_line(alert: Alert) -> Text:
     line = Text()
     line.append(format_time(alert.time).replace("T", " "), style="dim")
     line.append("  ")
-    line.append(f"{alert.severity.upper():<8}", style=_STYLE.get(alert.severity, ""))
+    line.append(f"{alert.severity.upper():<9}", style=_STYLE.get(alert.severity, ""))
     line.append(printable(alert.title, 80), style="bold")
     line.append(f"  [{alert.detector}]", style="dim")
     line.append("  ")
