@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 from daemon import __version__
@@ -56,6 +57,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     rule_problems = _rule_problems(built)
     if rule_problems:
         return _fail(rule_problems)
+    from detectors.sigma.tuning import expired_exceptions
+
+    for _, model in built.detectors:
+        for line in expired_exceptions(getattr(model, "exceptions", ()), time.time()):
+            print(f"{args.file}: warning: {line}")
     names = ", ".join(cls.name for cls, _ in built.detectors)
     print(f"{args.file}: ok ({len(built.sources)} source(s), {len(built.sinks)} sink(s), detectors: {names})")
     if args.explain_routing is not None:
