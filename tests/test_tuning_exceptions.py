@@ -65,3 +65,20 @@ def test_check_config_refuses_bad_exceptions_and_reports_expired_ones(tmp_path: 
     assert reported.returncode == 0
     assert ("warning: detectors.sigma.exceptions[0] (old lab) expired on 2020-01-31: it no longer suppresses "
             "anything") in reported.stdout.decode()
+
+
+RULE = Path(__file__).resolve().parent.parent / "config" / "rules" / "root_usage" / "root_console_login.yml"
+
+
+def test_rules_test_with_config_fails_when_an_exception_is_too_broad(tmp_path: Path) -> None:
+    assert run_cli("rules", "test", str(RULE)).returncode == 0
+    broad = tmp_path / "broad.yaml"
+    broad.write_text("detectors:\n  sigma:\n    exceptions:\n      - match: {eventName: ConsoleLogin}\n"
+                     "        comment: far too broad\n")
+    result = run_cli("rules", "test", "--config", str(broad), str(RULE))
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout.decode() and "1 failed" in result.stdout.decode()
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text("detectors:\n  sigma:\n    exceptions:\n      - match: {sourceIPAddress|cidr: 192.0.2.0/24}\n"
+                      "        comment: break-glass desk\n")
+    assert run_cli("rules", "test", "--config", str(narrow), str(RULE)).returncode == 0
