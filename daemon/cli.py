@@ -103,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             daemon = Daemon(config, built)
         except (CheckpointError, ValueError, OSError) as error:
             return _fail([f"{path or '<defaults>'}: {error}"])
+        daemon.config_path = path  # SIGHUP re-reads its tuning with the rules
         daemon.install_signal_handlers()
         return await daemon.run()
 

@@ -168,6 +168,21 @@ class SigmaDetector(Detector):
         self.load_errors = []
         return []
 
+    def retune(self, config: SigmaConfig) -> list[LoadIssue]:
+        """Reload rules *and* tuning (disabled rules, overrides, exceptions) from ``config`` together.
+
+        All or nothing, like :meth:`reload`: on any load or tuning-reference error the running rules
+        and tuning stay and the errors are returned.  Unchanged correlations keep their window state.
+        """
+        fresh = type(self)(config, self.context)
+        if fresh.load_errors:
+            return fresh.load_errors
+        fresh.correlations.adopt(self.correlations)
+        self.config, self.settings, self.exceptions = fresh.config, fresh.settings, fresh.exceptions
+        self.rules, self._plans, self.correlations = fresh.rules, fresh._plans, fresh.correlations
+        self.paths, self.load_errors = fresh.paths, []
+        return []
+
     @property
     def correlation_rules(self) -> tuple[SigmaCorrelationRule, ...]:
         """Correlation rules found in the rule files, for the correlation engine."""
