@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="show where a sample alert would be delivered, e.g. severity=high detector=sigma "
                                 "account_id=111122223333 region=us-east-1 rule_id=… tags=a,b")
     check_cmd.set_defaults(func=cmd_check_config)
+    from daemon.config_defaults import add_config_parser
     from daemon.rules_cli import add_rules_parser
 
     add_rules_parser(sub)
+    add_config_parser(sub)
     return parser
 
 
