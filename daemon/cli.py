@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rules_parser(sub)
     add_config_parser(sub)
+    from daemon.detector_tests import add_detectors_parser
+
+    add_detectors_parser(sub)
     return parser
 
 

@@ -107,3 +107,28 @@ def test_plugin_detector_and_sink_in_a_daemon_run_with_state_across_a_restart(
     assert line.startswith("high secrets_read_spree arn:aws:iam::903144391865:user/christophe: 15 distinct secrets")
     assert second.metric("trailguard_alerts_total", {"detector": "secrets_read_spree"}) == 1
     assert second.stop() == 0
+
+
+TIMELINES = PLUGIN / "trailguard_example" / "secrets_read_spree.tests.json"
+
+
+def test_plugin_detector_timeline_tests_pass_and_a_wrong_expectation_fails(installed_plugin: Path,
+                                                                            tmp_path: Path) -> None:
+    result = run_cli("detectors", "test", str(TIMELINES), env={"PYTHONPATH": str(installed_plugin)})
+    assert result.returncode == 0, result.stdout.decode()
+    assert "3 timeline(s): 3 passed, 0 failed" in result.stdout.decode()
+    strict = orjson.loads(TIMELINES.read_bytes())
+    strict["config"]["threshold"] = 6  # five secrets no longer reach it: the positive timeline must fail
+    broken = tmp_path / "strict.tests.json"
+    broken.write_bytes(orjson.dumps(strict))
+    failed = run_cli("detectors", "test", str(broken), env={"PYTHONPATH": str(installed_plugin)})
+    assert failed.returncode == 1
+    assert "FAIL" in failed.stdout.decode() and "positive timeline 'five distinct secrets in a minute'" in \
+        failed.stdout.decode()
+
+
+def test_detector_tests_name_an_unknown_detector_with_a_suggestion(tmp_path: Path) -> None:
+    wrong = tmp_path / "x.tests.json"
+    wrong.write_text('{"detector": "impossible_travle", "timelines": []}')
+    result = run_cli("detectors", "test", str(wrong))
+    assert result.returncode == 1 and "did you mean 'impossible_travel'?" in result.stdout.decode()
