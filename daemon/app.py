@@ -130,6 +130,8 @@ class Daemon:
         self._reload_requests: list[asyncio.Task[bool]] = []
         self._first_interrupt: float | None = None
         self.started_at = time.monotonic()
+        #: The config file, re-read on SIGHUP for the rules' tuning (``None``: defaults, rules only).
+        self.config_path: str | None = None
 
     def _detector_error(self, detector: str, event: Event | None, error: BaseException) -> None:
         self.metrics.detector_errors.labels(detector=detector).inc()
@@ -197,8 +199,30 @@ class Daemon:
             for issue in getattr(detector, "load_errors", ()):
                 self.log.warning("rule not loaded", detector=detector.name, problem=str(issue))
 
+    def _tuning_from_file(self) -> dict[str, Any] | None:
+        """The rule detectors' settings re-read from the config file (SIGHUP), or ``None`` (no file,
+        or it is refused: logged, and the running rules and tuning stay)."""
+        if not self.config_path:
+            return None
+        from daemon.components import check
+        from daemon.config import ConfigError, load_config
+
+        try:
+            built = check(load_config(self.config_path), self.config_path)
+        except ConfigError as error:
+            for problem in error.problems:
+                self.log.error("rule reload rejected; the running rule set stays", problem=problem)
+            return {}
+        return {cls.name: model for cls, model in built.detectors if hasattr(cls, "retune")}
+
     async def reload_rules(self) -> bool:
-        """Reload every rule-based detector atomically (between two batches); keep the old set on error."""
+        """Reload every rule-based detector atomically (between two batches); keep the old set on error.
+
+        With a config file, its tuning (disabled rules, overrides, exceptions) is re-read and applied
+        together with the rules."""
+        tuning = await asyncio.to_thread(self._tuning_from_file)
+        if tuning == {}:
+            return False
         async with self.pipeline.paused():
             ok = True
             for engine in self.pipeline.engines():
@@ -206,7 +230,8 @@ class Daemon:
                     reload = getattr(detector, "reload", None)
                     if reload is None:
                         continue
-                    problems = reload()
+                    settings = (tuning or {}).get(detector.name)
+                    problems = detector.retune(settings) if settings is not None else reload()
                     if problems:
                         ok = False
                         for issue in problems:

@@ -13,8 +13,6 @@ import sys
 import time
 from typing import Any
 
-import orjson
-
 from daemon import __version__
 from daemon.components import Built, check
 from daemon.config import Config, ConfigError, load_config
@@ -48,6 +46,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate everything (sections, detectors, rules, paths) and report; exit 2 on problems."""
     try:
         config, built = _load(args.file)
+        configure_logging(config.logging.level, config.logging.format)  # logs to stderr; results to stdout
         from daemon.app import build_enricher
 
         build_enricher(config).close()
@@ -58,8 +57,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     rule_problems = _rule_problems(built)
     if rule_problems:
         return _fail(rule_problems)
+    from detectors.sigma.tuning import expired_exceptions
+
+    for _, model in built.detectors:
+        for line in expired_exceptions(getattr(model, "exceptions", ()), time.time()):
+            print(f"{args.file}: warning: {line}")
     names = ", ".join(cls.name for cls, _ in built.detectors)
     print(f"{args.file}: ok ({len(built.sources)} source(s), {len(built.sinks)} sink(s), detectors: {names})")
+    if args.explain_routing is not None:
+        from daemon.routing_explain import explain_routing, sample_alert
+
+        try:
+            alert = sample_alert(args.explain_routing)
+        except ValueError as error:
+            return _fail([f"--explain-routing: {error}"])
+        sink_names = [getattr(model, "name", None) or model.type for _, model in built.sinks]
+        print("\n".join(explain_routing(built.routing, sink_names, alert)))
     return 0
 
 
@@ -105,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail([f"{path or '<defaults>'}: {error}"])
         except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
             return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
+        daemon.config_path = path  # SIGHUP re-reads its tuning with the rules
         daemon.install_signal_handlers()
         try:
             return await daemon.run()
@@ -147,83 +161,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Process files once in event-time order; alerts on stdout, a summary on stderr."""
-    path = _config_path(args.config)
-    sources = [{"type": "file", "paths": [os.path.abspath(p) if p != "-" else p for p in args.paths]}]
-    try:
-        config, built = _load(path, sources=sources, sinks=[{"type": "stdout"}])
-    except ConfigError as error:
-        return _fail(error.problems)
-    configure_logging(config.logging.level if not args.quiet else "error", config.logging.format)
-    from daemon.app import Daemon
+    """Process files once in event-time order; alerts on stdout, the per-rule report on stderr."""
+    from daemon.replay import replay
 
-    async def main() -> int:
-        try:
-            daemon = Daemon(config, built, serve_http=False, reorder=True, state_dir=args.state)
-        except (CheckpointError, ValueError, OSError) as error:
-            return _fail([f"{path or '<defaults>'}: {error}"])
-        except Exception as error:  # e.g. a rule file that does not parse: refuse, never a traceback
-            return _fail([f"{path or '<defaults>'}: cannot start: {type(error).__name__}: {str(error)[:300]}"])
-        daemon.install_signal_handlers()
-        started = time.monotonic()
-        progress = asyncio.create_task(_progress(daemon)) if sys.stderr.isatty() else None
-        try:
-            code = await daemon.run()
-        except CheckpointError as error:
-            return _fail([f"{path or '<defaults>'}: state: {error}"])
-        if progress is not None:
-            progress.cancel()
-            print(file=sys.stderr)
-        _summary(daemon, time.monotonic() - started)
-        return code
-
-    return asyncio.run(main())
-
-
-async def _progress(daemon: Any) -> None:
-    counts = daemon.pipeline.counts
-    while True:
-        await asyncio.sleep(0.25)
-        print(f"\r{counts['processed']:>10,} events  {counts['alerts']:>6,} alerts  "
-              f"{counts['invalid']:>6,} invalid", end="", file=sys.stderr, flush=True)
-
-
-def _invalid_by_reason(daemon: Any) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for family in daemon.metrics.registry.collect():
-        if family.name == "trailguard_events_invalid":
-            for sample in family.samples:
-                if sample.name.endswith("_total") and sample.value:
-                    found[sample.labels["reason"]] = int(sample.value)
-    return dict(sorted(found.items()))
-
-
-def _by_rule(pipeline: Any) -> list[dict[str, Any]]:
-    """Alerts raised, incidents opened and updates sent per detection, most alerts first."""
-    rows = [{"detector": detector, "rule": rule, "title": pipeline.rule_titles.get((detector, rule), rule),
-             "alerts": alerts, "incidents": opened, "updates": updated}
-            for (detector, rule), (alerts, opened, updated) in pipeline.by_rule.items()]
-    return sorted(rows, key=lambda row: (-row["alerts"], -row["incidents"], row["title"], row["rule"]))
-
-
-def _summary(daemon: Any, seconds: float) -> None:
-    counts = daemon.pipeline.counts
-    invalid = _invalid_by_reason(daemon)
-    summary = {
-        "events": counts["processed"],
-        "received": counts["received"],
-        "invalid": sum(invalid.values()),
-        "invalid_by_reason": invalid,
-        "duplicates": counts["duplicate"],
-        "alerts": counts["alerts"],
-        "alerts_by_detector": dict(sorted(daemon.pipeline.alerts_by_detector.items())),
-        "notifications": counts.get("notifications", 0),
-        "by_rule": _by_rule(daemon.pipeline),
-        "seconds": round(seconds, 3),
-        "events_per_second": round(counts["processed"] / seconds, 1) if seconds > 0 else None,
-    }
-    sys.stderr.write("trailguard replay summary: " + orjson.dumps(summary).decode() + "\n")
-    sys.stderr.flush()
+    return replay(args, _config_path(args.config), _load, _fail)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", "-c", help="config file for detector settings")
     replay.add_argument("--state", help="checkpoint directory (resume an interrupted replay)")
     replay.add_argument("--quiet", "-q", action="store_true", help="only errors on stderr (summary still shown)")
+    replay.add_argument("--format", choices=("json", "pretty"),
+                        help="alerts as JSON lines, or one readable line each (default: pretty on a terminal, "
+                             "JSON otherwise)")
+    replay.add_argument("--rules", action="append", metavar="PATH",
+                        help="Sigma rule files/directories to run instead of the configured ones (repeatable)")
+    replay.add_argument("--rule", action="append", metavar="ID",
+                        help="only report this rule (id or title) or detector (repeatable): a backtest")
+    replay.add_argument("--since", help="skip events before this time (2024-01-31 or 2024-01-31T12:00:00Z)")
+    replay.add_argument("--until", help="skip events from this time on")
     replay.add_argument("paths", nargs="+", help="files, directories, globs, or - for stdin")
     replay.set_defaults(func=cmd_replay)
 
@@ -253,10 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_cmd = sub.add_parser("check-config", help="validate a config file and exit")
     check_cmd.add_argument("file")
+    check_cmd.add_argument("--explain-routing", nargs="*", metavar="KEY=VALUE",
+                           help="show where a sample alert would be delivered, e.g. severity=high detector=sigma "
+                                "account_id=111122223333 region=us-east-1 rule_id=… tags=a,b")
     check_cmd.set_defaults(func=cmd_check_config)
+    from daemon.config_defaults import add_config_parser
     from daemon.rules_cli import add_rules_parser
 
     add_rules_parser(sub)
+    add_config_parser(sub)
+    from daemon.detector_tests import add_detectors_parser
+
+    add_detectors_parser(sub)
     return parser
 
 

@@ -12,9 +12,11 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from daemon.config import REPO_ROOT, Config, ConfigError, format_validation_error
+from daemon.bundled import rule_pack_path
+from daemon.config import Config, ConfigError, format_validation_error
 from detectors.base import Detector, DetectorContext
-from detectors.registry import DETECTORS, detector_class
+from detectors.registry import detector_class, detector_names
+from detectors.suggest import suggestion
 
 __all__ = ["SINKS", "SOURCES", "Built", "build_detectors", "build_sinks", "build_sources", "check"]
 
@@ -67,8 +69,8 @@ def _validate_section(
             continue
         kind_name = item["type"]
         if kind_name not in registry:
-            problems.append(f"{origin}: {where}.type: unknown {kind[:-1]} type {kind_name!r}; fix: use one of "
-                            f"{', '.join(sorted(registry))}")
+            problems.append(f"{origin}: {where}.type: unknown {kind[:-1]} type {kind_name!r}; fix: "
+                            f"{suggestion(str(kind_name), registry, 'type')} (known: {', '.join(sorted(registry))})")
             continue
         cls = _load(registry[kind_name])
         try:
@@ -89,6 +91,11 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
     """Validate every section; raise :class:`ConfigError` listing *all* problems at once."""
     problems: list[str] = []
     built = Built()
+    from daemon.plugins import load_plugins, plugin_sinks
+
+    problems.extend(load_plugins(config.plugins, origin, SINKS))
+    sink_types = {**SINKS, **plugin_sinks()}
+    detectors_known = detector_names()
 
     def resolve_source_paths(item: dict[str, Any]) -> dict[str, Any]:
         if "max_record_bytes" not in item:  # pipeline.max_record_bytes is every source's default
@@ -108,7 +115,7 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
                                       resolve_source_paths)
     if not config.sources:
         problems.append(f"{origin}: sources: no source configured; fix: add at least one source")
-    built.sinks = _validate_section("sinks", SINKS, config.sinks, origin, problems, resolve_sink_paths)
+    built.sinks = _validate_section("sinks", sink_types, config.sinks, origin, problems, resolve_sink_paths)
     if not config.sinks:
         problems.append(f"{origin}: sinks: no sink configured; fix: add at least one sink (e.g. type: stdout)")
     for cls, model in built.sources:
@@ -117,13 +124,14 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
             problems.extend(f"{origin}: sources: {p}" for p in validate(model))
 
     for name, section in config.detectors.items():
-        if name not in DETECTORS:
-            problems.append(f"{origin}: detectors.{name}: unknown detector; fix: use one of "
-                            f"{', '.join(sorted(DETECTORS))}")
+        if name not in detectors_known:
+            problems.append(f"{origin}: detectors.{name}: unknown detector; fix: "
+                            f"{suggestion(name, detectors_known, 'detector')} (known: "
+                            f"{', '.join(sorted(detectors_known))})")
         elif not isinstance(section, dict):
             problems.append(f"{origin}: detectors.{name}: must be a mapping of settings; "
                             "fix: write e.g. 'enabled: true'")
-    for name in DETECTORS:
+    for name in detectors_known:
         section = config.detectors.get(name) or {}
         if not isinstance(section, dict):
             continue
@@ -170,7 +178,7 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
 
 
 #: Rules loaded by the ``sigma`` detector when its section names no ``paths``: the shipped pack.
-DEFAULT_RULE_PATHS: Final = [str(REPO_ROOT / "config" / "rules")]
+DEFAULT_RULE_PATHS: Final = [str(rule_pack_path())]
 
 
 def _resolve_detector_paths(config: Config, section: dict[str, Any], name: str = "") -> dict[str, Any]:

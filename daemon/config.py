@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from daemon.bundled import bundled_root
 from detectors.durations import Duration, parse_duration
 
 __all__ = [
@@ -27,8 +28,9 @@ __all__ = [
     "parse_duration",
 ]
 
-#: The source tree (or install prefix) holding ``config/`` and ``samples/``.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The directory holding the shipped ``config/`` and ``samples/``: the source checkout, or the
+#: installed package data (see :mod:`daemon.bundled`).
+REPO_ROOT = bundled_root()
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -114,6 +116,9 @@ class Config(Strict):
     """Spool, retries, dedup and throttling of alert delivery (``daemon.delivery.dispatch.DeliveryConfig``)."""
     accounts: dict[str, Any] = Field(default_factory=dict)
     """Account map (``path`` and/or ``entries``: id → name, environment, owner, tags); ``daemon.accounts``."""
+    plugins: list[str] = Field(default_factory=list)
+    """Importable modules adding detectors/sinks (each defines ``DETECTORS`` and/or ``SINKS``); see
+    ``daemon.plugins``.  Entry points ``trailguard.detectors``/``trailguard.sinks`` need no listing."""
     pipeline: PipelineConfig = PipelineConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()

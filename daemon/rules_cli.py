@@ -166,13 +166,16 @@ def load_tests(path: str | Path) -> dict[str | None, list[RuleTestCase | Timelin
     return found
 
 
-def _run_case(ruleset: RuleSet, rule: CompiledRule, case: RuleTestCase) -> CaseResult:
+def _run_case(ruleset: RuleSet, rule: CompiledRule, case: RuleTestCase, exceptions: Any = None) -> CaseResult:
     try:
         event = Event(case.event, "rule-test")
     except InvalidEvent as error:
         return CaseResult(case, matched=False, error=f"not a usable CloudTrail record ({error})")
     matched = ruleset.match(event.raw, event.event_name, event.event_source)
-    return CaseResult(case, matched=any(candidate is rule for candidate in matched))
+    hit = any(candidate is rule for candidate in matched)
+    if hit and exceptions and exceptions.suppresses(rule.rule_id, event):  # --config: tuning applies
+        hit = False
+    return CaseResult(case, matched=hit)
 
 
 def _labelled(cases: list[Any]) -> str | None:
@@ -202,7 +205,8 @@ def _selected(path: str, only: Collection[str] | None) -> bool:
     return only is None or str(Path(path).resolve()) in only
 
 
-def run_rule_tests(ruleset: RuleSet, *, only: Collection[str] | None = None) -> list[RuleResult]:
+def run_rule_tests(ruleset: RuleSet, *, only: Collection[str] | None = None,
+                   exceptions: Any = None) -> list[RuleResult]:
     """Run every loaded detection rule's sidecar events through ``ruleset``'s index and predicates.
 
     ``only``: resolved paths of the rule files to test (default: every rule in ``ruleset``).
@@ -230,7 +234,7 @@ def run_rule_tests(ruleset: RuleSet, *, only: Collection[str] | None = None) -> 
                                           "'positive' and 'negative' events"))
                 continue
             events = [case for case in cases if isinstance(case, RuleTestCase)]
-            result = RuleResult(rule, [_run_case(ruleset, rule, case) for case in events])
+            result = RuleResult(rule, [_run_case(ruleset, rule, case, exceptions) for case in events])
             result.problem = _labelled(cases)
             results.append(result)
     return results
@@ -314,16 +318,21 @@ class LoadedRules:
                 if plan.path in self.selected]
 
 
-def load_rule_files(paths: Sequence[str | Path]) -> LoadedRules:
+def load_rule_files(paths: Sequence[str | Path], tuning: SigmaConfig | None = None) -> LoadedRules:
     """Load the rule files under ``paths`` and, so that correlations find their base rules, the files
-    next to each file given directly; report only the given files' problems."""
+    next to each file given directly; report only the given files' problems.
+
+    ``tuning``: a config's ``sigma`` settings (disabled rules, severity overrides, exceptions) to
+    load the rules with; their references are validated by ``check-config``, not here, since the
+    files under test may be a subset of the configured rules."""
     given, missing = rule_files(paths)
     selected = frozenset(str(path.resolve()) for path in given)
     neighbours, _ = rule_files(Path(entry).resolve().parent for entry in paths if Path(entry).is_file())
     context = sorted(selected | {str(path.resolve()) for path in neighbours})
-    detector = SigmaDetector(SigmaConfig(paths=context))
+    settings = SigmaConfig(paths=context) if tuning is None else tuning.model_copy(update={"paths": context})
+    detector = SigmaDetector(settings)
     errors = [*missing, *(issue for issue in detector.load_errors
-                          if issue.path in selected or issue.path not in context)]
+                          if (issue.path in selected or issue.path not in context) and issue.path != "config")]
     skipped = tuple(issue for issue in detector.rules.skipped
                     if issue.path in selected and issue.reason != CORRELATION_NOTICE)
     return LoadedRules(detector, selected, tuple(errors), skipped)
@@ -371,10 +380,23 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def cmd_test(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run every rule's sidecar tests (events and timelines); print pass/fail per rule; exit 1 on any failure."""
     out = out or sys.stdout
-    loaded = load_rule_files(args.paths)
+    tuning = None
+    if getattr(args, "config", None):
+        from daemon.components import check
+        from daemon.config import ConfigError, load_config
+
+        try:
+            built = check(load_config(args.config), args.config)
+        except ConfigError as error:
+            for line in error.problems:
+                print(f"ERROR {line}", file=out)
+            return EXIT_FAILED
+        tuning = next((model for cls, model in built.detectors if cls.name == "sigma"), None)
+    loaded = load_rule_files(args.paths, tuning)
     for issue in loaded.errors:
         print(f"ERROR {_issue_line(issue)}", file=out)
-    results = [*run_rule_tests(loaded.detector.rules, only=loaded.selected),
+    exceptions = loaded.detector.exceptions if tuning is not None else None
+    results = [*run_rule_tests(loaded.detector.rules, only=loaded.selected, exceptions=exceptions),
                *run_correlation_tests(loaded.detector, only=loaded.selected)]
     failed = 0
     for result in results:
@@ -410,6 +432,9 @@ def add_rules_parser(sub: Any) -> None:
     validate.set_defaults(func=cmd_validate)
     test = commands.add_parser("test", help="run each rule's positive and negative test events")
     test.add_argument("paths", nargs="+", help="rule files or directories (searched recursively)")
+    test.add_argument("--config", "-c", metavar="FILE",
+                      help="apply this config's Sigma tuning (disabled rules, exceptions): a too-broad exception "
+                           "fails the positive tests it suppresses")
     test.set_defaults(func=cmd_test)
 
 

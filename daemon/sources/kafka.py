@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
@@ -56,6 +55,7 @@ from daemon.changelog.log import StateChangelog
 from daemon.changelog.producer import ChangelogError
 from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
+from daemon.retry import Backoff, wait_or_stop
 from daemon.sources.base import Source, SourceBatch
 from daemon.sources.kafka_offsets import PartitionOffsets
 from detectors.durations import Duration
@@ -357,11 +357,7 @@ class KafkaSource(Source):
                              detail=str(error)[:300])
 
     async def _pause(self, failures: int) -> None:
-        delay = min(self.config.max_backoff, 0.25 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-        try:
-            await asyncio.wait_for(self._stop_event.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_or_stop(Backoff(maximum=self.config.max_backoff).delay(failures + 1), self._stop_event)
 
     # -- batches ---------------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[SourceBatch]:

@@ -29,7 +29,6 @@ chain; nothing here is trailguard-specific.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from daemon.awsurls import region_from_queue_url
 from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
+from daemon.retry import Backoff, wait_or_stop
 from daemon.sources.base import Source, SourceBatch
 from daemon.sources.s3fetch import FetchError, fetch_object
 from daemon.sources.sqs_messages import BadMessage, ObjectRef, parse_message
@@ -378,11 +378,7 @@ class SqsSource(Source):
             self._outage = True
             self.log.warning("sqs queue unreachable; backing off", error=type(error).__name__,
                              detail=str(error)[:300])
-        delay = min(self.config.max_backoff, 0.25 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-        try:
-            await asyncio.wait_for(self._stop_event.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_or_stop(Backoff(maximum=self.config.max_backoff).delay(failures + 1), self._stop_event)
 
     # -- one message -----------------------------------------------------------------------------
     async def _handle(self, raw: dict[str, Any], message: _Message) -> None:

@@ -38,7 +38,7 @@ from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.new_terms import NewTermsSet
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
-from detectors.sigma.tuning import ExceptionConfig, Exceptions
+from detectors.sigma.tuning import ExceptionConfig, Exceptions, resolve_tuning
 
 __all__ = ["LogsourceConfig", "SigmaConfig", "SigmaDetector"]
 
@@ -135,8 +135,12 @@ class SigmaDetector(Detector):
 
     def _load(self, paths: Iterable[str | Path]) -> tuple[RuleSet, list[Plan], list[LoadIssue]]:
         rules, errors = load_rules(paths, logsources=self.logsources, disabled=self.settings.disabled_rules)
+        settings, tuning = resolve_tuning(self.settings, rules)  # every tuning reference names a rule
+        if settings is not self.settings:  # rules named by title: load again with their ids
+            self.settings, self.exceptions = settings, Exceptions(settings.exceptions)
+            rules, errors = load_rules(paths, logsources=self.logsources, disabled=settings.disabled_rules)
         plans, problems = compile_correlations(rules, disabled=self.settings.disabled_rules)
-        return rules, plans, [*errors, *problems]
+        return rules, plans, [*errors, *problems, *(LoadIssue("config", None, None, line) for line in tuning)]
 
     def _correlation_set(self, plans: list[Plan]) -> CorrelationSet:
         context = self.context
@@ -199,6 +203,21 @@ class SigmaDetector(Detector):
         self._track_creators = uses_creators(rules)
         self.paths = wanted
         self.load_errors = []
+        return []
+
+    def retune(self, config: SigmaConfig) -> list[LoadIssue]:
+        """Reload rules *and* tuning (disabled rules, overrides, exceptions) from ``config`` together.
+
+        All or nothing, like :meth:`reload`: on any load or tuning-reference error the running rules
+        and tuning stay and the errors are returned.  Unchanged correlations keep their window state.
+        """
+        fresh = type(self)(config, self.context)
+        if fresh.load_errors:
+            return fresh.load_errors
+        fresh.correlations.adopt(self.correlations)
+        self.config, self.settings, self.exceptions = fresh.config, fresh.settings, fresh.exceptions
+        self.rules, self._plans, self.correlations = fresh.rules, fresh._plans, fresh.correlations
+        self.paths, self.load_errors = fresh.paths, []
         return []
 
     @property
