@@ -44,7 +44,6 @@ dropped, blocked), ``trailguard_sink_spool_depth{sink}``, ``trailguard_sink_late
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import sqlite3
 import time
@@ -73,6 +72,7 @@ from daemon.delivery.spool import (
     encode_alert,
 )
 from daemon.metrics import Metrics
+from daemon.retry import Backoff
 from detectors.alert import Alert
 
 __all__ = ["DeliveryConfig", "Dispatcher"]
@@ -460,12 +460,9 @@ class Dispatcher:
         return True
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter: uniform(0, min(cap, base·2^(attempt-1))), at least ``Retry-After`` when given."""
-        ceiling = min(self.max_backoff, self.delivery.initial_backoff * 2 ** min(attempt - 1, 30))
-        delay = random.uniform(0.0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.delivery.max_retry_after))
-        return delay
+        """Full jitter (the one backoff, :class:`daemon.retry.Backoff`), at least ``Retry-After`` when given."""
+        return Backoff(initial=self.delivery.initial_backoff, maximum=self.max_backoff, jitter="full").delay(
+            attempt, retry_after, self.delivery.max_retry_after)
 
     def _count_delivered(self, lane: _Lane, count: int, started: float) -> None:
         self.metrics.sink_deliveries.labels(sink=lane.name, outcome="delivered").inc(count)
