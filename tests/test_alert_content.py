@@ -83,7 +83,13 @@ def test_every_alert_of_the_pack_tests_names_a_resource_and_encodes() -> None:
         "DisableEbsEncryptionByDefault", "EnableSerialConsoleAccess", "CreateSAMLProvider", "UpdateSAMLProvider",
         "DeleteSAMLProvider", "UpdateAssumeRolePolicy", "DeleteModelInvocationLoggingConfiguration",
         "UpdateMacieSession", "DisableSecurityHub", "BatchUpdateFindings", "LeaveOrganization",
-        "DeleteOrganization", "RemoveAccountFromOrganization"}, account_only
+        "DeleteOrganization", "RemoveAccountFromOrganization",
+        # calls without request parameters (discovery, caller identity, sign-in token, model-access
+        # use case): the account, beside the acting identity, is what they touch
+        "ListUsers", "GetAccountAuthorizationDetails", "GetAccountSendingEnabled", "GetSendQuota",
+        "GetCallerIdentity", "PutUseCaseForModelAccess", "GetSigninToken",
+        # the filter's id exists only in the response (trafficMirrorFilter.trafficMirrorFilterId)
+        "CreateTrafficMirrorFilter"}, account_only
 
 
 def test_security_group_rule_names_group_port_and_cidr() -> None:
@@ -251,10 +257,16 @@ def test_rule_template_fields_and_runbook_reach_the_alert(tmp_path: Path) -> Non
 
 
 def test_default_sigma_summary_names_the_resource() -> None:
-    alert = (pack_detector().fork().on_event(event("StopLogging", "cloudtrail.amazonaws.com",
-                                                   {"name": "org-trail"})) or [])[0]
-    assert "cloudtrail_trail org-trail" in alert.summary
+    # s3_bucket_deleted has no alert_summary template: the default sentence names the resource
+    alert = (pack_detector().fork().on_event(event("DeleteBucket", "s3.amazonaws.com",
+                                                   {"bucketName": "audit-logs"})) or [])[0]
+    assert "s3_bucket audit-logs" in alert.summary
     assert alert.summary.endswith("by arn:aws:iam::111122223333:user/mallory from 203.0.113.9")
+    # a rule with a template (cloudtrail_logging_stopped) renders it with the event's values
+    templated = (pack_detector().fork().on_event(event("StopLogging", "cloudtrail.amazonaws.com",
+                                                       {"name": "org-trail"})) or [])[0]
+    assert templated.summary == ("CloudTrail StopLogging on org-trail by arn:aws:iam::111122223333:user/mallory "
+                                 "from 203.0.113.9")
 
 
 def test_templates_never_raise_and_bad_ones_are_reported() -> None:
