@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from daemon.config import PipelineConfig
 from daemon.deadletter import REASONS, InvalidReporter
 from daemon.delivery.dispatch import Dispatcher
+from daemon.delivery.incidents import Incidents, IncidentsConfig
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
 from daemon.sources.file import FileSource, FileSourceConfig
@@ -254,7 +255,8 @@ async def test_hostile_records_across_file_stdin_sqs_and_kafka(tmp_path: Path, k
     sources = [file_source, stdin_source, sqs_source, kafka_source]
     pipeline = Pipeline(sources=sources, engine=DetectionEngine([Every()], allowed_lateness=LATENESS),
                         dispatcher=Dispatcher([sink], metrics), invalid=invalid, metrics=metrics,
-                        config=PipelineConfig(allowed_lateness=LATENESS, queue_size=8), checkpoint_interval=0.5)
+                        config=PipelineConfig(allowed_lateness=LATENESS, queue_size=8), checkpoint_interval=0.5,
+                        incidents=Incidents(IncidentsConfig(enabled=False)))  # one notification per alert
     writer = threading.Thread(target=feed)
     good = set().union(*(plan.good for plan in plans.values()))
     await pipeline.start()
