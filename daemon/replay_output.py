@@ -9,6 +9,8 @@ forge a line or inject terminal styling.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from daemon.delivery.sinks.base import Sink, SinkConfig
+from daemon.delivery.sinks.errors import PermanentError
 from detectors.alert import SEVERITIES, SEVERITY_RANK, Alert
 from detectors.event import format_time
 
@@ -74,6 +77,7 @@ class ReplayOutput(Sink):
         self.only = only
         self.tallies: dict[tuple[str, str], RuleTally] = {}
         self.filtered_out = 0
+        self._closed = False
         self._out = out or sys.stdout
         self._console = Console(file=self._out, highlight=False, soft_wrap=True) if format == "pretty" else None
 
@@ -82,6 +86,19 @@ class ReplayOutput(Sink):
         return not self.only or bool({alert.rule_id, alert.title, alert.detector} & self.only)
 
     async def send(self, alerts: list[Alert]) -> None:
+        """Write the alerts; once the reader is gone (``replay … | head -1``) refuse every alert at
+        once, permanently (the dispatcher dead-letters and logs them), like the stdout sink."""
+        if self._closed:
+            raise PermanentError("standard output is closed (the reader went away)")
+        try:
+            self._write(alerts)
+        except (BrokenPipeError, ValueError) as error:
+            self._closed = True
+            with contextlib.suppress(OSError, ValueError):  # later flushes must not raise again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+            raise PermanentError(f"standard output is closed: {error}", delivered=0) from None
+
+    def _write(self, alerts: list[Alert]) -> None:
         buffer = self._out.buffer if self._console is None and hasattr(self._out, "buffer") else None
         for alert in alerts:
             if not self.wanted(alert):

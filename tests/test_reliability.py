@@ -200,7 +200,8 @@ def test_logging_to_a_closed_or_broken_stderr_never_raises() -> None:
 # -- the real CLI ----------------------------------------------------------------------------
 def test_replay_into_head_ends_promptly_and_logs_what_was_undelivered(tmp_path: Path) -> None:
     config = tmp_path / "trailguard.yaml"
-    config.write_text("shutdown: {deadline: 120s}\n")  # the old hang lasted the whole deadline
+    # the old hang lasted the whole deadline; per-event output so that many alerts follow the first
+    config.write_text("shutdown: {deadline: 120s}\ndelivery: {incidents: {enabled: false}}\n")
     command = (f"{' '.join(TRAILGUARD)} replay --config {config} {DATA / 'builtin'} {DATA / 'stateful'} "
                f"2>{tmp_path / 'err.log'} | head -1")
     result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, timeout=90)
