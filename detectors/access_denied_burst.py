@@ -31,7 +31,8 @@ Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``min_failure
 AccessDeniedException, UnauthorizedOperation, Client.UnauthorizedOperation, UnauthorizedAccess,
 UnauthorizedException, AuthorizationError, AuthorizationErrorException, Forbidden,
 ForbiddenException, NotAuthorized, NotAuthorizedException), ``ignore_identity_types``
-(``AWSService``), ``ignore_principals`` (fnmatch globs on the principal), ``max_keys`` (100,000
+(``AWSService``), ``ignore_principals`` (fnmatch globs on the principal; deprecated, mapped onto
+``exceptions``, :mod:`detectors.exceptions`), ``max_keys`` (100,000
 principals), ``max_evidence`` (10), plus ``enabled``/``severity``.  Counts saturate at
 ``4 × max(min_failures, volume_threshold)`` failures per window (the state per principal is bounded).
 

@@ -34,8 +34,8 @@ Evidence: failures in the window, users tried, addresses, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``threshold`` (5),
 ``spray_users`` (3), ``success_within`` (default: ``window``), ``ignore_networks`` (CIDRs whose
-failures are not counted, e.g. a corporate egress used by many users), ``max_keys`` (100,000 per
-structure), ``max_evidence`` (10), plus ``enabled``/``severity``.
+failures are not counted, e.g. a corporate egress used by many users; deprecated, mapped onto
+``exceptions``), ``max_keys`` (100,000 per structure), ``max_evidence`` (10), plus ``enabled``/``severity``.
 
 Known false positives: a user who forgot a password (a burst, then the success: critical — confirm
 with the user); shared egress addresses (NAT, VPN) where several users mistype at once (spraying

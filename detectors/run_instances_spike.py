@@ -27,8 +27,9 @@ Parameters: ``bucket`` (seconds or ``10m``-style, default 10 min), ``min_instanc
 floor, 20), ``threshold_factor`` (3), ``alpha`` (0.1), ``warmup_buckets`` (0: the floor applies to
 new keys at once), ``weighted_types`` (glob → integer weight), ``max_instances_per_call`` (1,000:
 a larger request counts as this many, which bounds the work one event can cost),
-``ignore_principals`` (fnmatch globs), ``history`` (how long a quiet key's baseline is kept,
-7 days), ``max_keys`` (10,000), ``max_evidence`` (10), plus ``enabled``/``severity``.
+``ignore_principals`` (fnmatch globs; deprecated, mapped onto ``exceptions``), ``history`` (how
+long a quiet key's baseline is kept, 7 days), ``max_keys`` (10,000), ``max_evidence`` (10), plus
+``enabled``/``severity``.
 
 Known false positives and limits: capacity events (scale-out of an Auto Scaling group or a batch,
 EMR or ML training job) in an account with no history yet — raise ``warmup_buckets`` or list the
