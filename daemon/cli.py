@@ -57,10 +57,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     rule_problems = _rule_problems(built)
     if rule_problems:
         return _fail(rule_problems)
+    from detectors.exceptions import expired_lines
     from detectors.sigma.tuning import expired_exceptions
 
-    for _, model in built.detectors:
-        for line in expired_exceptions(getattr(model, "exceptions", ()), time.time()):
+    for cls, model in built.detectors:
+        exceptions = getattr(model, "exceptions", ())
+        lines = (expired_exceptions(exceptions, time.time()) if not cls.shared_exceptions
+                 else expired_lines(cls.name, exceptions, time.time()))
+        for line in lines:
             print(f"{args.file}: warning: {line}")
     names = ", ".join(cls.name for cls, _ in built.detectors)
     print(f"{args.file}: ok ({len(built.sources)} source(s), {len(built.sinks)} sink(s), detectors: {names})")

@@ -31,7 +31,8 @@ Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``min_failure
 AccessDeniedException, UnauthorizedOperation, Client.UnauthorizedOperation, UnauthorizedAccess,
 UnauthorizedException, AuthorizationError, AuthorizationErrorException, Forbidden,
 ForbiddenException, NotAuthorized, NotAuthorizedException), ``ignore_identity_types``
-(``AWSService``), ``ignore_principals`` (fnmatch globs on the principal), ``max_keys`` (100,000
+(``AWSService``), ``ignore_principals`` (fnmatch globs on the principal; deprecated, mapped onto
+``exceptions``, :mod:`detectors.exceptions`), ``max_keys`` (100,000
 principals), ``max_evidence`` (10), plus ``enabled``/``severity``.  Counts saturate at
 ``4 × max(min_failures, volume_threshold)`` failures per window (the state per principal is bounded).
 
@@ -43,9 +44,7 @@ browsing pages whose background calls they may not make (the console fires many 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Hashable
-from fnmatch import translate
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, Final
 
 from pydantic import Field
@@ -54,6 +53,7 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
+from detectors.exceptions import principal_globs
 from detectors.windows import CountReport, CountWindow, Throttle
 from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
@@ -125,6 +125,10 @@ class AccessDeniedBurst(Detector):
         #: APIs, error codes and event ids listed in an alert at most.
         max_evidence: int = Field(10, ge=1, le=100)
 
+        def legacy_exceptions(self) -> list[Callable[[Event], bool]]:
+            """Deprecated ``ignore_principals`` as an exception: the principal fullmatches a glob."""
+            return principal_globs(self.ignore_principals)
+
     config: Config
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
@@ -145,10 +149,6 @@ class AccessDeniedBurst(Detector):
         )
         self._throttle = Throttle(window, max_keys=keys)
         self._watermark = float("-inf")
-        patterns = c.ignore_principals
-        self._ignored: re.Pattern[str] | None = (
-            re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
-        )
 
     # -- events ----------------------------------------------------------------------------
     def on_event(self, event: Event) -> list[Alert] | None:
@@ -159,8 +159,6 @@ class AccessDeniedBurst(Detector):
         if event.identity_type in self.config.ignore_identity_types:
             return None
         key = event.principal
-        if self._ignored is not None and self._ignored.fullmatch(key):
-            return None
         time, event_id = event.time, event.event_id
         if time < self._watermark:
             self.context.on_late(self.name, 1)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from detectors.alert import Alert
 from detectors.event import Event
+from detectors.exceptions import NO_EXCEPTIONS, DetectorException, DetectorExceptions, compile_exceptions
 
 __all__ = ["Detector", "DetectorConfig", "DetectorContext", "Enricher", "GeoInfo"]
 
@@ -31,6 +32,14 @@ class DetectorConfig(BaseModel):
     enabled: bool = True
     #: Override the detector's own severity (``info|low|medium|high|critical``).
     severity: Literal["info", "low", "medium", "high", "critical"] | None = None
+    #: Events this detector must not see: ``match`` (Sigma selection), ``comment``, ``expires``
+    #: (:mod:`detectors.exceptions`; applied by the engine, so every detector has them).
+    exceptions: tuple[DetectorException, ...] = ()
+
+    def legacy_exceptions(self) -> list[Callable[[Event], bool]]:
+        """Predicates for a config's deprecated allowlist keys (``ignore_principals``, …): an event
+        a predicate accepts is excepted exactly like one matching ``exceptions``."""
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +111,15 @@ class Detector:
     severity: ClassVar[str] = "medium"
     tags: ClassVar[tuple[str, ...]] = ()
     runbook: ClassVar[str | None] = None
+    #: False for a detector that applies its config's ``exceptions`` itself (Sigma: per rule).
+    shared_exceptions: ClassVar[bool] = True
+    #: The compiled ``exceptions`` (plus deprecated allowlist keys) the engine applies before ``on_event``.
+    event_exceptions: DetectorExceptions = NO_EXCEPTIONS
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         self.config = config
         self.context = context if context is not None else DetectorContext()
+        self.event_exceptions = compile_exceptions(config) if self.shared_exceptions else NO_EXCEPTIONS
 
     @property
     def effective_severity(self) -> str:

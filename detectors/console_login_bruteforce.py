@@ -34,8 +34,8 @@ Evidence: failures in the window, users tried, addresses, window bounds.
 
 Parameters: ``window`` (seconds or ``10m``-style, default 10 min), ``threshold`` (5),
 ``spray_users`` (3), ``success_within`` (default: ``window``), ``ignore_networks`` (CIDRs whose
-failures are not counted, e.g. a corporate egress used by many users), ``max_keys`` (100,000 per
-structure), ``max_evidence`` (10), plus ``enabled``/``severity``.
+failures are not counted, e.g. a corporate egress used by many users; deprecated, mapped onto
+``exceptions``), ``max_keys`` (100,000 per structure), ``max_evidence`` (10), plus ``enabled``/``severity``.
 
 Known false positives: a user who forgot a password (a burst, then the success: critical — confirm
 with the user); shared egress addresses (NAT, VPN) where several users mistype at once (spraying
@@ -45,6 +45,7 @@ pattern) — list them in ``ignore_networks``; password managers retrying a stal
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from pydantic import Field, field_validator
@@ -53,6 +54,7 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
+from detectors.exceptions import source_networks
 from detectors.windows import CountReport, CountWindow, SequenceWindow, Throttle
 from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot
@@ -146,6 +148,10 @@ class ConsoleLoginBruteforce(Detector):
                     raise ValueError(f"{network!r} is not an address or CIDR network") from None
             return value
 
+        def legacy_exceptions(self) -> list[Callable[[Event], bool]]:
+            """Deprecated ``ignore_networks`` as an exception: the source address is in a network."""
+            return source_networks(self.ignore_networks)
+
     config: Config
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
@@ -166,7 +172,6 @@ class ConsoleLoginBruteforce(Detector):
         self._recent: RecentValues[_Tried] = RecentValues(
             _Tried, horizon=max(window, within), max_keys=keys, cap=max(16, 2 * c.spray_users, evidence)
         )
-        self._ignored = tuple(ipaddress.ip_network(n, strict=False) for n in c.ignore_networks)
         self._watermark = float("-inf")
 
     # -- events ----------------------------------------------------------------------------
@@ -178,8 +183,6 @@ class ConsoleLoginBruteforce(Detector):
         if outcome not in ("Failure", "Success"):
             return None
         address = event.real_source_ip
-        if address is not None and self._ignored and self._is_ignored(address):
-            return None
         user = user_of(event)
         keys: list[str] = []
         if address is not None:
@@ -193,10 +196,6 @@ class ConsoleLoginBruteforce(Detector):
         if outcome == "Failure":
             return self._failure(event, keys, user or _HIDDEN_LABEL, address or _NO_ADDRESS)
         return self._success(event, keys)
-
-    def _is_ignored(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        return any(ip in network for network in self._ignored)
 
     def _failure(self, event: Event, keys: list[str], user: str, address: str) -> list[Alert] | None:
         time, event_id = event.time, event.event_id

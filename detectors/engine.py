@@ -6,7 +6,8 @@ that declares ``index_case_insensitive`` (the Sigma detector: Sigma matching ign
 looked up by the lowercased eventName/eventSource, so its index never hides an event its rules
 would match.  The engine
 also owns the watermark (max event time seen minus the allowed lateness), which drives expiry.
-A detector that raises is isolated: the error is reported through a hook and the others go on.
+An event matching one of a detector's ``exceptions`` (:mod:`detectors.exceptions`) is not fed to
+that detector.  A detector that raises is isolated: the error is reported through a hook and the others go on.
 The engine also keeps the identity lineage (:mod:`detectors.lineage`): fed by the STS events only,
 it fills ``identity_chain``/``origin_principal`` on the alerts when the watermark advances.
 
@@ -147,6 +148,8 @@ class DetectionEngine:
         self._tick += 1
         if self._tick & (TIMING_SAMPLE - 1):
             for detector in self.candidates(event):
+                if detector.event_exceptions and detector.event_exceptions.excepts(event):
+                    continue
                 try:
                     produced = detector.on_event(event)
                     if produced:
@@ -156,6 +159,8 @@ class DetectionEngine:
             return
         seconds = self._seconds
         for detector in self.candidates(event):
+            if detector.event_exceptions and detector.event_exceptions.excepts(event):
+                continue
             started = perf_counter()
             try:
                 produced = detector.on_event(event)

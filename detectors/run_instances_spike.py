@@ -27,8 +27,9 @@ Parameters: ``bucket`` (seconds or ``10m``-style, default 10 min), ``min_instanc
 floor, 20), ``threshold_factor`` (3), ``alpha`` (0.1), ``warmup_buckets`` (0: the floor applies to
 new keys at once), ``weighted_types`` (glob → integer weight), ``max_instances_per_call`` (1,000:
 a larger request counts as this many, which bounds the work one event can cost),
-``ignore_principals`` (fnmatch globs), ``history`` (how long a quiet key's baseline is kept,
-7 days), ``max_keys`` (10,000), ``max_evidence`` (10), plus ``enabled``/``severity``.
+``ignore_principals`` (fnmatch globs; deprecated, mapped onto ``exceptions``), ``history`` (how
+long a quiet key's baseline is kept, 7 days), ``max_keys`` (10,000), ``max_evidence`` (10), plus
+``enabled``/``severity``.
 
 Known false positives and limits: capacity events (scale-out of an Auto Scaling group or a batch,
 EMR or ML training job) in an account with no history yet — raise ``warmup_buckets`` or list the
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from fnmatch import translate
 from typing import Any, ClassVar, Final
 
@@ -50,6 +52,7 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
+from detectors.exceptions import principal_globs
 from detectors.windows import BaselineRate, KeyedState, SpikeReport
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
 
@@ -200,6 +203,10 @@ class RunInstancesSpike(Detector):
                     raise ValueError(f"weight of {pattern!r} must be >= 1, got {weight}")
             return value
 
+        def legacy_exceptions(self) -> list[Callable[[Event], bool]]:
+            """Deprecated ``ignore_principals`` as an exception: the principal fullmatches a glob."""
+            return principal_globs(self.ignore_principals)
+
         @model_validator(mode="after")
         def _history_covers_a_bucket(self) -> RunInstancesSpike.Config:
             if self.history < self.bucket:
@@ -226,10 +233,6 @@ class RunInstancesSpike(Detector):
         self._weights = [(w, re.compile("|".join(f"(?:{p})" for p in by_weight[w])))
                          for w in sorted(by_weight, reverse=True)]
         self._weight_cache: dict[str, int] = {}
-        patterns = c.ignore_principals
-        self._ignored: re.Pattern[str] | None = (
-            re.compile("|".join(f"(?:{translate(p)})" for p in patterns)) if patterns else None
-        )
         self._watermark = float("-inf")
 
     def weight(self, instance_type: str) -> int:
@@ -247,8 +250,6 @@ class RunInstancesSpike(Detector):
         if event.event_name != "RunInstances" or event.event_source != "ec2.amazonaws.com":
             return None
         principal = event.principal
-        if self._ignored is not None and self._ignored.fullmatch(principal):
-            return None
         time, event_id = event.time, event.event_id
         if time < self._watermark:
             self.context.on_late(self.name, 1)

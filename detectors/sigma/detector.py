@@ -96,6 +96,8 @@ class SigmaDetector(Detector):
     """Evaluates loaded Sigma detection rules on each event."""
 
     name: ClassVar[str] = "sigma"
+    #: Sigma applies its own ``exceptions`` per rule (``rule_ids``; :mod:`detectors.sigma.tuning`).
+    shared_exceptions: ClassVar[bool] = False
     Config: ClassVar[type[DetectorConfig]] = SigmaConfig
     severity: ClassVar[str] = "medium"
     #: Sigma matches eventName/eventSource case-insensitively: the engine's index must too.
