@@ -73,3 +73,30 @@ def test_a_key_with_many_events_keeps_one_list_and_no_per_event_objects() -> Non
     tracemalloc.stop()
     print(f"\nCountWindow, one key with 1000 events: {used / 1000:.1f} bytes/event")
     assert used / 1000 < 24  # two pointers per event plus list slack
+
+
+def test_300kb_group_by_values_are_held_as_prefix_and_hash_and_still_counted_apart() -> None:
+    """2,000 events whose group-by key and measured value are 300 KB each (a hostile userAgent)."""
+    big = "Mozilla/5.0 " + "A" * 300_000
+    window = DistinctCountWindow(window=600, threshold=200, max_keys=100)
+    reports = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2_000):
+            # ten keys and 200 values per key that differ only in their last characters
+            key = (big + f"key{i % 10}", "123456789012")
+            report = window.add(key, 1.7e9 + i * 0.1, big + f"value{i // 10}", f"e{i}")
+            if report is not None:
+                reports.append(report)
+            del key
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"\nDistinctCountWindow, 2,000 events with 300 KB keys/values: {used / 1024:.0f} KiB held")
+    assert used < 2 * 1024 * 1024  # unbounded: 2,000 * 300 KB = 600 MB
+    assert len(reports) == 10 and {r.count for r in reports} == {200}
+    assert len({r.key for r in reports}) == 10
+    assert all(len(r.key[0]) <= 256 and r.key[1] == "123456789012" for r in reports)
+    assert all(len(v) <= 256 for r in reports for v in r.values)

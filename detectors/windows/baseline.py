@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
+from detectors.windows.store import bound
 
 __all__ = ["BaselineRate", "SpikeReport"]
 
@@ -134,6 +135,7 @@ class BaselineRate(WindowPrimitive[_Rate]):
 
     def add(self, key: Hashable, time: float, event_id: str | None = None) -> SpikeReport | None:
         """Count one event in its bucket; return a report when that bucket first exceeds its limit."""
+        key = bound(key)
         late = time < self._store.watermark
         if self._is_dropped_late(time):
             return None
