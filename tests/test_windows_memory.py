@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Callable
 
 from detectors.windows import CountWindow, DistinctCountWindow
+from detectors.windows.recent import LastSeen, RecentValues
 
 N = 100_000
 
@@ -100,3 +101,15 @@ def test_300kb_group_by_values_are_held_as_prefix_and_hash_and_still_counted_apa
     assert len({r.key for r in reports}) == 10
     assert all(len(r.key[0]) <= 256 and r.key[1] == "123456789012" for r in reports)
     assert all(len(v) <= 256 for r in reports for v in r.values)
+
+
+def test_recent_values_bound_300kb_keys_and_values_and_find_them_again() -> None:
+    big = "Mozilla/5.0 " + "B" * 300_000
+    recent = RecentValues(LastSeen, horizon=600, max_keys=10, cap=50)
+    for i in range(40):  # two keys, twenty values each, all differing only at the end
+        recent.see(big + f"key{i % 2}", big + f"value{i // 2}", 1.7e9 + i)
+    record = recent.get(big + "key0")
+    assert record is not None and recent.get(big + "key2") is None
+    values = record.since(0)
+    assert len(values) == 20 and len(set(values)) == 20 and all(len(v) <= 256 for v in values)
+    assert all(len(key) <= 256 for key, _ in recent.items())

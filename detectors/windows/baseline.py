@@ -127,6 +127,7 @@ class BaselineRate(WindowPrimitive[_Rate]):
 
     def baseline(self, key: Hashable) -> float | None:
         """The key's current baseline (closed buckets only), or ``None`` for an unknown key."""
+        key = bound(key)
         state = self._store.get(key, touch=False)
         if state is None:
             return None
