@@ -6,6 +6,7 @@ Each source/sink class carries its own strict ``Config`` model; this module look
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import import_module
 from typing import Any, Final
@@ -166,6 +167,14 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
         built.delivery = DeliveryConfig.model_validate(delivery)
     except ValidationError as error:
         problems.extend(format_validation_error(origin, "delivery", error))
+    else:
+        for key in ("spool_dir", "dead_letter_dir"):
+            where = getattr(built.delivery, key)
+            if where is not None:
+                problems.extend(f"{origin}: delivery.{key}: {p}" for p in directory_problems(where))
+    for index, (_, model) in enumerate(built.sinks):
+        if getattr(model, "type", None) == "file":
+            problems.extend(f"{origin}: sinks[{index}].path: {p}" for p in file_problems(model.path))
     from daemon.accounts import build_account_map
 
     try:
@@ -175,6 +184,61 @@ def check(config: Config, origin: str = "<defaults>") -> Built:
     if problems:
         raise ConfigError(problems)
     return built
+
+
+def _nearest_existing(path: str) -> str:
+    """``path`` or its nearest ancestor that exists."""
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return current
+
+
+def directory_problems(path: str) -> list[str]:
+    """Why a directory trailguard must create or write in cannot be used (empty: it can).
+
+    Checked without creating anything (``check-config`` has no side effects): an existing path must
+    be a writable directory; a missing one needs its nearest existing ancestor to be a writable
+    directory.
+    """
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            return [f"{path} exists and is not a directory; fix: point it at a directory, or remove the file"]
+        if not os.access(path, os.W_OK | os.X_OK):
+            return [f"{path} is not writable by this user (uid {os.getuid()}); fix: change its owner or "
+                    "permissions, or point the key at a writable directory"]
+        return []
+    ancestor = _nearest_existing(path)
+    if not os.path.isdir(ancestor):
+        return [f"{path} cannot be created: {ancestor} is a file, not a directory; fix: point the key at a "
+                "directory path"]
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return [f"{path} cannot be created: {ancestor} is not writable by this user (uid {os.getuid()}); "
+                "fix: create the directory, change permissions, or point the key elsewhere"]
+    return []
+
+
+def file_problems(path: str) -> list[str]:
+    """Why a file trailguard appends to cannot be used (empty: it can); creates nothing."""
+    if os.path.isdir(path):
+        return [f"{path} is a directory; fix: name a file, e.g. {os.path.join(path, 'alerts.jsonl')}"]
+    if os.path.lexists(path):
+        if not os.access(path, os.W_OK):
+            return [f"{path} is not writable by this user (uid {os.getuid()}); fix: change its owner or "
+                    "permissions, or name another file"]
+        return []
+    directory = os.path.dirname(os.path.abspath(path))
+    ancestor = _nearest_existing(directory)
+    if not os.path.isdir(ancestor):
+        return [f"{path} cannot be created: {ancestor} is a file, not a directory; fix: name a file in a "
+                "directory"]
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return [f"{path} cannot be created: {ancestor} is not writable by this user (uid {os.getuid()}); "
+                "fix: change its permissions or name a file in a writable directory"]
+    return []
 
 
 #: Rules loaded by the ``sigma`` detector when its section names no ``paths``: the shipped pack.

@@ -245,6 +245,8 @@ class Pipeline:
     async def stop(self, deadline: float) -> None:
         """Stop sources, drain the queues, flush sinks, checkpoint — all within ``deadline`` s."""
         started = time.monotonic()
+        input_over = self.finished.is_set()  # finite input ended by itself (not a stop request)
+        draining = False
         try:
             async with asyncio.timeout(deadline):
                 for source in self.sources:
@@ -257,10 +259,19 @@ class Pipeline:
                 await self.checkpoint()
                 for source in self.sources:
                     await source.wait_closed()
+                if input_over:
+                    # Finite input is over: deliver what is spooled before exiting (a stop request
+                    # keeps durable spools for the next start instead).
+                    draining = True
+                    await self.dispatcher.drain()
         except TimeoutError:
-            self.log.error("shutdown deadline passed; input not acknowledged will be redelivered",
-                           deadline=deadline, queued_batches=self.ingest.qsize(),
-                           queued_alert_batches=self.alerts.qsize())
+            if draining:  # input acknowledged, alerts spooled: the dispatcher reports what is left
+                self.log.warning("shutdown deadline passed while delivering spooled alerts", deadline=deadline,
+                                 undelivered=self.dispatcher.pending())
+            else:
+                self.log.error("shutdown deadline passed; input not acknowledged will be redelivered",
+                               deadline=deadline, queued_batches=self.ingest.qsize(),
+                               queued_alert_batches=self.alerts.qsize())
         except RuntimeError as error:
             self.log.error("final checkpoint not written; input not acknowledged will be redelivered",
                            detail=str(error)[:300])

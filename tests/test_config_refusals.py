@@ -61,3 +61,45 @@ def test_check_config_exits_2_with_the_refusal(tmp_path: Path, content: str, mes
     result = run_cli("check-config", str(path), timeout=120)
     err = result.stderr.decode()
     assert result.returncode == 2 and message in err and "Traceback" not in err, err[-2000:]
+
+
+# A bad place to write: refused at start-up (run) and by check-config with file, key and fix, never a
+# traceback or "metrics: cannot listen".  /proc/sys is not writable even for root.
+WEBHOOK = "sinks: [{type: webhook, url: 'http://127.0.0.1:9/x'}]\n"
+PLACES = {
+    "spool_dir_is_a_file": (WEBHOOK + "delivery: {spool_dir: afile}\n",
+                            "delivery.spool_dir: {d}/afile exists and is not a directory"),
+    "spool_dir_not_creatable": (WEBHOOK + "delivery: {spool_dir: afile/spool}\n",
+                                "delivery.spool_dir: {d}/afile/spool cannot be created: {d}/afile is a file"),
+    "spool_dir_not_writable": (WEBHOOK + "delivery: {spool_dir: /proc/sys}\n",
+                               "delivery.spool_dir: /proc/sys is not writable"),
+    "spool_dir_parent_not_writable": (WEBHOOK + "delivery: {spool_dir: /proc/sys/trailguard}\n",
+                                      "delivery.spool_dir: /proc/sys/trailguard cannot be created: "
+                                      "/proc/sys is not writable"),
+    "dead_letter_dir_is_a_file": (WEBHOOK + "delivery: {dead_letter_dir: afile}\n",
+                                  "delivery.dead_letter_dir: {d}/afile exists and is not a directory"),
+    "file_sink_path_is_a_directory": ("sinks: [{type: file, path: adir}]\n",
+                                      "sinks[0].path: {d}/adir is a directory; fix: name a file"),
+    "file_sink_dir_not_creatable": ("sinks: [{type: file, path: afile/alerts.jsonl}]\n",
+                                    "sinks[0].path: {d}/afile/alerts.jsonl cannot be created: {d}/afile is a file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLACES))
+def test_a_bad_place_to_write_is_refused_with_key_and_fix(tmp_path: Path, name: str) -> None:
+    content, message = PLACES[name]
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "in.json").write_text('{"Records": []}')
+    path = tmp_path / "trailguard.yaml"
+    path.write_text("sources: [{type: file, paths: [in.json]}]\nmetrics: {port: 0}\n" + content)
+    commands = [("check-config", str(path))]
+    if name in ("spool_dir_is_a_file", "file_sink_path_is_a_directory"):
+        commands.append(("run", "-c", str(path)))
+    for command in commands:
+        result = run_cli(*command, timeout=120)
+        err = result.stderr.decode()
+        expected = message.format(d=tmp_path)
+        assert result.returncode == 2, (command, err[-2000:])
+        assert f"{path}: {expected}" in err and "fix:" in err, (command, err[-2000:])
+        assert "Traceback" not in err and "cannot listen" not in err, err[-2000:]

@@ -8,7 +8,9 @@ times, ids, IPs and principals changed.  Rules are the example pack in
 from __future__ import annotations
 
 import copy
+import gc
 import shutil
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +459,30 @@ def test_unsupported_correlations_are_reported_per_rule(tmp_path: Path) -> None:
     # a reload with an unsupported correlation is rejected like one with a broken detection rule
     running = SigmaDetector(SigmaConfig(paths=[str(DATA / "rules")]))
     assert running.reload([directory]) != [] and len(running.correlations) == 5
+
+
+# -- bounded keys ------------------------------------------------------------------------------------
+
+
+def test_300kb_group_by_and_value_count_values_are_bounded_and_counted_apart(tmp_path: Path) -> None:
+    """2,000 secret reads grouped by a 300 KB userAgent, counting 300 KB secret ids."""
+    rule = correlation(260, "value_count", ["ct_secretsmanager_get_secret_value"], group_by=["userAgent"],
+                       condition={"gte": 100, "field": "requestParameters.secretId"})
+    h = Harness(rules_dir(tmp_path, rule))
+    big = "aws-cli/2.0 " + "A" * 300_000
+    alerts: list[Alert] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2_000):  # 20 agents differing only at the end, 100 secrets each
+            alerts.extend(h.run([secret(i * 0.1, f"e{i}", big + f"secret{i // 20}", userAgent=big + f"ua{i % 20}")]))
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    fired = only(alerts, rid(260))
+    print(f"\ncorrelation state, 2,000 events with 300 KB group-by/values: {used / 1024:.0f} KiB held")
+    assert used < 8 * 1024 * 1024  # unbounded: 2 * 2,000 * 300 KB = 1.2 GB
+    assert len(fired) == 20 and {a.evidence["count"] for a in fired} == {100}
+    assert len({a.entity for a in fired}) == 20
+    assert all(len(v) <= 256 for a in fired for v in a.evidence["values"])

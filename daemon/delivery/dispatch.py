@@ -209,6 +209,21 @@ class Dispatcher:
                                detail=lane.redact(str(error))[:200])
                 raise
 
+    def pending(self) -> dict[str, int]:
+        """Alerts still waiting in each sink's spool (sinks with none are left out)."""
+        return {name: lane.spool.depth for name, lane in self.lanes.items()
+                if lane.spool is not None and lane.spool.depth}
+
+    async def drain(self) -> None:
+        """Wait until every spool is empty: a finite run delivers everything before it exits.
+
+        The caller bounds it (the shutdown deadline); whatever is left is reported by :meth:`stop`.
+        """
+        for lane in self.lanes.values():
+            while lane.spool is not None and lane.spool.depth and lane.task is not None and not lane.task.done():
+                lane.space.clear()
+                await lane.space.wait()
+
     async def stop(self) -> None:
         """Let in-memory spools drain briefly, stop drain tasks, close spools, stop sinks (reverse order)."""
         self.stopping = True
@@ -233,6 +248,10 @@ class Dispatcher:
                 self.metrics.sink_deliveries.labels(sink=lane.name, outcome="dropped").inc(len(lost))
                 self.log.error("alerts lost: undelivered at shutdown and no spool_dir to keep them",
                                sink=lane.name, alerts=len(lost), alert_ids=lost[:100])
+            elif lane.spool is not None and lane.spool.depth:
+                self.log.warning("alerts left in the spool at shutdown; they are delivered at the next start",
+                                 sink=lane.name, alerts=lane.spool.depth,
+                                 spool=str(getattr(lane.spool, "path", "")))
             if lane.spool is not None:
                 try:
                     await lane.spool.close()

@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from detectors.alert import Alert
-from detectors.event import Event, format_time
+from detectors.event import MAX_KEY_CHARS, Event, bounded_key, format_time
 from detectors.sigma.correlation_closing import ClosingWindows
 from detectors.sigma.correlation_evidence import EvidenceLog
 from detectors.sigma.correlation_plan import Input, Plan, compare
@@ -58,10 +58,17 @@ def _ignore(_n: int) -> None:
 
 
 def _hashable(value: Any) -> Hashable:
-    """A field value usable in a key and in a snapshot: scalars as they are, the rest as JSON text."""
-    if value is None or isinstance(value, (str, int, float, bool)):
+    """A field value usable in a key and in a snapshot: scalars as they are, the rest as JSON text.
+
+    Strings (and JSON text) longer than ``MAX_KEY_CHARS`` become a prefix plus a hash
+    (:func:`~detectors.event.bounded_key`): group-by and ``value_count`` values come from arbitrary
+    event fields, so a 300 KB userAgent must not be held (or snapshotted) whole.
+    """
+    if value is None or isinstance(value, (int, float, bool)):
         return value
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if not isinstance(value, str):
+        value = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return value if len(value) <= MAX_KEY_CHARS else bounded_key(value)
 
 
 def _number(value: Any) -> float | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
+from detectors.windows.store import bound
 
 __all__ = ["BaselineRate", "SpikeReport"]
 
@@ -126,6 +127,7 @@ class BaselineRate(WindowPrimitive[_Rate]):
 
     def baseline(self, key: Hashable) -> float | None:
         """The key's current baseline (closed buckets only), or ``None`` for an unknown key."""
+        key = bound(key)
         state = self._store.get(key, touch=False)
         if state is None:
             return None
@@ -134,6 +136,7 @@ class BaselineRate(WindowPrimitive[_Rate]):
 
     def add(self, key: Hashable, time: float, event_id: str | None = None) -> SpikeReport | None:
         """Count one event in its bucket; return a report when that bucket first exceeds its limit."""
+        key = bound(key)
         late = time < self._store.watermark
         if self._is_dropped_late(time):
             return None

@@ -23,6 +23,7 @@ from typing import Any
 
 from detectors.windows import series
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
+from detectors.windows.store import bound
 
 __all__ = ["CountReport", "CountWindow"]
 
@@ -82,6 +83,7 @@ class CountWindow(WindowPrimitive[list]):
 
     def add(self, key: Hashable, time: float, event_id: str | None = None) -> CountReport | None:
         """Count one event; return a report if it completes a window of ``threshold`` events."""
+        key = bound(key)
         store = self._store
         if time < store.watermark and self._is_dropped_late(time):
             return None

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
-from detectors.windows.store import freeze, thaw
+from detectors.windows.store import bound, freeze, thaw
 
 __all__ = ["DistinctCountWindow", "DistinctReport"]
 
@@ -137,6 +137,8 @@ class DistinctCountWindow(WindowPrimitive[list]):
 
     def add(self, key: Hashable, time: float, value: Hashable, event_id: str | None = None) -> DistinctReport | None:
         """Record ``value`` for ``key``; return a report if the window now holds ``threshold`` values."""
+        key = bound(key)
+        value = bound(value)
         if self._is_dropped_late(time):
             return None
         store = self._store

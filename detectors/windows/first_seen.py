@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any
 
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
-from detectors.windows.store import freeze, thaw
+from detectors.windows.store import bound, freeze, thaw
 
 __all__ = ["FirstSeen", "FirstSeenReport"]
 
@@ -100,6 +100,8 @@ class FirstSeen(WindowPrimitive[_Seen]):
 
     def add(self, key: Hashable, time: float, value: Hashable, event_id: str | None = None) -> FirstSeenReport | None:
         """Record ``value`` for ``key``; return a report if it is new after the learning period."""
+        key = bound(key)
+        value = bound(value)
         if self._is_dropped_late(time):
             return None
         store = self._store

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
-from detectors.windows.store import KeyedState
+from detectors.windows.store import KeyedState, bound
 
 __all__ = ["LastSeen", "RecentValues"]
 
@@ -83,6 +83,8 @@ class RecentValues(Generic[R]):
 
     def see(self, key: Hashable, value: str, time: float) -> R:
         """Note that ``key`` showed ``value`` at ``time`` (creating its record); return the record."""
+        key = bound(key)
+        value = bound(value)
         record = self._state.get(key)
         if record is None:
             record = self._new(time)
@@ -92,6 +94,7 @@ class RecentValues(Generic[R]):
 
     def get(self, key: Hashable) -> R | None:
         """The live record of ``key``, or ``None`` (does not mark it used)."""
+        key = bound(key)
         return self._state.get(key, touch=False)
 
     def advance(self, watermark: float) -> None:

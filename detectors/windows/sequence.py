@@ -26,6 +26,7 @@ from typing import Any
 
 from detectors.windows import series
 from detectors.windows.primitive import LatePolicy, WindowPrimitive
+from detectors.windows.store import bound
 
 __all__ = ["SequenceReport", "SequenceWindow"]
 
@@ -97,6 +98,7 @@ class SequenceWindow(WindowPrimitive[list]):
 
     def add(self, key: Hashable, time: float, step: str, event_id: str | None = None) -> SequenceReport | None:
         """Record that ``key`` did ``step`` at ``time``; return a report if a match completes."""
+        key = bound(key)
         k = self._index.get(step)
         if k is None:
             raise ValueError(f"unknown step {step!r}; steps are {self.steps}")

@@ -14,6 +14,10 @@ least-recently-used order (a touched key is moved to the end), with two limits:
   small batch (``max(1, max_keys // 64)``), reported through ``on_evict(n)``.  Batching keeps
   eviction O(1) amortised on a plain ``dict`` (removing one key at a time from the front of a dict
   is quadratic in CPython), and a plain ``dict`` costs ~50 bytes per key less than ``OrderedDict``.
+
+Keys and values are bounded by bytes too: every primitive passes what it is given through
+:func:`bound` first, so a 300 KB group-by value (a userAgent, a request parameter) is held as a
+short prefix plus a hash (:func:`detectors.event.bounded_key`), still distinct from any other value.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from collections.abc import Callable, Hashable, Iterator
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
-__all__ = ["SNAPSHOT_VERSION", "KeyedState", "check_snapshot", "freeze", "thaw"]
+from detectors.event import MAX_KEY_CHARS, bounded_key
+
+__all__ = ["SNAPSHOT_VERSION", "KeyedState", "bound", "check_snapshot", "freeze", "thaw"]
 
 S = TypeVar("S")
 
@@ -34,6 +40,21 @@ _NEG_INF = float("-inf")
 
 def _ignore_count(_n: int) -> None:
     return None
+
+
+def bound(value: Any) -> Any:
+    """``value`` with every string longer than ``MAX_KEY_CHARS`` (also inside tuples) cut to a prefix + hash.
+
+    Returns ``value`` itself (no copy) when nothing is long, which is the hot path.
+    """
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= MAX_KEY_CHARS else bounded_key(value)
+    if kind is tuple:
+        for item in value:
+            if (type(item) is str and len(item) > MAX_KEY_CHARS) or type(item) is tuple:
+                return tuple(bound(item) for item in value)
+    return value
 
 
 def freeze(value: Any) -> Any:
