@@ -54,6 +54,7 @@ from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
+from detectors.resources import bounded, make_resource, resources_of
 from detectors.windows import CountReport, CountWindow, Throttle
 from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
@@ -213,6 +214,13 @@ class AccessDeniedBurst(Detector):
             f"{who} received {what} within {minutes:g} min in account {event.account_id or 'unknown'}, "
             f"ending {format_time(count.end)} from {event.source_ip or 'an unknown address'}."
         )
+        listed = apis[: self.config.max_evidence]
+        resources = bounded([
+            *(make_resource("aws_api", api, account_id=event.account_id, detail="denied") for api in listed),
+            *resources_of(event),
+        ])
+        touched = ", ".join(r["id"] for r in resources if r["type"] not in ("aws_api", "omitted"))[:300]
+        summary += f" Denied: {', '.join(listed)}" + (f" (last on {touched})." if touched else ".")
         return Alert(
             detector=self.name,
             title=title,
@@ -228,7 +236,7 @@ class AccessDeniedBurst(Detector):
                 "finding": "breadth" if breadth else "volume",
                 "failures": count.count,
                 "distinct_apis": distinct,
-                "apis": apis[: self.config.max_evidence],
+                "apis": listed,
                 "error_codes": list(codes),
                 "window_start": format_time(count.start),
                 "window_end": format_time(count.end),
@@ -240,6 +248,7 @@ class AccessDeniedBurst(Detector):
             tags=list(self.tags),
             runbook=self.runbook,
             entity=who,
+            resources=resources,
         )
 
     # -- state -----------------------------------------------------------------------------
