@@ -83,13 +83,27 @@ _MAX_CODES: Final = 8
 
 
 class _Failures(LastSeen):
-    """A principal's APIs with their last failure, plus the error codes it received."""
+    """A principal's APIs with their last failure, the error codes it received and what was denied."""
 
-    __slots__ = ("codes",)
+    __slots__ = ("codes", "targets")
 
-    def __init__(self, newest: float, pairs: list[Any] | None = None, codes: tuple[str, ...] = ()) -> None:
+    def __init__(self, newest: float, pairs: list[Any] | None = None, codes: tuple[str, ...] = (),
+                 targets: tuple[tuple[str, str, str], ...] = ()) -> None:
         super().__init__(newest, pairs)
         self.codes = codes
+        #: ``(type, id, api)`` of the resources the first denied calls named (at most ``max_evidence``).
+        self.targets = targets
+
+
+#: Resource types that say nothing about what was denied (the fallback of an account-wide call).
+_NOT_TARGETS: Final = frozenset({"aws_account", "principal", "omitted"})
+
+
+def _load_failures(entry: list[Any]) -> tuple[Hashable, _Failures]:
+    """One ``apis`` snapshot entry; one written before ``targets`` existed has four fields."""
+    key, newest, codes, pairs, *rest = entry
+    targets = tuple(tuple(t) for t in rest[0]) if rest else ()
+    return thaw(key), _Failures(float(newest), list(pairs), tuple(codes), targets)  # type: ignore[arg-type]
 
 
 class AccessDeniedBurst(Detector):
@@ -169,6 +183,13 @@ class AccessDeniedBurst(Detector):
         record = self._apis.see(key, f"{event.event_source}:{event.event_name}", time)
         if code not in record.codes and len(record.codes) < _MAX_CODES:
             record.codes = (*record.codes, code)
+        if len(record.targets) < self.config.max_evidence:  # resources_of runs only until the cap is full
+            api = f"{event.event_source}:{event.event_name}"
+            for found in resources_of(event):
+                target = (found["type"], found["id"], api)
+                if found["type"] not in _NOT_TARGETS and target not in record.targets:
+                    record.targets = (*record.targets, target)
+                    break
         if count is None:
             return None
         config = self.config
@@ -179,7 +200,7 @@ class AccessDeniedBurst(Detector):
         suppressed = self._throttle.allow(key, count.end)
         if suppressed is None:
             return None
-        return [self._alert(event, key, count, apis, record.codes, breadth, suppressed)]
+        return [self._alert(event, key, count, apis, record, breadth, suppressed)]
 
     def on_watermark(self, watermark: float) -> None:
         """Expire principals whose failures all left the window."""
@@ -196,7 +217,7 @@ class AccessDeniedBurst(Detector):
         key: Hashable,
         count: CountReport,
         apis: list[str],
-        codes: tuple[str, ...],
+        record: _Failures,
         breadth: bool,
         suppressed: int,
     ) -> Alert:
@@ -217,10 +238,11 @@ class AccessDeniedBurst(Detector):
         listed = apis[: self.config.max_evidence]
         resources = bounded([
             *(make_resource("aws_api", api, account_id=event.account_id, detail="denied") for api in listed),
-            *resources_of(event),
+            *(make_resource(kind, ident, account_id=event.account_id, detail=f"denied {api}")
+              for kind, ident, api in record.targets),
         ])
         touched = ", ".join(r["id"] for r in resources if r["type"] not in ("aws_api", "omitted"))[:300]
-        summary += f" Denied: {', '.join(listed)}" + (f" (last on {touched})." if touched else ".")
+        summary += f" Denied: {', '.join(listed)}" + (f" (on {touched})." if touched else ".")
         return Alert(
             detector=self.name,
             title=title,
@@ -237,7 +259,7 @@ class AccessDeniedBurst(Detector):
                 "failures": count.count,
                 "distinct_apis": distinct,
                 "apis": listed,
-                "error_codes": list(codes),
+                "error_codes": list(record.codes),
                 "window_start": format_time(count.start),
                 "window_end": format_time(count.end),
                 "window_seconds": self.config.window,
@@ -259,7 +281,8 @@ class AccessDeniedBurst(Detector):
             "kind": self.name,
             "watermark": None if self._watermark == float("-inf") else self._watermark,
             "failures": self._failures.snapshot(),
-            "apis": [[freeze(key), r.newest, list(r.codes), list(r.pairs)] for key, r in self._apis.items()],
+            "apis": [[freeze(key), r.newest, list(r.codes), list(r.pairs), [list(t) for t in r.targets]]
+                     for key, r in self._apis.items()],
             "throttle": self._throttle.snapshot(),
         }
 
@@ -269,11 +292,7 @@ class AccessDeniedBurst(Detector):
         watermark = data.get("watermark")
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
-        self._apis.load(
-            [(thaw(key), _Failures(float(newest), list(pairs), tuple(codes)))
-             for key, newest, codes, pairs in data["apis"]],
-            self._watermark,
-        )
+        self._apis.load([_load_failures(entry) for entry in data["apis"]], self._watermark)
         self._throttle.restore(data["throttle"])
 
     def state_keys(self) -> int:

@@ -70,6 +70,44 @@ def test_real_invictus_get_password_data_burst_is_flagged_once() -> None:
     assert len(alert.event_ids) == 10 and set(alert.event_ids) <= {r["eventID"] for r in REAL}
     assert alert.tags == ["attack.discovery", "attack.t1580", "attack.t1526"]
     assert alert.to_dict()["time"] == format_time(alert.time)
+    # it names what was denied: the API, then the instances of the first ten failures (max_evidence)
+    first_ten = [r["requestParameters"]["instanceId"] for r in sorted(REAL, key=lambda r: r["eventTime"])][:10]
+    assert alert.resources[0] == {"type": "aws_api", "id": "ec2.amazonaws.com:GetPasswordData",
+                                  "account_id": "123837392027", "detail": "denied"}
+    assert [(r["type"], r["id"]) for r in alert.resources[1:]] == [("ec2_instance", i) for i in first_ten]
+    assert all(r["detail"] == "denied ec2.amazonaws.com:GetPasswordData" for r in alert.resources[1:])
+    assert "Denied: ec2.amazonaws.com:GetPasswordData (on i-" in alert.summary
+    assert first_ten[0] in alert.summary
+
+
+def test_denied_resources_are_bounded_and_survive_a_snapshot_even_an_old_one() -> None:
+    def on_instance(t: float, n: int) -> Event:
+        event = failure(t, n)
+        event.raw["requestParameters"] = {"instanceId": f"i-{n:04d}"}
+        return Event(event.raw)
+
+    events = [on_instance(5 * i, i) for i in range(25)]
+    original = engine(lateness=900, max_evidence=3)
+    assert run(original, events[:6]) == []
+    saved = roundtrip(original.snapshot())
+    restored = engine(lateness=900, max_evidence=3)
+    restored.restore(saved)
+    alerts = run(restored, events[6:])
+    assert len(alerts) == 1
+    assert [(r["type"], r["id"]) for r in alerts[0].resources] == [
+        ("aws_api", "ec2.amazonaws.com:GetPasswordData"),
+        ("ec2_instance", "i-0000"), ("ec2_instance", "i-0001"), ("ec2_instance", "i-0002"),
+    ]
+    old = roundtrip(original.snapshot())
+    for entry in old["detectors"]["access_denied_burst"]["apis"]:
+        del entry[4]  # written before denied resources were kept
+    legacy = engine(lateness=900, max_evidence=3)
+    legacy.restore(old)
+    alerts = run(legacy, events[6:])
+    assert [(r["type"], r["id"]) for r in alerts[0].resources] == [
+        ("aws_api", "ec2.amazonaws.com:GetPasswordData"),
+        ("ec2_instance", "i-0006"), ("ec2_instance", "i-0007"), ("ec2_instance", "i-0008"),
+    ]
 
 
 def test_breadth_fires_at_the_tenth_failure_across_five_apis() -> None:
