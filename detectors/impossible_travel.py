@@ -352,7 +352,7 @@ class ImpossibleTravel(Detector):
         resources = bounded([
             *(make_resource("source_ip", place["ip"], detail=f"{_where(place)} at {place['time']}")
               for place in (first, second)),
-            make_resource("principal", event.principal, account_id=event.account_id,
+            make_resource("principal", event.principal,
                           detail=f"seen {hit.effective:.0f} km apart in {hit.gap:.0f} s"),
         ])
         return Alert(

@@ -397,7 +397,8 @@ def _run_instances(event: Event, params: dict[str, Any]) -> list[Resource]:
                                                            _text(item.get("imageId"))))))
             if made:
                 out.append(made)
-    image = _resource("ami", params.get("imageId"))
+    requested = [i for i in _items(params.get("instancesSet")) if isinstance(i, dict)]  # the request's shape
+    image = _resource("ami", params.get("imageId") or next((i.get("imageId") for i in requested), None))
     return out + ([image] if image else [])
 
 

@@ -337,12 +337,14 @@ class RunInstancesSpike(Detector):
             f"({', '.join(bucket.regions)}) between {format_time(report.start)} and {format_time(report.end)}"
             f"{refused}."
         )
+        launched = resources_of(event)  # the triggering call: its instance ids and image, or its subnet…
         resources = bounded([
-            *resources_of(event),  # the triggering launch: its instance ids, types and image
+            *(r for r in launched if r["type"] == "ec2_instance"),
             *(make_resource("ec2_instance_type", kind, account_id=event.account_id, detail=f"{n} launched")
               for kind, n in sorted(bucket.types.items(), key=lambda kv: -kv[1])),
             *(make_resource("aws_region", region, account_id=event.account_id, detail="launch region")
               for region in bucket.regions),
+            *launched,
         ])
         instances = [r["id"] for r in resources if r["type"] == "ec2_instance"]
         if instances:
