@@ -148,9 +148,12 @@ class AccessDeniedBurst(Detector):
         window, keys = c.window, c.max_keys
         on_evict = self.context.on_evict
         lowest = min(c.min_failures, c.volume_threshold)
+        most = 4 * max(c.min_failures, c.volume_threshold)
+        # an alert lists the ids of every failure it counts (bounded by ``most``), so that its
+        # incident holds all of them; ``max_evidence`` bounds the APIs and resources listed
         self._failures = CountWindow(
-            window, lowest, max_events=4 * max(c.min_failures, c.volume_threshold), max_keys=keys,
-            on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
+            window, lowest, max_events=most, max_keys=keys,
+            on_evict=lambda n: on_evict(self.name, n), max_evidence=most,
         )
         #: principal → its APIs' last failures and its error codes: the distinct APIs in the window
         #: that a count fires for (exact in order; out of order it counts APIs seen up to the
@@ -198,8 +201,8 @@ class AccessDeniedBurst(Detector):
         if not breadth and count.count < config.volume_threshold:
             return None
         suppressed = self._throttle.allow(key, count.end)
-        if suppressed is None:
-            return None
+        if suppressed is None:  # already reported in this window: folded into that alert's incident
+            return [self._continuation(event, key, breadth)]
         return [self._alert(event, key, count, apis, record, breadth, suppressed)]
 
     def on_watermark(self, watermark: float) -> None:
@@ -210,6 +213,32 @@ class AccessDeniedBurst(Detector):
         self._throttle.advance(watermark)
         self._apis.advance(watermark)
         return None
+
+    def _continuation(self, event: Event, key: Hashable, breadth: bool) -> Alert:
+        """One more failure inside an already-reported burst: counted by the incident, never sent alone."""
+        who = str(key)
+        api = f"{event.event_source}:{event.event_name}"
+        return Alert(
+            detector=self.name,
+            title="Authorization failures across many APIs (enumeration)" if breadth
+            else "Burst of authorization failures",
+            severity=shift_severity(self.effective_severity, 1) if breadth else self.effective_severity,
+            time=event.time,
+            summary=f"{who} received one more authorization failure ({api}, {event.error_code}) "
+                    f"in a burst already reported, in account {event.account_id or 'unknown'}.",
+            account_id=event.account_id,
+            region=event.region,
+            principal=who,
+            source_ips=[event.source_ip] if event.source_ip else [],
+            event_ids=[event.event_id] if event.event_id else [],
+            evidence={"finding": "breadth" if breadth else "volume", "continues": True, "api": api},
+            tags=list(self.tags),
+            runbook=self.runbook,
+            entity=who,
+            resources=bounded(resources_of(event)),
+            event_total=1,
+            continues=True,
+        )
 
     def _alert(
         self,
@@ -271,6 +300,7 @@ class AccessDeniedBurst(Detector):
             runbook=self.runbook,
             entity=who,
             resources=resources,
+            event_total=count.count,
         )
 
     # -- state -----------------------------------------------------------------------------

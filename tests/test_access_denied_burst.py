@@ -10,12 +10,14 @@ from __future__ import annotations
 import random
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pydantic
 import pytest
 
 from detectors.access_denied_burst import AccessDeniedBurst
+from detectors.alert import Alert
 from detectors.event import Event, format_time, parse_event_time
 from detectors.registry import detector_class
 from tests.stateful_helpers import Counters, detector_engine, from_template, roundtrip, run_engine
@@ -45,7 +47,14 @@ def failure(t: float, n: int, *, api: tuple[str, str] = ("ec2.amazonaws.com", "G
 
 
 engine = partial(detector_engine, AccessDeniedBurst)
-run = partial(run_engine, batch=7)
+def run_all(engine: Any, events: list[Event], batch: int = 7) -> list[Alert]:
+    """Every alert, continuations included."""
+    return run_engine(engine, events, batch=batch)
+
+
+def run(engine: Any, events: list[Event], batch: int = 7) -> list[Alert]:
+    """The alerts that report a burst (without the continuations that only feed its incident)."""
+    return [a for a in run_all(engine, events, batch) if not a.continues]
 
 
 def test_registered_and_configured_like_yaml() -> None:
@@ -67,7 +76,9 @@ def test_real_invictus_get_password_data_burst_is_flagged_once() -> None:
     assert alert.evidence["failures"] == 20
     assert alert.evidence["apis"] == ["ec2.amazonaws.com:GetPasswordData"]
     assert alert.evidence["error_codes"] == ["Client.UnauthorizedOperation"]
-    assert len(alert.event_ids) == 10 and set(alert.event_ids) <= {r["eventID"] for r in REAL}
+    # every failure it counts is listed, so that its incident holds them all
+    counted = [r["eventID"] for r in sorted(REAL, key=lambda r: r["eventTime"])][:20]
+    assert alert.event_total == 20 and sorted(alert.event_ids) == sorted(counted)
     assert alert.tags == ["attack.discovery", "attack.t1580", "attack.t1526"]
     assert alert.to_dict()["time"] == format_time(alert.time)
     # it names what was denied: the API, then the instances of the first ten failures (max_evidence)
@@ -78,6 +89,19 @@ def test_real_invictus_get_password_data_burst_is_flagged_once() -> None:
     assert all(r["detail"] == "denied ec2.amazonaws.com:GetPasswordData" for r in alert.resources[1:])
     assert "Denied: ec2.amazonaws.com:GetPasswordData (on i-" in alert.summary
     assert first_ten[0] in alert.summary
+
+
+def test_failures_after_the_alert_continue_it_for_its_incident() -> None:
+    alerts = run_all(engine(), [Event(r) for r in REAL])
+    opened, rest = alerts[0], alerts[1:]
+    assert not opened.continues and len(rest) == 9 and all(a.continues for a in rest)
+    assert all(a.event_total == 1 and len(a.event_ids) == 1 and a.entity == opened.entity for a in rest)
+    assert all(a.account_id == opened.account_id and a.title == opened.title for a in rest)
+    assert all(a.resources[0]["type"] == "ec2_instance" for a in rest)
+    # the alert and its continuations account for every one of the 29 failures, once
+    ids = [i for a in alerts for i in a.event_ids]
+    assert len(ids) == 29 and set(ids) == {r["eventID"] for r in REAL}
+    assert opened.event_total + sum(a.event_total for a in rest) == 29
 
 
 def test_denied_resources_are_bounded_and_survive_a_snapshot_even_an_old_one() -> None:
