@@ -436,7 +436,8 @@ class _Detectors:
 
 
 def _alerts(detectors: Iterable[Detector], event: Event) -> list[Alert]:
-    return [alert for detector in detectors for alert in (detector.on_event(event) or ())]
+    # a continuation (a match inside a correlation's throttle) is not an alert of its own
+    return [alert for detector in detectors for alert in (detector.on_event(event) or ()) if not alert.continues]
 
 
 def run_yardstick(samples: Sequence[dict[str, Any]] | None = None) -> Report:

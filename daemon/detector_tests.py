@@ -47,7 +47,8 @@ def run_detector_timeline(name: str, settings: dict[str, Any], timeline: Timelin
     for event in events:
         alerts.extend(engine.process_many([event]))
     alerts.extend(detector.on_watermark(engine.max_event_time + 86_400.0) or ())
-    return sum(alert.detector == name for alert in alerts), None
+    # continuations (matches inside a detector's throttle) only feed an incident: not alerts
+    return sum(alert.detector == name and not alert.continues for alert in alerts), None
 
 
 def _load(path: Path) -> tuple[str, dict[str, Any], list[Timeline]]:

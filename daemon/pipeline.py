@@ -378,11 +378,13 @@ class Pipeline:
                 alert.detected_at = now
             if accounts is not None:
                 accounts.annotate(alert)
+            if alert.continues:  # an already-reported match, only for its incident's totals
+                continue
             self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity,
                                        rule=alert.rule_id or alert.detector).inc()
             self.alerts_by_detector[alert.detector] += 1
             self._count_rule(alert, 0)
-        self.counts["alerts"] += len(alerts)
+            self.counts["alerts"] += 1
         notifications = self.incidents.fold(alerts, self.watermark())
         if final:
             self.incidents.close_all(notifications)

@@ -176,4 +176,5 @@ def run_timeline(detector: SigmaDetector, rule_id: str, timeline: Timeline) -> T
     plans = (*twin.correlations.plans, *twin.new_terms.plans)
     horizon = max((plan.timespan for plan in plans), default=0.0) + engine.allowed_lateness + 1.0
     alerts.extend(twin.on_watermark(engine.max_event_time + horizon) or ())
-    return TimelineResult(timeline, sum(alert.rule_id == rule_id for alert in alerts), late=late[0])
+    count = sum(alert.rule_id == rule_id and not alert.continues for alert in alerts)  # not continuations
+    return TimelineResult(timeline, count, late=late[0])

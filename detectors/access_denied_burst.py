@@ -54,6 +54,7 @@ from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.exceptions import principal_globs
+from detectors.resources import bounded, make_resource, resources_of
 from detectors.windows import CountReport, CountWindow, Throttle
 from detectors.windows.recent import LastSeen, RecentValues
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
@@ -82,13 +83,27 @@ _MAX_CODES: Final = 8
 
 
 class _Failures(LastSeen):
-    """A principal's APIs with their last failure, plus the error codes it received."""
+    """A principal's APIs with their last failure, the error codes it received and what was denied."""
 
-    __slots__ = ("codes",)
+    __slots__ = ("codes", "targets")
 
-    def __init__(self, newest: float, pairs: list[Any] | None = None, codes: tuple[str, ...] = ()) -> None:
+    def __init__(self, newest: float, pairs: list[Any] | None = None, codes: tuple[str, ...] = (),
+                 targets: tuple[tuple[str, str, str], ...] = ()) -> None:
         super().__init__(newest, pairs)
         self.codes = codes
+        #: ``(type, id, api)`` of the resources the first denied calls named (at most ``max_evidence``).
+        self.targets = targets
+
+
+#: Resource types that say nothing about what was denied (the fallback of an account-wide call).
+_NOT_TARGETS: Final = frozenset({"aws_account", "principal", "omitted"})
+
+
+def _load_failures(entry: list[Any]) -> tuple[Hashable, _Failures]:
+    """One ``apis`` snapshot entry; one written before ``targets`` existed has four fields."""
+    key, newest, codes, pairs, *rest = entry
+    targets = tuple(tuple(t) for t in rest[0]) if rest else ()
+    return thaw(key), _Failures(float(newest), list(pairs), tuple(codes), targets)  # type: ignore[arg-type]
 
 
 class AccessDeniedBurst(Detector):
@@ -137,9 +152,12 @@ class AccessDeniedBurst(Detector):
         window, keys = c.window, c.max_keys
         on_evict = self.context.on_evict
         lowest = min(c.min_failures, c.volume_threshold)
+        most = 4 * max(c.min_failures, c.volume_threshold)
+        # an alert lists the ids of every failure it counts (bounded by ``most``), so that its
+        # incident holds all of them; ``max_evidence`` bounds the APIs and resources listed
         self._failures = CountWindow(
-            window, lowest, max_events=4 * max(c.min_failures, c.volume_threshold), max_keys=keys,
-            on_evict=lambda n: on_evict(self.name, n), max_evidence=c.max_evidence,
+            window, lowest, max_events=most, max_keys=keys,
+            on_evict=lambda n: on_evict(self.name, n), max_evidence=most,
         )
         #: principal → its APIs' last failures and its error codes: the distinct APIs in the window
         #: that a count fires for (exact in order; out of order it counts APIs seen up to the
@@ -166,6 +184,13 @@ class AccessDeniedBurst(Detector):
         record = self._apis.see(key, f"{event.event_source}:{event.event_name}", time)
         if code not in record.codes and len(record.codes) < _MAX_CODES:
             record.codes = (*record.codes, code)
+        if len(record.targets) < self.config.max_evidence:  # resources_of runs only until the cap is full
+            api = f"{event.event_source}:{event.event_name}"
+            for found in resources_of(event):
+                target = (found["type"], found["id"], api)
+                if found["type"] not in _NOT_TARGETS and target not in record.targets:
+                    record.targets = (*record.targets, target)
+                    break
         if count is None:
             return None
         config = self.config
@@ -174,9 +199,9 @@ class AccessDeniedBurst(Detector):
         if not breadth and count.count < config.volume_threshold:
             return None
         suppressed = self._throttle.allow(key, count.end)
-        if suppressed is None:
-            return None
-        return [self._alert(event, key, count, apis, record.codes, breadth, suppressed)]
+        if suppressed is None:  # already reported in this window: folded into that alert's incident
+            return [self._continuation(event, key, breadth)]
+        return [self._alert(event, key, count, apis, record, breadth, suppressed)]
 
     def on_watermark(self, watermark: float) -> None:
         """Expire principals whose failures all left the window."""
@@ -187,13 +212,39 @@ class AccessDeniedBurst(Detector):
         self._apis.advance(watermark)
         return None
 
+    def _continuation(self, event: Event, key: Hashable, breadth: bool) -> Alert:
+        """One more failure inside an already-reported burst: counted by the incident, never sent alone."""
+        who = str(key)
+        api = f"{event.event_source}:{event.event_name}"
+        return Alert(
+            detector=self.name,
+            title="Authorization failures across many APIs (enumeration)" if breadth
+            else "Burst of authorization failures",
+            severity=shift_severity(self.effective_severity, 1) if breadth else self.effective_severity,
+            time=event.time,
+            summary=f"{who} received one more authorization failure ({api}, {event.error_code}) "
+                    f"in a burst already reported, in account {event.account_id or 'unknown'}.",
+            account_id=event.account_id,
+            region=event.region,
+            principal=who,
+            source_ips=[event.source_ip] if event.source_ip else [],
+            event_ids=[event.event_id] if event.event_id else [],
+            evidence={"finding": "breadth" if breadth else "volume", "continues": True, "api": api},
+            tags=list(self.tags),
+            runbook=self.runbook,
+            entity=who,
+            resources=bounded(resources_of(event)),
+            event_total=1,
+            continues=True,
+        )
+
     def _alert(
         self,
         event: Event,
         key: Hashable,
         count: CountReport,
         apis: list[str],
-        codes: tuple[str, ...],
+        record: _Failures,
         breadth: bool,
         suppressed: int,
     ) -> Alert:
@@ -211,6 +262,14 @@ class AccessDeniedBurst(Detector):
             f"{who} received {what} within {minutes:g} min in account {event.account_id or 'unknown'}, "
             f"ending {format_time(count.end)} from {event.source_ip or 'an unknown address'}."
         )
+        listed = apis[: self.config.max_evidence]
+        resources = bounded([
+            *(make_resource("aws_api", api, account_id=event.account_id, detail="denied") for api in listed),
+            *(make_resource(kind, ident, account_id=event.account_id, detail=f"denied {api}")
+              for kind, ident, api in record.targets),
+        ])
+        touched = ", ".join(r["id"] for r in resources if r["type"] not in ("aws_api", "omitted"))[:300]
+        summary += f" Denied: {', '.join(listed)}" + (f" (on {touched})." if touched else ".")
         return Alert(
             detector=self.name,
             title=title,
@@ -226,8 +285,8 @@ class AccessDeniedBurst(Detector):
                 "finding": "breadth" if breadth else "volume",
                 "failures": count.count,
                 "distinct_apis": distinct,
-                "apis": apis[: self.config.max_evidence],
-                "error_codes": list(codes),
+                "apis": listed,
+                "error_codes": list(record.codes),
                 "window_start": format_time(count.start),
                 "window_end": format_time(count.end),
                 "window_seconds": self.config.window,
@@ -238,6 +297,8 @@ class AccessDeniedBurst(Detector):
             tags=list(self.tags),
             runbook=self.runbook,
             entity=who,
+            resources=resources,
+            event_total=count.count,
         )
 
     # -- state -----------------------------------------------------------------------------
@@ -248,7 +309,8 @@ class AccessDeniedBurst(Detector):
             "kind": self.name,
             "watermark": None if self._watermark == float("-inf") else self._watermark,
             "failures": self._failures.snapshot(),
-            "apis": [[freeze(key), r.newest, list(r.codes), list(r.pairs)] for key, r in self._apis.items()],
+            "apis": [[freeze(key), r.newest, list(r.codes), list(r.pairs), [list(t) for t in r.targets]]
+                     for key, r in self._apis.items()],
             "throttle": self._throttle.snapshot(),
         }
 
@@ -258,11 +320,7 @@ class AccessDeniedBurst(Detector):
         watermark = data.get("watermark")
         self._watermark = float(watermark) if isinstance(watermark, (int, float)) else float("-inf")
         self._failures.restore(data["failures"])
-        self._apis.load(
-            [(thaw(key), _Failures(float(newest), list(pairs), tuple(codes)))
-             for key, newest, codes, pairs in data["apis"]],
-            self._watermark,
-        )
+        self._apis.load([_load_failures(entry) for entry in data["apis"]], self._watermark)
         self._throttle.restore(data["throttle"])
 
     def state_keys(self) -> int:

@@ -78,6 +78,12 @@ class Alert:
     group: tuple[str, ...] | None = None
     #: The triggering event's ``userAgent`` (collected per incident); not on the wire.
     user_agent: str = ""
+    #: Matching events the alert stands for when more than its one trigger (a threshold detector's
+    #: count, which may exceed its listed ``event_ids``); ``0`` means one.  Counted per incident; not on the wire.
+    event_total: int = 0
+    #: A match the detector already reported within its throttle: only folded into the open incident
+    #: (so its totals count every event), never a notification of its own; not on the wire.
+    continues: bool = False
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITY_RANK:

@@ -50,6 +50,7 @@ from detectors.alert import Alert, make_alert_id
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
+from detectors.resources import bounded, make_resource
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot, freeze, thaw
 
 __all__ = ["CloudTrailSilence"]
@@ -202,6 +203,11 @@ class CloudTrailSilence(Detector):
             f"CloudTrail events from {where} stopped {_duration_text(silent_for)} before the rest of the "
             f"organisation's (last event {format_time(seen.last)}, watermark {format_time(watermark)})."
         )
+        resources = bounded([
+            make_resource("aws_account", account, account_id=account,
+                          detail=f"silent {_duration_text(silent_for)}" + (f" in {region}" if region else "")),
+            make_resource("aws_region", region, account_id=account, detail="silent region") if region else None,
+        ])
         return Alert(
             detector=self.name,
             title="CloudTrail events stopped arriving from an account",
@@ -225,6 +231,7 @@ class CloudTrailSilence(Detector):
             runbook=self.runbook,
             entity=entity,
             id="" if seen.last_id else make_alert_id(self.name, None, entity, seen.last),
+            resources=resources,
         )
 
     # -- state -----------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from pydantic import Field
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event
+from detectors.resources import bounded, make_resource, resources_of
 
 __all__ = ["CloudTrailTampering", "advanced_selector_reductions", "basic_selector_reductions"]
 
@@ -308,6 +309,12 @@ class CloudTrailTampering(Detector):
             title = f"Attempt: {title}"
         else:
             summary = f"{event.principal} called {what} {where}, reducing: {'; '.join(reduced)}."
+        kind = "cloudtrail_event_data_store" if "EventDataStore" in event.event_name else "cloudtrail_trail"
+        resources = bounded([
+            make_resource(kind, target, account_id=event.account_id,
+                          detail=f"{'attempted: ' if failed else ''}{'; '.join(reduced) or event.event_name}"),
+            *resources_of(event),
+        ])
         return Alert.from_event(
             event,
             detector=self.name,
@@ -317,4 +324,5 @@ class CloudTrailTampering(Detector):
             evidence=evidence,
             tags=list(self.tags),
             runbook=self.runbook,
+            resources=resources,
         )

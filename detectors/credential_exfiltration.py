@@ -72,6 +72,7 @@ from pydantic import BeforeValidator, Field
 from detectors.alert import Alert, make_alert_id
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event, format_time
+from detectors.resources import bounded, make_resource
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot
 
 __all__ = ["CredentialExfiltration", "compute_reasons_of_name"]
@@ -391,8 +392,9 @@ class CredentialExfiltration(Detector):
         if first is not None:
             first_text = f"; first seen {format_time(first[1][0])} from {first[0]} ({first[1][1]})"
         what = "Compute role credential" if compute else "Credential first used inside AWS"
+        role = f", role {credential.role}" if credential.role else ""
         summary = (
-            f"{what} {credential.session} ({key}) used from {ip}{f' ({where})' if where else ''} outside AWS: "
+            f"{what} {credential.session} ({key}{role}) used from {ip}{f' ({where})' if where else ''} outside AWS: "
             f"{event_name}{' (a successful write)' if rank == _CRITICAL else ''}{first_text}."
         )
         first_evidence = None
@@ -401,6 +403,14 @@ class CredentialExfiltration(Detector):
                               "event_id": first[1][2]}
         ids = sorted(i for i in (event_id, first[1][2] if first is not None else "") if i)
         account = credential.session.split(":")[4] if credential.session.count(":") >= 5 else ""
+        resources = bounded([
+            make_resource("iam_role", credential.role, account_id=account, detail="role of the session"),
+            make_resource("role_session", credential.session, account_id=account,
+                          detail=f"used outside AWS for {event_name}"),
+            make_resource("access_key", key if key != credential.session else "", account_id=account,
+                          detail="temporary credential"),
+            make_resource("source_ip", ip, detail=f"outside AWS{f' ({where})' if where else ''}"),
+        ])
         return Alert(
             detector=self.name,
             title="Compute role credentials used outside AWS" if compute
@@ -435,6 +445,7 @@ class CredentialExfiltration(Detector):
             runbook=self.runbook,
             entity=key,
             id="" if ids else make_alert_id(self.name, None, key, t, ip),
+            resources=resources,
         )
 
     def on_watermark(self, watermark: float) -> None:

@@ -55,6 +55,7 @@ from pydantic import BeforeValidator, Field
 from detectors.alert import Alert, make_alert_id
 from detectors.base import Detector, DetectorConfig, DetectorContext, GeoInfo
 from detectors.event import IP_PUBLIC, Event, format_time
+from detectors.resources import bounded, make_resource
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot
 from detectors.windows.throttle import Throttle
 
@@ -348,6 +349,12 @@ class ImpossibleTravel(Detector):
             f"{hit.effective:.0f} km apart, {hit.speed:.0f} km/h."
         )
         ids = sorted(i for i in (event.event_id, hit.other_id) if i)
+        resources = bounded([
+            *(make_resource("source_ip", place["ip"], detail=f"{_where(place)} at {place['time']}")
+              for place in (first, second)),
+            make_resource("principal", event.principal,
+                          detail=f"seen {hit.effective:.0f} km apart in {hit.gap:.0f} s"),
+        ])
         return Alert(
             detector=self.name,
             title="Impossible travel between two source IPs of one principal",
@@ -374,6 +381,7 @@ class ImpossibleTravel(Detector):
             runbook=self.runbook,
             entity=event.principal,
             id="" if ids else make_alert_id(self.name, None, event.principal, hit.other_time, t),
+            resources=resources,
         )
 
     @staticmethod

@@ -57,6 +57,7 @@ from pydantic import BeforeValidator, Field
 from detectors.alert import Alert, shift_severity
 from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.event import Event, format_time
+from detectors.resources import bounded, make_resource, resources_of
 from detectors.windows.first_seen import FirstSeen, FirstSeenReport
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot
 from detectors.windows.throttle import Throttle
@@ -341,6 +342,11 @@ class NewRegion(Detector):
             rule_id=finding,
             runbook=self.runbook,
             entity=f"{account}/{region}",
+            resources=bounded([
+                make_resource("aws_region", region, account_id=account,
+                              detail=f"{finding.replace('_', ' ')} in account {account or 'unknown'}"),
+                *resources_of(event),
+            ]),
         )
 
     def _service_alert(self, event: Event, report: FirstSeenReport) -> Alert:
@@ -364,6 +370,11 @@ class NewRegion(Detector):
             rule_id="new_service",
             runbook=self.runbook,
             entity=event.principal,
+            resources=bounded([
+                make_resource("aws_service", event.event_source, account_id=event.account_id,
+                              detail=f"first used by {event.principal} in {event.region or 'no region'}"),
+                *resources_of(event),
+            ]),
         )
 
     def on_watermark(self, watermark: float) -> None:

@@ -19,12 +19,12 @@ built, never per event, and never raises on a sparse or oddly typed record.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from detectors.event import Event
 
-__all__ = ["MAX_RESOURCES", "MAX_VALUE", "Resource", "parse_arn", "resources_of"]
+__all__ = ["MAX_RESOURCES", "MAX_VALUE", "Resource", "bounded", "make_resource", "parse_arn", "resources_of"]
 
 #: Resources kept per alert (then one ``omitted`` entry says how many more there were).
 MAX_RESOURCES: Final = 25
@@ -397,7 +397,8 @@ def _run_instances(event: Event, params: dict[str, Any]) -> list[Resource]:
                                                            _text(item.get("imageId"))))))
             if made:
                 out.append(made)
-    image = _resource("ami", params.get("imageId"))
+    requested = [i for i in _items(params.get("instancesSet")) if isinstance(i, dict)]  # the request's shape
+    image = _resource("ami", params.get("imageId") or next((i.get("imageId") for i in requested), None))
     return out + ([image] if image else [])
 
 
@@ -541,7 +542,39 @@ def resources_of(event: Event) -> list[Resource]:
         merged.append(resource)
     if not merged:
         merged = _account(event) or _principal(event)
+    return bounded(merged)
+
+
+def make_resource(kind: str, ident: Any, *, arn: Any = None, account_id: Any = None,
+                  detail: str = "") -> Resource | None:
+    """One resource dict with bounded values, or ``None`` when ``ident`` is empty (for detectors)."""
+    return _resource(kind, ident, arn=arn, account_id=account_id, detail=detail)
+
+
+def bounded(resources: Iterable[Resource | None]) -> list[Resource]:
+    """``resources`` without ``None``s and repeats (same type and id), cut to :data:`MAX_RESOURCES`.
+
+    What a stateful detector uses to put together resources from several places (its state, the
+    triggering event's :func:`resources_of`); one ``omitted`` entry says how many were left out.
+    """
+    merged: list[Resource] = []
+    seen: set[tuple[str, str]] = set()
+    omitted = 0
+    for resource in resources:
+        if resource is None:
+            continue
+        if resource.get("type") == "omitted":  # an earlier cut: count it again below
+            head = resource.get("id", "").split(" ", 1)[0]
+            omitted += int(head) if head.isdigit() else 0
+            continue
+        key = (resource["type"], resource["id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        merged.append(resource)
     if len(merged) > MAX_RESOURCES:
-        extra = len(merged) - MAX_RESOURCES
-        merged = [*merged[:MAX_RESOURCES], {"type": "omitted", "id": f"{extra} more resources"}]
+        omitted += len(merged) - MAX_RESOURCES
+        merged = merged[:MAX_RESOURCES]
+    if omitted:
+        merged.append({"type": "omitted", "id": f"{omitted} more resources"})
     return merged

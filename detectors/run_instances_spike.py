@@ -53,6 +53,7 @@ from detectors.base import Detector, DetectorConfig, DetectorContext
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.exceptions import principal_globs
+from detectors.resources import bounded, make_resource, resources_of
 from detectors.windows import BaselineRate, KeyedState, SpikeReport
 from detectors.windows.store import SNAPSHOT_VERSION, check_snapshot, freeze, thaw
 
@@ -337,6 +338,18 @@ class RunInstancesSpike(Detector):
             f"({', '.join(bucket.regions)}) between {format_time(report.start)} and {format_time(report.end)}"
             f"{refused}."
         )
+        launched = resources_of(event)  # the triggering call: its instance ids and image, or its subnet…
+        resources = bounded([
+            *(r for r in launched if r["type"] == "ec2_instance"),
+            *(make_resource("ec2_instance_type", kind, account_id=event.account_id, detail=f"{n} launched")
+              for kind, n in sorted(bucket.types.items(), key=lambda kv: -kv[1])),
+            *(make_resource("aws_region", region, account_id=event.account_id, detail="launch region")
+              for region in bucket.regions),
+            *launched,
+        ])
+        instances = [r["id"] for r in resources if r["type"] == "ec2_instance"]
+        if instances:
+            summary += f" Instances include {', '.join(instances[:5])}."
         return Alert(
             detector=self.name,
             title="Unusual EC2 launch volume (GPU/bare metal)" if gpu else "Unusual EC2 launch volume",
@@ -370,6 +383,7 @@ class RunInstancesSpike(Detector):
             tags=list(self.tags),
             runbook=self.runbook,
             entity=" ".join(keys),
+            resources=resources,
         )
 
     # -- state -----------------------------------------------------------------------------

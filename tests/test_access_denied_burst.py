@@ -10,12 +10,14 @@ from __future__ import annotations
 import random
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pydantic
 import pytest
 
 from detectors.access_denied_burst import AccessDeniedBurst
+from detectors.alert import Alert
 from detectors.event import Event, format_time, parse_event_time
 from detectors.registry import detector_class
 from tests.stateful_helpers import Counters, detector_engine, from_template, roundtrip, run_engine
@@ -45,7 +47,14 @@ def failure(t: float, n: int, *, api: tuple[str, str] = ("ec2.amazonaws.com", "G
 
 
 engine = partial(detector_engine, AccessDeniedBurst)
-run = partial(run_engine, batch=7)
+def run_all(engine: Any, events: list[Event], batch: int = 7) -> list[Alert]:
+    """Every alert, continuations included."""
+    return run_engine(engine, events, batch=batch)
+
+
+def run(engine: Any, events: list[Event], batch: int = 7) -> list[Alert]:
+    """The alerts that report a burst (without the continuations that only feed its incident)."""
+    return [a for a in run_all(engine, events, batch) if not a.continues]
 
 
 def test_registered_and_configured_like_yaml() -> None:
@@ -67,9 +76,62 @@ def test_real_invictus_get_password_data_burst_is_flagged_once() -> None:
     assert alert.evidence["failures"] == 20
     assert alert.evidence["apis"] == ["ec2.amazonaws.com:GetPasswordData"]
     assert alert.evidence["error_codes"] == ["Client.UnauthorizedOperation"]
-    assert len(alert.event_ids) == 10 and set(alert.event_ids) <= {r["eventID"] for r in REAL}
+    # every failure it counts is listed, so that its incident holds them all
+    counted = [r["eventID"] for r in sorted(REAL, key=lambda r: r["eventTime"])][:20]
+    assert alert.event_total == 20 and sorted(alert.event_ids) == sorted(counted)
     assert alert.tags == ["attack.discovery", "attack.t1580", "attack.t1526"]
     assert alert.to_dict()["time"] == format_time(alert.time)
+    # it names what was denied: the API, then the instances of the first ten failures (max_evidence)
+    first_ten = [r["requestParameters"]["instanceId"] for r in sorted(REAL, key=lambda r: r["eventTime"])][:10]
+    assert alert.resources[0] == {"type": "aws_api", "id": "ec2.amazonaws.com:GetPasswordData",
+                                  "account_id": "123837392027", "detail": "denied"}
+    assert [(r["type"], r["id"]) for r in alert.resources[1:]] == [("ec2_instance", i) for i in first_ten]
+    assert all(r["detail"] == "denied ec2.amazonaws.com:GetPasswordData" for r in alert.resources[1:])
+    assert "Denied: ec2.amazonaws.com:GetPasswordData (on i-" in alert.summary
+    assert first_ten[0] in alert.summary
+
+
+def test_failures_after_the_alert_continue_it_for_its_incident() -> None:
+    alerts = run_all(engine(), [Event(r) for r in REAL])
+    opened, rest = alerts[0], alerts[1:]
+    assert not opened.continues and len(rest) == 9 and all(a.continues for a in rest)
+    assert all(a.event_total == 1 and len(a.event_ids) == 1 and a.entity == opened.entity for a in rest)
+    assert all(a.account_id == opened.account_id and a.title == opened.title for a in rest)
+    assert all(a.resources[0]["type"] == "ec2_instance" for a in rest)
+    # the alert and its continuations account for every one of the 29 failures, once
+    ids = [i for a in alerts for i in a.event_ids]
+    assert len(ids) == 29 and set(ids) == {r["eventID"] for r in REAL}
+    assert opened.event_total + sum(a.event_total for a in rest) == 29
+
+
+def test_denied_resources_are_bounded_and_survive_a_snapshot_even_an_old_one() -> None:
+    def on_instance(t: float, n: int) -> Event:
+        event = failure(t, n)
+        event.raw["requestParameters"] = {"instanceId": f"i-{n:04d}"}
+        return Event(event.raw)
+
+    events = [on_instance(5 * i, i) for i in range(25)]
+    original = engine(lateness=900, max_evidence=3)
+    assert run(original, events[:6]) == []
+    saved = roundtrip(original.snapshot())
+    restored = engine(lateness=900, max_evidence=3)
+    restored.restore(saved)
+    alerts = run(restored, events[6:])
+    assert len(alerts) == 1
+    assert [(r["type"], r["id"]) for r in alerts[0].resources] == [
+        ("aws_api", "ec2.amazonaws.com:GetPasswordData"),
+        ("ec2_instance", "i-0000"), ("ec2_instance", "i-0001"), ("ec2_instance", "i-0002"),
+    ]
+    old = roundtrip(original.snapshot())
+    for entry in old["detectors"]["access_denied_burst"]["apis"]:
+        del entry[4]  # written before denied resources were kept
+    legacy = engine(lateness=900, max_evidence=3)
+    legacy.restore(old)
+    alerts = run(legacy, events[6:])
+    assert [(r["type"], r["id"]) for r in alerts[0].resources] == [
+        ("aws_api", "ec2.amazonaws.com:GetPasswordData"),
+        ("ec2_instance", "i-0006"), ("ec2_instance", "i-0007"), ("ec2_instance", "i-0008"),
+    ]
 
 
 def test_breadth_fires_at_the_tenth_failure_across_five_apis() -> None:

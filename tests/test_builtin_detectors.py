@@ -103,6 +103,9 @@ def test_stratus_event_selectors_evidence_lists_what_was_reduced() -> None:
     assert alert.evidence["attempt_failed"] is False
     assert "christophe" in alert.summary and "958312252124" in alert.summary
     assert "cn-northsouth-2r" in alert.summary
+    # it names the trail and what was reduced on it
+    assert alert.resources == [{"type": "cloudtrail_trail", "id": "stratus-red-team-ctes-trail-khlvciwdor",
+                                "account_id": "958312252124", "detail": "includeManagementEvents=false"}]
 
 
 # -- Invictus IR: a real account during a Stratus run, with Terraform and console background -----

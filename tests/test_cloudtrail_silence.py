@@ -89,6 +89,7 @@ def test_account_going_quiet_while_others_flow_alerts_once_after_the_quiet_perio
     assert alert.evidence["silent_for_seconds"] == 3601
     assert alert.evidence["events_seen"] == 11
     assert A in alert.summary and "1h 0m 1s" not in alert.summary and "1h" in alert.summary
+    assert alert.resources == [{"type": "aws_account", "id": A, "account_id": A, "detail": "silent 1h"}]
     # one alert per episode, however far the watermark moves
     feed(d, *steady(B, 4360, 9000))
     assert d.on_watermark(T0 + 8000) is None
@@ -135,6 +136,8 @@ def test_per_region_reports_one_region_going_quiet() -> None:
     alerts = d.on_watermark(T0 + 5000)
     assert silent_accounts(alerts) == [f"{A}/eu-west-1"]
     assert alerts[0].evidence["scope"] == "account_region" and "eu-west-1" in alerts[0].summary
+    assert [(r["type"], r["id"], r.get("detail")) for r in alerts[0].resources] == [
+        ("aws_account", A, "silent 1h 13m in eu-west-1"), ("aws_region", "eu-west-1", "silent region")]
     assert d.state_keys() == 2
     # by account only, the same events show a busy account
     by_account = detector()

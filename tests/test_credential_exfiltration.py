@@ -138,6 +138,14 @@ def test_instance_credential_used_outside_alerts_at_once_with_evidence() -> None
     assert ev["geoip_attribution"].startswith("IP Geolocation by DB-IP")
     assert ev["first_seen"]["where"] == INSIDE and ev["first_seen"]["network"] == "aws"
     assert alert.tags == ["attack.credential_access", "attack.t1552.005", "attack.exfiltration"]
+    # it names the role, the session, its key and the outside address
+    assert [(r["type"], r["id"], r["detail"]) for r in alert.resources] == [
+        ("iam_role", f"arn:aws:iam::{ACCOUNT}:role/app", "role of the session"),
+        ("role_session", alert.principal, "used outside AWS for ListBuckets"),
+        ("access_key", "ASIAKEY1", "temporary credential"),
+        ("source_ip", OUTSIDE, "outside AWS (Cambridge, US)"),
+    ]
+    assert f"role arn:aws:iam::{ACCOUNT}:role/app" in alert.summary
     assert len(alert.event_ids) == 2
 
 

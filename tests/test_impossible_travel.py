@@ -102,6 +102,12 @@ def test_new_york_then_london_an_hour_later_alerts_at_london() -> None:
     assert ev["speed_kmh"] == pytest.approx(5570, abs=10)
     assert ev["geoip_attribution"] == "IP Geolocation by DB-IP (https://db-ip.com)"
     assert ev["suppressed"] == 0
+    # it names the two addresses with their places, and the principal seen at both
+    assert [(r["type"], r["id"], r["detail"]) for r in alert.resources] == [
+        ("source_ip", NEW_YORK, "New York, US at 2024-05-01T00:00:00Z"),
+        ("source_ip", LONDON, "London, GB at 2024-05-01T01:00:00Z"),
+        ("principal", ALICE, "seen 5572 km apart in 3600 s"),
+    ]
     # deterministic id: the same input gives the same alert id
     assert run(make(), [event(0, NEW_YORK)], [event(3600, LONDON)])[0].id == alert.id
 

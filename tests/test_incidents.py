@@ -240,3 +240,29 @@ def test_a_poison_alert_does_not_stop_the_snapshot_of_the_other_incidents() -> N
     incidents.fold([alert(0), alert(-62135596800.0 - 3600, principal="year-zero")], -1)
     state = incidents.snapshot()
     assert [i["key"][2] for i in state["incidents"]] == ["arn:aws:iam::111122223333:user/mallory"]
+
+
+def test_a_threshold_alert_counts_its_events_and_continuations_only_fold() -> None:
+    # t=0: a burst alert standing for 20 failures (ids of all 20); t=10, 20: two more failures
+    # held back by the detector's throttle, handed on as continuations
+    burst = alert(0)
+    burst.event_ids, burst.event_total = [f"f{i}" for i in range(20)], 20
+    more = [alert(t, event_id=f"f{19 + t // 10}") for t in (10, 20)]
+    for continuation in more:
+        continuation.event_total, continuation.continues = 1, True
+    incidents = Incidents()
+    opened = incidents.fold([burst], watermark=-1)
+    assert seen(opened) == [("opened", "high", 20)]
+    assert incidents.fold(more, watermark=0) == []
+    [update] = incidents.fold([], watermark=HOUR)
+    assert seen([update]) == [("updated", "high", 22)]
+    assert update.incident["event_ids_total"] == 22 and update.incident["event_ids"] == [f"f{i}" for i in range(22)]
+    # a burst that nothing continued closes silently: its opening said it all
+    lone = alert(0)
+    lone.event_ids, lone.event_total = [f"g{i}" for i in range(20)], 20
+    alone = Incidents()
+    assert seen(alone.fold([lone], watermark=-1)) == [("opened", "high", 20)]
+    assert alone.fold([], watermark=HOUR) == []
+    # per-event output keeps the detector's throttle: continuations are not notifications
+    off = Incidents(IncidentsConfig(enabled=False))
+    assert [n.id for n in off.fold([burst, *more], watermark=0)] == [burst.id]

@@ -21,7 +21,8 @@ from tests.conftest import DATA, run_cli, wait_for
 
 BURST = DATA / "stateful" / "burst"
 T0 = parse_event_time("2024-06-01T00:00:00Z")
-GPD = "EC2 Windows Password Data Requested"
+GPD = "Windows Passwords Of Several EC2 Instances Requested"
+GPD_INPUT = "EC2 Windows Password Data Requested (Correlation Input)"
 
 
 def summary_of(stderr: bytes) -> dict[str, Any]:
@@ -36,15 +37,26 @@ def lines(stdout: bytes) -> list[dict[str, Any]]:
 def test_the_get_password_data_run_is_one_incident_with_count_29() -> None:
     done = run_cli("replay", "-q", str(BURST / "invictus_get_password_data.json"))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    mine = [n for n in lines(done.stdout) if n["title"] == GPD]
-    assert [(n["kind"], n["incident"]["count"]) for n in mine] == [("opened", 1), ("updated", 29)]
-    opened, updated = mine
-    assert updated["incident"]["id"] == opened["id"]
-    assert updated["incident"]["event_ids_total"] == 29
-    assert len(updated["incident"]["event_ids"]) == 29
-    assert updated["incident"]["first_time"] == "2023-07-10T11:54:47Z"
-    row = next(r for r in summary_of(done.stderr)["by_rule"] if r["title"] == GPD)
-    assert (row["alerts"], row["incidents"], row["updates"]) == (29, 1, 1)
+    every_id = {r["eventID"] for r in orjson.loads((BURST / "invictus_get_password_data.json").read_bytes())["Records"]}
+    sent = lines(done.stdout)
+    # both detections of the run: the bulk-read correlation and the burst of authorization failures
+    assert sorted({(n["detector"], n["title"]) for n in sent}) == [
+        ("access_denied_burst", "Burst of authorization failures"), ("sigma", GPD)]
+    # each opens at the event that met its condition (3rd distinct instance, 20th failure)
+    for detector, opened_count, first in (("sigma", 3, "2023-07-10T11:54:47Z"),
+                                          ("access_denied_burst", 20, "2023-07-10T11:54:49Z")):
+        mine = [n for n in sent if n["detector"] == detector]
+        assert [(n["kind"], n["incident"]["count"]) for n in mine] == [("opened", opened_count), ("updated", 29)]
+        opened, updated = mine
+        assert updated["incident"]["id"] == opened["id"]
+        assert updated["incident"]["event_ids_total"] == 29
+        assert set(updated["incident"]["event_ids"]) == every_id, detector
+        assert updated["incident"]["first_time"] == first
+    rows = {r["detector"]: r for r in summary_of(done.stderr)["by_rule"]}
+    assert (rows["sigma"]["title"], rows["sigma"]["alerts"], rows["sigma"]["incidents"], rows["sigma"]["updates"]) \
+        == (GPD, 1, 1, 1)
+    assert (rows["access_denied_burst"]["alerts"], rows["access_denied_burst"]["incidents"],
+            rows["access_denied_burst"]["updates"]) == (1, 1, 1)
 
 
 def brute_force(failures: int) -> dict[str, Any]:
@@ -82,6 +94,7 @@ def gpd_records(start: int, stop: int) -> list[dict[str, Any]]:
     for i in range(start, stop):
         record = copy.deepcopy(template)
         record.update(eventID=f"gpd-{i}", eventTime=format_time(T0 + i))
+        record["requestParameters"] = {"instanceId": f"i-{i:017x}"}  # one instance after another, as in the run
         out.append(record)
     return out
 
@@ -143,13 +156,13 @@ def test_an_unknown_override_name_is_refused_by_check_config_and_run(tmp_path: P
     config = tmp_path / "trailguard.yaml"
     config.write_text("delivery:\n  incidents:\n    overrides:\n"
                       "      console_login_bruteforse: {window: 30m}\n"
-                      "      \"EC2 Windows Password Data Requested\": {enabled: false}\n")
+                      f"      \"{GPD_INPUT}\": {{enabled: false}}\n")
     checked = run_cli("check-config", str(config))
     assert checked.returncode == 2
     refusal = checked.stderr.decode()
     assert "delivery.incidents.overrides.console_login_bruteforse" in refusal
     assert "did you mean 'console_login_bruteforce'?" in refusal
-    assert "EC2 Windows Password Data Requested" not in refusal, "a rule title is a valid name"
+    assert GPD_INPUT not in refusal, "a rule title is a valid name"
     ran = run_cli("run", "--config", str(config), timeout=60)
     assert ran.returncode == 2 and b"console_login_bruteforse" in ran.stderr
     throttle = tmp_path / "old.yaml"

@@ -74,6 +74,8 @@ def test_new_region_after_learning_alerts_once_with_evidence() -> None:
     assert ev["account_id"] == ACCOUNT and ev["region"] == "ap-east-1"
     assert alerts[0].tags == ["attack.defense_evasion", "attack.t1535"]
     assert alerts[0].rule_id == "new_region"
+    assert alerts[0].resources[0] == {"type": "aws_region", "id": "ap-east-1", "account_id": ACCOUNT,
+                                      "detail": f"new region in account {ACCOUNT}"}
 
 
 def test_regions_seen_during_learning_are_known_and_accounts_learn_separately() -> None:
@@ -149,6 +151,7 @@ def test_principal_new_service_is_off_by_default_and_throttled_when_on() -> None
     assert [(a.evidence["finding"], a.evidence["event_source"], a.severity, a.evidence["suppressed"])
             for a in alerts] == [("new_service", "s3.amazonaws.com", "low", 0),
                                  ("new_service", "lambda.amazonaws.com", "low", 1)]
+    assert [(r["type"], r["id"]) for r in alerts[0].resources][:1] == [("aws_service", "s3.amazonaws.com")]
 
 
 def test_out_of_order_first_event_moves_the_learning_start_back() -> None:

@@ -289,6 +289,8 @@ def alerts_of(raws: list[dict]) -> set[tuple[str, str, str]]:
         event = Event(raw, "test")
         for detector in (sigma, tampering):
             for alert in detector.on_event(event) or ():
+                if alert.continues:  # a match inside a correlation's throttle: only for its incident
+                    continue
                 found.add((names.get(alert.rule_id or "", alert.detector), alert.severity, alert.event_ids[0]))
     return found
 

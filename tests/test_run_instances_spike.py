@@ -86,6 +86,10 @@ def test_real_stratus_detonation_is_critical_and_reports_the_refused_request() -
     assert alert.evidence["error_codes"] == ["Client.UnauthorizedOperation"]
     assert alert.event_ids == [REFUSED["eventID"]]
     assert alert.tags == ["attack.impact", "attack.t1496"]
+    # refused, so no instance ids: the type requested, the region and the image
+    assert [(r["type"], r["id"], r.get("detail")) for r in alert.resources] == [
+        ("ec2_instance_type", "p2.xlarge", "10 launched"), ("aws_region", "ca-south-3r", "launch region"),
+        ("ami", "ami-aCBbfd13bdb1d1E4b", None)]
 
 
 def test_real_invictus_launches_flag_the_two_gpu_requests_only() -> None:
@@ -102,6 +106,12 @@ def test_absolute_floor_nineteen_quiet_twenty_high() -> None:
     assert [(a.time - T0, a.severity, a.evidence["instances"]) for a in alerts] == [(590, "high", 20)]
     assert alerts[0].evidence["window_start"] == format_time(T0)
     assert alerts[0].evidence["window_end"] == format_time(T0 + 600)
+    # the triggering launch's instance ids come first, then the types and regions of the bucket
+    launched = [i["instanceId"] for i in LAUNCHED["responseElements"]["instancesSet"]["items"]]
+    kinds = [(r["type"], r["id"]) for r in alerts[0].resources]
+    assert kinds[: len(launched)] == [("ec2_instance", i) for i in launched]
+    assert kinds[len(launched):len(launched) + 2] == [("ec2_instance_type", "t3.micro"), ("aws_region", "us-east-1")]
+    assert f"Instances include {launched[0]}" in alerts[0].summary
 
 
 def test_gpu_weighting_and_the_principal_scope_across_regions() -> None:

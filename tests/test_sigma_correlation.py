@@ -112,11 +112,16 @@ class Harness:
     def _on_evict(self, name: str, n: int) -> None:
         self.evicted += n
 
-    def run(self, *batches: list[Event]) -> list[Alert]:
+    def run_all(self, *batches: list[Event]) -> list[Alert]:
+        """Every alert, continuations (matches inside a correlation's throttle) included."""
         out: list[Alert] = []
         for batch in batches:
             out.extend(self.engine.process_many(batch))
         return out
+
+    def run(self, *batches: list[Event]) -> list[Alert]:
+        """The alerts that report a correlation (not the continuations that only feed its incident)."""
+        return [a for a in self.run_all(*batches) if not a.continues]
 
 
 def rules_dir(tmp_path: Path, *correlations: str) -> Path:
@@ -181,7 +186,12 @@ def test_group_by_keeps_sources_apart_and_throttles_per_group(tmp_path: Path) ->
     assert [a.evidence["group_by"]["sourceIPAddress"] for a in alerts] == ["198.51.100.7", "203.0.113.9"]
     assert alerts[0].id != alerts[1].id
     # the attack goes on: one alert per group per timespan, the next one says how many it stood for
-    assert h.run([failed(t, f"a{t}") for t in range(60, 300, 10)]) == []
+    going_on = h.run_all([failed(t, f"a{t}") for t in range(60, 300, 10)])
+    assert [a for a in going_on if not a.continues] == []
+    # … and each held-back match continues the alert, so that its incident counts every event
+    assert alerts[0].event_total == 5
+    assert [(a.entity, a.event_ids, a.event_total) for a in going_on] == [
+        (alerts[0].entity, [f"a{t}"], 1) for t in range(60, 300, 10)]
     (later,) = h.run([failed(400, "a400")] + [failed(t, f"a{t}") for t in (410, 420, 430, 440)])
     assert later.evidence["suppressed"] == 24 and later.time == T0 + 400
 

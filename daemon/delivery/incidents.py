@@ -236,14 +236,14 @@ class _Incident:
         self.resources: list[Any] = []
 
     def add(self, alert: Alert, limits: IncidentsConfig) -> None:
-        self.count += 1
+        self.count += max(getattr(alert, "event_total", 0), 1)  # a threshold alert counts its events
         if alert.time < self.first:
             self.first = alert.time
         if alert.time > self.last:
             self.last = alert.time
         ids = self.event_ids
+        self.total_ids += max(getattr(alert, "event_total", 0), len(alert.event_ids))
         for event_id in alert.event_ids:
-            self.total_ids += 1
             if len(ids) < limits.max_event_ids and event_id not in ids:
                 ids.append(event_id)
         cap = limits.max_values
@@ -384,6 +384,8 @@ class Incidents:
         for alert in alerts:
             policy = self.policy(alert.detector, alert.rule_id)
             if not policy.enabled:
+                if getattr(alert, "continues", False):  # per-event output: the detector's throttle holds
+                    continue
                 alert.kind = "opened"
                 out.append(alert)
                 continue
@@ -423,7 +425,7 @@ class Incidents:
         self._seq += 1
         incident = _Incident(key, alert, alert.time + window, self._seq)
         incident.add(alert, self.config)
-        incident.notified = 1
+        incident.notified = incident.count
         self._open[key] = incident
         heapq.heappush(self._closing, (incident.end, incident.seq, key))
         alert.kind = "opened"

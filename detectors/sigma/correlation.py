@@ -95,6 +95,8 @@ class Firing:
     suppressed: int
     #: The event that completed it (``None`` when a window closed).
     event: Event | None
+    #: The condition held again inside the throttle period: only this event, for the incident's totals.
+    continues: bool = False
 
 
 class _Runtime:
@@ -147,6 +149,14 @@ class _Runtime:
         if None in key:
             return None
         window = self.window
+        held = getattr(window, "held", 0)
+        firing = self._add(window, key, inp, time, event_id, read, event)
+        if firing is None and getattr(window, "held", 0) != held:  # met again, held back by the throttle
+            return Firing(key, time, time, (event_id,) if event_id else (), {}, 0, event, continues=True)
+        return firing
+
+    def _add(self, window: Any, key: tuple[Hashable, ...], inp: Input, time: float, event_id: str | None,
+             read: Reader, event: Event | None) -> Firing | None:
         if isinstance(window, CountWindow):
             report = window.add(key, time, event_id)
             if report is None:
@@ -214,6 +224,12 @@ class _Runtime:
 
     def state_keys(self) -> int:
         return len(self.window)
+
+
+def _count_of(detail: dict[str, Any]) -> int:
+    """Events a firing stands for, when its detail counts them (count, distinct, sequence)."""
+    count = detail.get("count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _group_text(plan: Plan, key: tuple[Hashable, ...]) -> str:
@@ -290,6 +306,10 @@ class CorrelationSet:
         return out
 
     def _emit(self, plan: Plan, firing: Firing, out: list[Alert]) -> None:
+        if firing.continues:  # folded into the open incident of the alert it continues; chains nothing
+            if plan.generate:
+                out.append(self._continuation(plan, firing))
+            return
         alert = self._alert(plan, firing)
         if plan.generate:
             out.append(alert)
@@ -301,6 +321,30 @@ class CorrelationSet:
             chained = runtime.add(inp, firing.end, alert.id, fields.get, firing.event)
             if chained is not None:
                 self._emit(runtime.plan, chained, out)
+
+    def _continuation(self, plan: Plan, firing: Firing) -> Alert:
+        event = firing.event
+        ip = event.source_ip if event is not None else None
+        group_text = _group_text(plan, firing.key)
+        return Alert(
+            detector=DETECTOR,
+            title=plan.title,
+            severity=self.severity_of(plan.rule_id, plan.level),
+            time=firing.end,
+            summary=f"Sigma correlation '{plan.title}' still met for {group_text} (one more matching event).",
+            account_id=event.account_id if event is not None else "",
+            region=event.region if event is not None else "",
+            principal=event.principal if event is not None else "",
+            source_ips=[ip] if ip else [],
+            event_ids=list(firing.event_ids),
+            evidence={"correlation_type": plan.kind, "group_by": dict(zip(plan.group_by, firing.key, strict=True)),
+                      "continues": True},
+            tags=list(plan.tags),
+            rule_id=plan.rule_id,
+            entity=f"{plan.rule_id}|{group_text}",
+            event_total=1,
+            continues=True,
+        )
 
     def _alert(self, plan: Plan, firing: Firing) -> Alert:
         group = dict(zip(plan.group_by, firing.key, strict=True))
@@ -338,6 +382,7 @@ class CorrelationSet:
             tags=list(plan.tags),
             rule_id=plan.rule_id,
             entity=f"{plan.rule_id}|{group_text}",
+            event_total=max(len(firing.event_ids), _count_of(firing.detail)),
         )
 
     # -- state -----------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ class WindowPrimitive(Generic[S]):
             horizon=horizon, max_keys=max_keys, newest=self._newest, on_evict=on_evict
         )
         self._throttle = Throttle(throttle, max_keys=max_keys, on_evict=on_evict) if throttle is not None else None
+        #: Reports the throttle has held back so far (not checkpointed): a caller that compares it
+        #: around one ``add`` knows that the add met the condition again inside the throttle period.
+        self.held = 0
 
     # -- what subclasses provide ------------------------------------------------------------
     @staticmethod
@@ -120,7 +123,10 @@ class WindowPrimitive(Generic[S]):
         """Throttle gate: ``None`` to suppress, else the number suppressed before this report."""
         if self._throttle is None:
             return 0
-        return self._throttle.allow(key, end)
+        allowed = self._throttle.allow(key, end)
+        if allowed is None:
+            self.held += 1
+        return allowed
 
     def snapshot(self) -> dict[str, Any]:
         """All state as plain data (dict/list/str/int/float/bool/None), keys in LRU order."""
