@@ -134,6 +134,14 @@ def daemon_for(tmp_path: Path, text: str) -> Daemon:
     return Daemon(config, check(config, str(config_path)))
 
 
+def status_of(url: str) -> int:
+    """The HTTP status, or 0 while nothing listens yet (the daemon is still starting)."""
+    try:
+        return http_get(url)[0]
+    except OSError:
+        return 0
+
+
 async def test_a_dead_dispatcher_fails_healthz_is_logged_and_stops_acknowledging(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "in").mkdir()
@@ -151,8 +159,8 @@ metrics: {{host: 127.0.0.1, port: {port}}}
     with capture_logs() as logs:
         running = asyncio.create_task(daemon.run())
         async with asyncio.timeout(30):
-            while (await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/readyz"))[0] != 200:
-                await asyncio.sleep(0.05)
+            while (await asyncio.to_thread(status_of, f"http://127.0.0.1:{port}/readyz")) != 200:
+                await asyncio.sleep(0.05)  # not listening yet, or not ready
         assert (await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/healthz"))[0] == 200
         gpd_file(tmp_path / "in" / "gpd.json", 3)
         async with asyncio.timeout(30):
