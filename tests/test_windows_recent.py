@@ -131,4 +131,7 @@ V1_CONSOLE: dict[str, Any] = {
 def test_detectors_restore_and_write_back_their_version_1_snapshots_unchanged(cls: Any, state: Any) -> None:
     detector = cls(cls.Config())
     detector.restore(state)
-    assert detector.snapshot() == state
+    expected = state
+    if cls is AccessDeniedBurst:  # each principal's entry gained the denied resources (empty in v1 state)
+        expected = {**state, "apis": [[*entry, []] for entry in state["apis"]]}
+    assert detector.snapshot() == expected
