@@ -175,7 +175,10 @@ async def test_org_trail_s3_notifications_flow_and_are_deleted_only_after_the_ch
                 await asyncio.sleep(0.05)
         assert source.ready
         assert await aws.in_queue(aws.queue) == len(files), "CloudTrail messages wait for the checkpoint"
-        assert sample(metrics, "trailguard_sqs_backlog", source="sqs") >= 1
+        async with asyncio.timeout(5):  # the backlog probe (every 0.5 s here) sees the waiting messages
+            while sample(metrics, "trailguard_sqs_backlog", source="sqs") < 1:
+                await asyncio.sleep(0.05)
+        assert await aws.in_queue(aws.queue) == len(files), "still waiting for the checkpoint"
         await pipeline.checkpoint()
         await until(lambda: _equals(aws.in_queue(aws.queue), 0), 5)
         async with asyncio.timeout(5):  # the backlog probe (every 0.5 s here) sees the empty queue
