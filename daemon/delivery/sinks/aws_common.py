@@ -120,6 +120,17 @@ class AwsSink(Sink):
         """The alert's wire JSON as text."""
         return orjson.dumps(alert.to_dict()).decode()
 
+    def entries(self, alerts: list[Alert], body_key: str, fifo: bool) -> list[dict[str, Any]]:
+        """Batch entries: the alert JSON under ``body_key``, attributes, FIFO group/dedup ids."""
+        result = []
+        for index, alert in enumerate(alerts):
+            entry: dict[str, Any] = {"Id": str(index), body_key: self.body(alert),
+                                     "MessageAttributes": message_attributes(alert)}
+            if fifo:
+                entry.update(MessageGroupId=alert.detector, MessageDeduplicationId=alert.id)
+            result.append(entry)
+        return result
+
     async def stop(self) -> None:
         """Close the client."""
         if self._stack is not None:

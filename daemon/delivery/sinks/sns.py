@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
+from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig
 from detectors.alert import Alert
 
 __all__ = ["SnsSink", "SnsSinkConfig"]
@@ -51,12 +51,7 @@ class SnsSink(AwsSink):
         return f"SNS topic {self.topic_arn}"
 
     async def _send_batch(self, client: Any, alerts: list[Alert]) -> dict[str, Any]:
-        entries = []
-        for index, alert in enumerate(alerts):
-            entry: dict[str, Any] = {"Id": str(index), "Message": self.body(alert),
-                                     "Subject": f"[{alert.severity.upper()}] {alert.title}"[:99],
-                                     "MessageAttributes": message_attributes(alert)}
-            if self._fifo:
-                entry.update(MessageGroupId=alert.detector, MessageDeduplicationId=alert.id)
-            entries.append(entry)
+        entries = self.entries(alerts, "Message", self._fifo)
+        for entry, alert in zip(entries, alerts, strict=True):
+            entry["Subject"] = f"[{alert.severity.upper()}] {alert.title}"[:99]
         return await client.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=entries)

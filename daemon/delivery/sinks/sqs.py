@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import field_validator
 
 from daemon.awsurls import region_from_queue_url
-from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig, message_attributes
+from daemon.delivery.sinks.aws_common import AwsSink, AwsSinkConfig
 from detectors.alert import Alert
 
 __all__ = ["SqsSink", "SqsSinkConfig"]
@@ -54,11 +54,5 @@ class SqsSink(AwsSink):
         return f"SQS queue {self.queue_url}"
 
     async def _send_batch(self, client: Any, alerts: list[Alert]) -> dict[str, Any]:
-        entries = []
-        for index, alert in enumerate(alerts):
-            entry: dict[str, Any] = {"Id": str(index), "MessageBody": self.body(alert),
-                                     "MessageAttributes": message_attributes(alert)}
-            if self._fifo:
-                entry.update(MessageGroupId=alert.detector, MessageDeduplicationId=alert.id)
-            entries.append(entry)
+        entries = self.entries(alerts, "MessageBody", self._fifo)
         return await client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
