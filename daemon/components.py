@@ -211,14 +211,8 @@ def directory_problems(path: str) -> list[str]:
             return [f"{path} is not writable by this user (uid {os.getuid()}); fix: change its owner or "
                     "permissions, or point the key at a writable directory"]
         return []
-    ancestor = _nearest_existing(path)
-    if not os.path.isdir(ancestor):
-        return [f"{path} cannot be created: {ancestor} is a file, not a directory; fix: point the key at a "
-                "directory path"]
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return [f"{path} cannot be created: {ancestor} is not writable by this user (uid {os.getuid()}); "
-                "fix: create the directory, change permissions, or point the key elsewhere"]
-    return []
+    return _creation_problems(path, path, "point the key at a directory path",
+                              "create the directory, change permissions, or point the key elsewhere")
 
 
 def file_problems(path: str) -> list[str]:
@@ -230,14 +224,18 @@ def file_problems(path: str) -> list[str]:
             return [f"{path} is not writable by this user (uid {os.getuid()}); fix: change its owner or "
                     "permissions, or name another file"]
         return []
-    directory = os.path.dirname(os.path.abspath(path))
-    ancestor = _nearest_existing(directory)
+    return _creation_problems(path, os.path.dirname(os.path.abspath(path)), "name a file in a directory",
+                              "change its permissions or name a file in a writable directory")
+
+
+def _creation_problems(path: str, start: str, fix_not_directory: str, fix_not_writable: str) -> list[str]:
+    """Why ``path`` cannot be created: the nearest existing ancestor of ``start`` must be a writable directory."""
+    ancestor = _nearest_existing(start)
     if not os.path.isdir(ancestor):
-        return [f"{path} cannot be created: {ancestor} is a file, not a directory; fix: name a file in a "
-                "directory"]
+        return [f"{path} cannot be created: {ancestor} is a file, not a directory; fix: {fix_not_directory}"]
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return [f"{path} cannot be created: {ancestor} is not writable by this user (uid {os.getuid()}); "
-                "fix: change its permissions or name a file in a writable directory"]
+                f"fix: {fix_not_writable}"]
     return []
 
 
