@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field, model_validator
 
 from detectors.alert import Alert, make_alert_id
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.resources import bounded, make_resource
@@ -95,6 +95,8 @@ class CloudTrailSilence(Detector):
     """Reports an account (or account+region) whose events stopped while the organisation's did not."""
 
     name: ClassVar[str] = "cloudtrail_silence"
+    #: State keyed by organisation (silence is measured against the whole organisation's watermark).
+    state_key: ClassVar[StateKey | None] = "organisation"
     severity: ClassVar[str] = "high"
     tags: ClassVar[tuple[str, ...]] = ("attack.defense_evasion", "attack.t1562.008")
     runbook: ClassVar[str | None] = (
