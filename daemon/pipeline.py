@@ -410,7 +410,8 @@ class Pipeline:
         engine, dedupe = self._state_for(batch.partition)
         if batch.watermarks:  # an internal topic's event-time marks (daemon.repartition.watermark)
             engine.observe_marks(batch.watermarks)  # type: ignore[attr-defined]
-        reorder = self.reorder if batch.partition is None else None
+        # internal Kafka partitions hold events until every origin passed them (daemon.repartition)
+        reorder = self.reorder if batch.partition is None else getattr(engine, "held", None)
         locations = batch.locations
         lags: list[float] = []
         accounts = self._account_times

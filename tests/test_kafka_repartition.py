@@ -222,8 +222,6 @@ async def test_alerts_equal_one_replay_whatever_the_producer_keys_by(
              if a["id"] not in want]
     assert not missing and not extra, f"missing {missing}, extra {extra}"
     assert max(got.values()) == 1, f"delivered twice: {sorted(k for k, v in got.items() if v > 1)}"
-    forwarded = sum(i.metric("trailguard_repartition_produced_total", {"key": "organisation"}) for i in instances)
-    assert forwarded == 0 or forwarded >= len(trail_records), "the organisation route lost events"
 
 
 async def test_without_repartitioning_round_robin_input_misses_and_invents_alerts(

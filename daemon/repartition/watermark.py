@@ -14,19 +14,30 @@ origin has reported once.  So ``cloudtrail_silence`` on the organisation partiti
 account against the whole organisation's progress, and never fires because the account's events
 sit in a partition read later.
 
+Events are also *released in event-time order*: the engine holds what it receives (a
+:class:`~daemon.reorder.ReorderBuffer` whose cutoff is the merged time, not the newest event) and
+the pipeline detects an event only once every origin has passed its time.  So an internal partition
+sees its key's events in the order one replay of the organisation's trail would, however the input
+partitions were interleaved on the way — a threshold crossed by the fifth of six failures from six
+accounts names the same five events as the replay.  The held events are part of the engine's
+snapshot (its changelogged state), so acknowledging the internal topic's offsets never loses them.
+
 Marks are not state: after a restart the engine waits (watermark ``-inf``) for the next mark of
 every origin, which the owners send at least every probe interval.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
 
+from daemon.reorder import ReorderBuffer
 from detectors.base import Detector
 from detectors.engine import DetectionEngine
+from detectors.event import Event
 
 __all__ = ["MARK_HEADER", "MergedWatermarkEngine", "decode_mark", "encode_mark"]
 
@@ -53,6 +64,23 @@ def decode_mark(value: bytes | None) -> Mark | None:
         return None
 
 
+class _MergedOrder(ReorderBuffer):
+    """Holds events until the merged time of ``engine``'s origins has passed them."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: MergedWatermarkEngine) -> None:
+        super().__init__(0.0)
+        self.engine = engine
+
+    def release(self, out: list[Event]) -> None:
+        """Append the events every origin has passed, oldest first."""
+        cutoff = self.engine.merged_time
+        heap = self._heap
+        while heap and heap[0][0] <= cutoff:
+            out.append(heapq.heappop(heap)[2])
+
+
 class MergedWatermarkEngine(DetectionEngine):
     """A detection engine whose watermark is merged from its origins' marks (see the module doc)."""
 
@@ -60,6 +88,21 @@ class MergedWatermarkEngine(DetectionEngine):
         super().__init__(detectors, **kwargs)
         self.origins: dict[int, tuple[float, bool]] = {}
         self.origin_count = 0
+        #: Events received and not yet passed by every origin (the pipeline pushes and releases).
+        self.held: ReorderBuffer = _MergedOrder(self)
+
+    def snapshot(self) -> dict[str, object]:
+        """The engine's state plus the held events."""
+        state = super().snapshot()
+        state["held"] = self.held.snapshot()
+        return state
+
+    def restore(self, state: dict[str, object]) -> None:
+        """Load :meth:`snapshot` (held events are held again)."""
+        super().restore(state)
+        held = state.get("held")
+        if isinstance(held, list):
+            self.held.restore(held)
 
     def observe_marks(self, marks: Iterable[Mark]) -> None:
         """Record marks read from this partition (in order)."""
