@@ -123,3 +123,39 @@ def test_message_keys_put_one_key_on_one_partition() -> None:
     assert message_key("organisation", alice) == message_key("organisation", _event(recipientAccountId="2" * 12))
     # a missing value is one fixed key, never None (which Kafka would spread round-robin)
     assert message_key("source_ip", _event(sourceIPAddress=None)) == b"-"
+
+
+def test_sigma_correlations_declare_their_key_from_group_by() -> None:
+    from detectors.sigma.state_key import group_by_key, rule_set_key
+
+    assert group_by_key(["userIdentity.arn", "eventName"]) == "principal"
+    assert group_by_key(["sourceIPAddress"]) == "source_ip"
+    assert group_by_key([]) == "organisation"
+    assert group_by_key(["requestParameters.bucketName"]) == "account"
+    assert rule_set_key([], tracks_creators=False) is None  # single-event rules only: judged on input
+    assert rule_set_key([["userIdentity.arn"], ["userIdentity.principalId"]], tracks_creators=False) == "principal"
+    assert rule_set_key([["userIdentity.arn"]], tracks_creators=True) == "account"  # mixed → account
+    assert rule_set_key([[]], tracks_creators=False) == "organisation"
+
+
+def test_the_shipped_sigma_pack_runs_on_the_account_key(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    cls = detector_class("sigma")
+    pack = Path(__file__).resolve().parents[1] / "config" / "rules"
+    sigma = cls(cls.Config(paths=[str(pack)]))  # type: ignore[call-arg]
+    assert sigma.required_key() == "account"
+    correlation = tmp_path / "spray.yml"
+    correlation.write_text(
+        "title: Failed logins\nid: 5a0c4a4e-0000-4000-8000-000000000001\nname: failed_login\n"
+        "logsource: {product: aws, service: cloudtrail}\n"
+        "detection: {selection: {eventName: ConsoleLogin, errorMessage: Failed authentication}, "
+        "condition: selection}\n---\n"
+        "title: Many failed logins from one address\nid: 5a0c4a4e-0000-4000-8000-000000000002\n"
+        "correlation: {type: event_count, rules: [failed_login], group-by: [sourceIPAddress], timespan: 10m, "
+        "condition: {gte: 5}}\nlevel: high\n")
+    by_ip = cls(cls.Config(paths=[str(correlation)]))  # type: ignore[call-arg]
+    assert not by_ip.load_errors, by_ip.load_errors
+    assert by_ip.required_key() == "source_ip"
+    routes = plan_routes([by_ip], group_id="g", topics=["ct"], input_key="account", repartition=True)
+    assert routes.remote == {"source_ip": {"sigma"}}
