@@ -115,6 +115,9 @@ class KafkaSourceConfig(BaseModel):
     #: ``<group_id>-<topic>-repartition-<key>`` fed by this group; ``off``: every detector runs on the
     #: input partitions (those keyed otherwise then see only their partitions' share, logged at start).
     repartition: Literal["auto", "off"] = "auto"
+    #: An input partition read to its end that got no new message for this long is *idle*: it no
+    #: longer holds back the event time of internal partitions (:mod:`daemon.repartition.watermark`).
+    repartition_idle_after: Duration = Field(10.0, gt=0)
     #: Retention of the internal repartition topics (their records are read once by this group).
     repartition_retention: Duration = Field(7 * 86400.0, gt=0)
     #: Largest changelog message (a partition's state is split into chunks of this size).
@@ -230,6 +233,8 @@ class KafkaSource(Source):
         self._unsettled: list[Any] = []
         #: Per input partition, the offset after the last message forwarded (marks say "idle" from there).
         self._forwarded_end: dict[TopicPartition, int] = {}
+        #: Per input partition, its end offset at the last probe and since when (monotonic) it is that.
+        self._ends_since: dict[TopicPartition, tuple[int, float]] = {}
         self.changelog = (
             StateChangelog(self._connection_args(), group_id=config.group_id,
                            replication_factor=config.changelog_replication_factor,
@@ -452,17 +457,27 @@ class KafkaSource(Source):
         return SourceBatch(self.name, records, key, offsets, position, partition=key, watermarks=marks or None)
 
     async def _send_marks(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
-        """Each owned input partition's progress to every internal partition (idle: read to its end)."""
+        """Each owned input partition's progress to every internal partition.
+
+        *Idle*: read to its end, and no new message for ``repartition_idle_after`` (a partition that
+        is merely caught up while its producer is still writing a backlog is not idle).
+        """
         routes, forwarder = self.routes, self._forwarder
         if routes is None or forwarder is None:
             return
+        now = asyncio.get_running_loop().time()
         for tp, end in ends.items():
             state = self._partitions.get(tp)
             if state is None or routes.topic_key(tp.topic) is not None:
                 continue
+            last_end, since = self._ends_since.get(tp, (-1, now))
+            if end != last_end:
+                self._ends_since[tp] = (end, now)
+                since = now
             read = self._forwarded_end.get(tp, state.committed or 0)
+            idle = read >= end and now - since >= self.config.repartition_idle_after
             count = len(consumer.partitions_for_topic(tp.topic) or ())
-            await forwarder.mark(tp.topic, tp.partition, count, idle=read >= end)
+            await forwarder.mark(tp.topic, tp.partition, count, idle=idle)
 
     async def _forward(self, consumer: AIOKafkaConsumer, tp: TopicPartition, messages: list[Any],
                        batch: SourceBatch) -> bool:
@@ -656,6 +671,7 @@ class KafkaSource(Source):
             del self._partitions[tp]
             self._forget_lag(tp)
             self._forwarded_end.pop(tp, None)
+            self._ends_since.pop(tp, None)
             if self._forwarder is not None:
                 self._forwarder.forget(tp.topic, tp.partition)
         if owned:
