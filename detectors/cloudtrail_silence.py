@@ -17,6 +17,11 @@ arriving (trail stopped org-wide, input broken) this detector stays quiet by des
 caught by the wall-clock Prometheus rule on ``trailguard_account_last_event_timestamp_seconds`` and
 ``trailguard_watermark_timestamp_seconds`` (``deploy/prometheus/alerts.yml``).
 
+Its state key is the organisation (``state_key``): on Kafka every event reaches one internal
+partition whose watermark is merged from every input partition's progress
+(:mod:`daemon.repartition.watermark`), so an account whose events sit in a partition read later,
+or by another instance, is never reported silent.
+
 Only keys that have sent at least ``min_events`` events count as "normally sending": a sandbox
 account that logs three calls a week is not expected to be continuous.  One alert per silence
 episode: the key is re-armed when it is current again (an event newer than
