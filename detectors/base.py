@@ -125,6 +125,11 @@ class Detector:
     #: The key this detector's state needs (see :data:`StateKey`); ``account`` unless declared, as
     #: detectors written before keys were declared assumed.  ``None``: stateless.
     state_key: ClassVar[StateKey | None] = "account"
+    #: True for a detector whose clock must be the whole organisation's event time, not its
+    #: partition's (``cloudtrail_silence``: absence is measured against everyone else's progress).
+    #: On Kafka it then runs on an internal partition, whose watermark is merged from every input
+    #: partition, even when its key is the input's key.
+    organisation_clock: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         self.config = config

@@ -52,8 +52,8 @@ async def _read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, li
 async def test_forwarded_events_are_keyed_acknowledged_and_followed_by_marks(kafka_broker: Tansu) -> None:
     bootstrap = kafka_broker.bootstrap
     topic = await create_topic(bootstrap, partitions=4)
-    silence, burst = (detector_class(n) for n in ("cloudtrail_silence", "access_denied_burst"))
-    routes = plan_routes([silence(silence.Config()), burst(burst.Config())], group_id="fw", topics=[topic],
+    logins, burst = (detector_class(n) for n in ("console_login_bruteforce", "access_denied_burst"))
+    routes = plan_routes([logins(logins.Config()), burst(burst.Config())], group_id="fw", topics=[topic],
                          input_key="account", repartition=True)
     internal = routes.internal_topics()
     connection = {"bootstrap_servers": bootstrap}

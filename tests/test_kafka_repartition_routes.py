@@ -20,7 +20,7 @@ from detectors.registry import DETECTORS, detector_class
 
 DECLARED = {
     "cloudtrail_tampering": None,
-    "cloudtrail_silence": "organisation",
+    "cloudtrail_silence": "account",
     "console_login_bruteforce": "organisation",
     "access_denied_burst": "principal",
     "impossible_travel": "principal",
@@ -60,10 +60,12 @@ def test_every_builtin_declares_a_known_key() -> None:
 def test_input_keyed_by_account_repartitions_the_other_keys() -> None:
     routes = plan_routes(_detectors(*DECLARED), group_id="g", topics=["ct"], input_key="account", repartition=True)
     assert routes.local == {"cloudtrail_tampering", "credential_exfiltration", "new_region", "run_instances_spike"}
+    # cloudtrail_silence is account-keyed but needs the organisation's clock: an internal partition's
     assert routes.remote == {"principal": {"access_denied_burst", "impossible_travel"},
-                             "organisation": {"cloudtrail_silence", "console_login_bruteforce"}}
+                             "organisation": {"console_login_bruteforce"}, "account": {"cloudtrail_silence"}}
     assert routes.internal_topics() == {"g-ct-repartition-principal": ("ct", "principal"),
-                                        "g-ct-repartition-organisation": ("ct", "organisation")}
+                                        "g-ct-repartition-organisation": ("ct", "organisation"),
+                                        "g-ct-repartition-account": ("ct", "account")}
     assert routes.detectors_for("ct") == routes.local
     assert routes.detectors_for("g-ct-repartition-principal") == {"access_denied_burst", "impossible_travel"}
     assert routes.topic_key("ct") is None and routes.topic_key("g-ct-repartition-organisation") == "organisation"
@@ -80,20 +82,21 @@ def test_round_robin_input_keeps_only_stateless_detectors_on_input_partitions() 
 def test_input_keyed_by_principal_runs_principal_detectors_in_place() -> None:
     routes = plan_routes(_detectors(*DECLARED), group_id="g", topics=["ct"], input_key="principal", repartition=True)
     assert {"access_denied_burst", "impossible_travel", "cloudtrail_tampering"} <= routes.local
-    assert routes.remote["account"] == {"credential_exfiltration", "new_region", "run_instances_spike"}
+    assert routes.remote["account"] == {"credential_exfiltration", "new_region", "run_instances_spike",
+                                        "cloudtrail_silence"}
 
 
 def test_repartition_off_runs_everything_on_input_and_names_what_is_partial() -> None:
     routes = plan_routes(_detectors(*DECLARED), group_id="g", topics=["ct"], input_key="account", repartition=False)
     assert routes.local == set(DECLARED) and not routes.remote and not routes.repartitions
     assert routes.unrouted == {"access_denied_burst": "principal", "impossible_travel": "principal",
-                               "cloudtrail_silence": "organisation", "console_login_bruteforce": "organisation"}
+                               "cloudtrail_silence": "account", "console_login_bruteforce": "organisation"}
 
 
 def test_a_topic_pattern_source_cannot_repartition() -> None:
     routes = plan_routes(_detectors("cloudtrail_silence"), group_id="g", topics=[], input_key="account",
                          repartition=True)
-    assert not routes.repartitions and routes.unrouted == {"cloudtrail_silence": "organisation"}
+    assert not routes.repartitions and routes.unrouted == {"cloudtrail_silence": "account"}
 
 
 def test_an_unknown_declared_key_is_refused() -> None:

@@ -3,7 +3,9 @@
 A detector runs where the events of its key meet.  On the input partitions that is every
 stateless detector (``state_key = None``: each event judged once, where it arrives) and every
 detector whose key is the key the producer partitions by (``input_key``).  Every other detector,
-with ``repartition: auto``, runs on the partitions of ``<group_id>-<topic>-repartition-<key>``,
+with ``repartition: auto``, runs on the partitions of ``<group_id>-<topic>-repartition-<key>``
+(so does a detector whose clock must be the organisation's, ``organisation_clock``, whatever its
+key: only internal partitions have the merged watermark),
 fed only the events its eventName/eventSource index admits (the same index the engine uses, so
 nothing it could match is held back, and a ConsoleLogin-only detector costs ConsoleLogin traffic
 only).  With ``repartition: off`` (or a ``topic_pattern`` source, whose topics are not known up
@@ -102,8 +104,11 @@ def plan_routes(detectors: Sequence[Detector], *, group_id: str, topics: Sequenc
         if key is not None and key not in STATE_KEYS:
             raise ValueError(f"detector {detector.name} declares state key {key!r}; "
                              f"known keys: {', '.join(STATE_KEYS)}")
-        if key is None or key == keyed:
+        needs_clock = detector.organisation_clock and key is not None
+        if key is None or (key == keyed and not (needs_clock and repartition and topics)):
             local.add(detector.name)
+            if needs_clock and key is not None:
+                unrouted[detector.name] = key
         elif repartition and topics:
             remote.setdefault(key, set()).add(detector.name)
             remote_detectors.setdefault(key, []).append(detector)

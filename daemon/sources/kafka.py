@@ -259,8 +259,8 @@ class KafkaSource(Source):
         if routes.unrouted:
             why = ("repartition: off" if c.repartition == "off"
                    else "a topic_pattern source cannot be repartitioned (list its topics to repartition)")
-            self.log.warning("detectors keyed differently from the input run on input partitions only; "
-                             "with several partitions they see part of their key", reason=why,
+            self.log.warning("detectors whose key (or organisation clock) needs repartitioning run on input "
+                             "partitions only; with several partitions they see part of their key", reason=why,
                              input_key=c.input_key, detectors=dict(sorted(routes.unrouted.items())))
         if routes.repartitions:
             self._forwarder = Forwarder(self._connection_args(), routes, timeout=c.changelog_timeout,
