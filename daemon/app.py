@@ -244,6 +244,10 @@ class Daemon:
                 engine.reindex()
                 if not ok:
                     break
+            for source in self.sources:  # what is forwarded to internal topics follows the new index
+                routes = getattr(source, "routes", None)
+                if ok and routes is not None:
+                    routes.reindex()
         return ok
 
     async def run(self) -> int:

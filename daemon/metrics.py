@@ -180,6 +180,13 @@ class Metrics:
         self.changelog_bytes = Counter(
             "trailguard_changelog_bytes_total", "Bytes of partition state written to changelog topics.",
             registry=r)
+        self.repartition_produced = Counter(
+            "trailguard_repartition_produced_total",
+            "Events forwarded to an internal repartition topic, by the state key it re-keys by.", ["key"],
+            registry=r)
+        self.repartition_consumed = Counter(
+            "trailguard_repartition_consumed_total",
+            "Records read from internal repartition topics, by state key.", ["key"], registry=r)
         self.partition_batches_dropped = Counter(
             "trailguard_partition_batches_dropped_total",
             "Batches of a partition this instance no longer owns, dropped unprocessed (its new owner reads "

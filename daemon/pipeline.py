@@ -56,6 +56,7 @@ from daemon.delivery.dispatch import Dispatcher
 from daemon.delivery.incidents import Incidents
 from daemon.metrics import Metrics
 from daemon.reorder import ReorderBuffer
+from daemon.repartition.watermark import MergedWatermarkEngine
 from daemon.sources.base import Source, SourceBatch
 from daemon.state import StateStore
 from detectors.alert import Alert
@@ -140,6 +141,9 @@ class Pipeline:
         self._partition_logs: dict[str, Any] = {}
         for source in self.sources:
             source.on_partitions(functools.partial(self._on_partitions, source))
+            plan_routes = getattr(source, "plan_routes", None)
+            if plan_routes is not None:  # Kafka: which detectors run on which topics' partitions
+                plan_routes(engine.detectors)
         self.finished = asyncio.Event()
         self.restored = False
         self.started = False
@@ -404,7 +408,10 @@ class Pipeline:
         out: list[Alert] = []
         origin = batch.origin
         engine, dedupe = self._state_for(batch.partition)
-        reorder = self.reorder if batch.partition is None else None
+        if batch.watermarks:  # an internal topic's event-time marks (daemon.repartition.watermark)
+            engine.observe_marks(batch.watermarks)  # type: ignore[attr-defined]
+        # internal Kafka partitions hold events until every origin passed them (daemon.repartition)
+        reorder = self.reorder if batch.partition is None else getattr(engine, "held", None)
         locations = batch.locations
         lags: list[float] = []
         accounts = self._account_times
@@ -494,8 +501,9 @@ class Pipeline:
         state.dirty = True
         return state.part("engine"), state.part("dedupe")
 
-    def _fork_engine(self) -> DetectionEngine:
-        return DetectionEngine([d.fork() for d in self.engine.detectors],
+    def _fork_engine(self, names: frozenset[str] | None = None,
+                     kind: type[DetectionEngine] = DetectionEngine) -> DetectionEngine:
+        return kind([d.fork() for d in self.engine.detectors if names is None or d.name in names],
                                allowed_lateness=self.engine.allowed_lateness, on_error=self.engine.on_error)
 
     def _partition_store(self, partition: str) -> StateStore | None:
@@ -510,6 +518,12 @@ class Pipeline:
         cache), or from the local file alone when the source has no changelog."""
         started = time.perf_counter()
         state = self.state_parts.build(key)
+        detectors = getattr(source, "partition_detectors", None)
+        names = detectors(key) if detectors is not None else None
+        if names is not None:  # only the detectors whose state lives on this partition's topic
+            merged = getattr(source, "merged_watermark", None)
+            internal = merged is not None and merged(key)
+            state.parts["engine"] = self._fork_engine(names, MergedWatermarkEngine if internal else DetectionEngine)
         store = self._partition_store(key)
         body = await asyncio.to_thread(store.load) if store is not None else None
         log = source.state_log()

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field
 
 from detectors.alert import Alert, shift_severity
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.exceptions import principal_globs
@@ -110,6 +110,8 @@ class AccessDeniedBurst(Detector):
     """Reports a principal with a burst of authorization failures (broad enumeration or insistence)."""
 
     name: ClassVar[str] = "access_denied_burst"
+    #: State keyed by principal.
+    state_key: ClassVar[StateKey | None] = "principal"
     severity: ClassVar[str] = "medium"
     tags: ClassVar[tuple[str, ...]] = ("attack.discovery", "attack.t1580", "attack.t1526")
     runbook: ClassVar[str | None] = (

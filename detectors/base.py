@@ -21,7 +21,14 @@ from detectors.alert import Alert
 from detectors.event import Event
 from detectors.exceptions import NO_EXCEPTIONS, DetectorException, DetectorExceptions, compile_exceptions
 
-__all__ = ["Detector", "DetectorConfig", "DetectorContext", "Enricher", "GeoInfo"]
+__all__ = ["STATE_KEYS", "Detector", "DetectorConfig", "DetectorContext", "Enricher", "GeoInfo", "StateKey"]
+
+#: What a detector's state is keyed by, i.e. which events must meet on one engine for it to be right:
+#: every event of one account, of one principal (``Event.principal``), of one source IP, or of the
+#: whole organisation.  The daemon routes events so each detector sees all events of its key
+#: (:mod:`daemon.repartition`); ``None`` is a stateless detector (each event judged where it arrives).
+StateKey = Literal["account", "principal", "source_ip", "organisation"]
+STATE_KEYS: tuple[StateKey, ...] = ("account", "principal", "source_ip", "organisation")
 
 
 class DetectorConfig(BaseModel):
@@ -115,6 +122,14 @@ class Detector:
     shared_exceptions: ClassVar[bool] = True
     #: The compiled ``exceptions`` (plus deprecated allowlist keys) the engine applies before ``on_event``.
     event_exceptions: DetectorExceptions = NO_EXCEPTIONS
+    #: The key this detector's state needs (see :data:`StateKey`); ``account`` unless declared, as
+    #: detectors written before keys were declared assumed.  ``None``: stateless.
+    state_key: ClassVar[StateKey | None] = "account"
+    #: True for a detector whose clock must be the whole organisation's event time, not its
+    #: partition's (``cloudtrail_silence``: absence is measured against everyone else's progress).
+    #: On Kafka it then runs on an internal partition, whose watermark is merged from every input
+    #: partition, even when its key is the input's key.
+    organisation_clock: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig, context: DetectorContext | None = None) -> None:
         self.config = config
@@ -132,6 +147,10 @@ class Detector:
         Detectors holding expensive immutable data (compiled rules) override this to share it.
         """
         return type(self)(self.config, self.context)
+
+    def required_key(self) -> StateKey | None:
+        """The key this instance's state needs (may depend on config or rules); the class's ``state_key``."""
+        return self.state_key
 
     def index_names(self) -> frozenset[str] | None:
         """Event names this instance needs (may depend on config); defaults to the class hint."""

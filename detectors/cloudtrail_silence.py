@@ -17,6 +17,12 @@ arriving (trail stopped org-wide, input broken) this detector stays quiet by des
 caught by the wall-clock Prometheus rule on ``trailguard_account_last_event_timestamp_seconds`` and
 ``trailguard_watermark_timestamp_seconds`` (``deploy/prometheus/alerts.yml``).
 
+Its state is keyed by account but its clock is the organisation's (``organisation_clock``): on
+Kafka it runs on the partitions of the account-keyed internal topic, whose watermark is merged
+from every input partition's progress (:mod:`daemon.repartition.watermark`), so an account whose
+events sit in a partition read later, or by another instance, is never reported silent — and the
+work is spread over as many partitions as the input has, not one.
+
 Only keys that have sent at least ``min_events`` events count as "normally sending": a sandbox
 account that logs three calls a week is not expected to be continuous.  One alert per silence
 episode: the key is re-armed when it is current again (an event newer than
@@ -47,7 +53,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field, model_validator
 
 from detectors.alert import Alert, make_alert_id
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.resources import bounded, make_resource
@@ -95,6 +101,9 @@ class CloudTrailSilence(Detector):
     """Reports an account (or account+region) whose events stopped while the organisation's did not."""
 
     name: ClassVar[str] = "cloudtrail_silence"
+    #: State keyed by account; its clock is the organisation's event time (``organisation_clock``).
+    state_key: ClassVar[StateKey | None] = "account"
+    organisation_clock: ClassVar[bool] = True
     severity: ClassVar[str] = "high"
     tags: ClassVar[tuple[str, ...]] = ("attack.defense_evasion", "attack.t1562.008")
     runbook: ClassVar[str | None] = (

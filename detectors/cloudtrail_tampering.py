@@ -54,7 +54,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field
 
 from detectors.alert import Alert, shift_severity
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.event import Event
 from detectors.resources import bounded, make_resource, resources_of
 
@@ -184,6 +184,8 @@ class CloudTrailTampering(Detector):
     """CloudTrail's own API used to narrow the audit trail (trail flags, selectors, Lake stores)."""
 
     name: ClassVar[str] = "cloudtrail_tampering"
+    #: Stateless (stateless: each event is judged alone).
+    state_key: ClassVar[StateKey | None] = None
     severity: ClassVar[str] = "critical"
     event_names: ClassVar[frozenset[str] | None] = _REDUCING
     event_sources: ClassVar[frozenset[str] | None] = frozenset({_SOURCE})

@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field, field_validator
 
 from detectors.alert import Alert, shift_severity
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.exceptions import source_networks
@@ -111,6 +111,9 @@ class ConsoleLoginBruteforce(Detector):
     """Reports bursts of failed console sign-ins per address and per user, and a success after them."""
 
     name: ClassVar[str] = "console_login_bruteforce"
+    #: State keyed by organisation: it keys by source IP *and* by account user, and only ConsoleLogin
+    #: events travel to its partition, so one partition holds both cheaply.
+    state_key: ClassVar[StateKey | None] = "organisation"
     severity: ClassVar[str] = "medium"
     event_names: ClassVar[frozenset[str] | None] = frozenset({"ConsoleLogin"})
     event_sources: ClassVar[frozenset[str] | None] = frozenset({"signin.amazonaws.com"})

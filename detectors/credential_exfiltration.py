@@ -70,7 +70,7 @@ from typing import Annotated, Any, ClassVar, Final
 from pydantic import BeforeValidator, Field
 
 from detectors.alert import Alert, make_alert_id
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.event import Event, format_time
 from detectors.resources import bounded, make_resource
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot
@@ -159,6 +159,8 @@ class CredentialExfiltration(Detector):
     """Reports compute role credentials (EC2, Lambda, ECS) used from outside AWS."""
 
     name: ClassVar[str] = "credential_exfiltration"
+    #: State keyed by account (a session's AssumeRole and its uses meet in the role's account).
+    state_key: ClassVar[StateKey | None] = "account"
     severity: ClassVar[str] = "high"
     tags: ClassVar[tuple[str, ...]] = ("attack.credential_access", "attack.t1552.005", "attack.exfiltration")
     runbook: ClassVar[str | None] = (

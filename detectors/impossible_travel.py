@@ -53,7 +53,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from pydantic import BeforeValidator, Field
 
 from detectors.alert import Alert, make_alert_id
-from detectors.base import Detector, DetectorConfig, DetectorContext, GeoInfo
+from detectors.base import Detector, DetectorConfig, DetectorContext, GeoInfo, StateKey
 from detectors.event import IP_PUBLIC, Event, format_time
 from detectors.resources import bounded, make_resource
 from detectors.windows.store import SNAPSHOT_VERSION, KeyedState, check_snapshot
@@ -168,6 +168,8 @@ class ImpossibleTravel(Detector):
     """Reports a principal seen at two public locations faster apart than ``max_speed_kmh``."""
 
     name: ClassVar[str] = "impossible_travel"
+    #: State keyed by principal.
+    state_key: ClassVar[StateKey | None] = "principal"
     severity: ClassVar[str] = "high"
     tags: ClassVar[tuple[str, ...]] = ("attack.initial_access", "attack.t1078.004")
     runbook: ClassVar[str | None] = (

@@ -55,7 +55,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 from pydantic import BeforeValidator, Field
 
 from detectors.alert import Alert, shift_severity
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.event import Event, format_time
 from detectors.resources import bounded, make_resource, resources_of
 from detectors.windows.first_seen import FirstSeen, FirstSeenReport
@@ -125,6 +125,8 @@ class NewRegion(Detector):
     """Reports an account's first activity in an unused (or unapproved) region."""
 
     name: ClassVar[str] = "new_region"
+    #: State keyed by account.
+    state_key: ClassVar[StateKey | None] = "account"
     severity: ClassVar[str] = "medium"
     tags: ClassVar[tuple[str, ...]] = ("attack.defense_evasion", "attack.t1535")
     runbook: ClassVar[str | None] = (

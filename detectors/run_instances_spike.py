@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Final
 from pydantic import Field, field_validator, model_validator
 
 from detectors.alert import Alert, shift_severity
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.durations import Duration
 from detectors.event import Event, format_time
 from detectors.exceptions import principal_globs
@@ -160,6 +160,8 @@ class RunInstancesSpike(Detector):
     """Reports a bucket of EC2 launches far above the account/region's or principal's own baseline."""
 
     name: ClassVar[str] = "run_instances_spike"
+    #: State keyed by account (account+region and principal keys, both inside one account).
+    state_key: ClassVar[StateKey | None] = "account"
     severity: ClassVar[str] = "high"
     event_names: ClassVar[frozenset[str] | None] = frozenset({"RunInstances"})
     event_sources: ClassVar[frozenset[str] | None] = frozenset({"ec2.amazonaws.com"})

@@ -38,6 +38,8 @@ class SourceBatch:
     """Which state partition the records belong to (Kafka: ``topic/partition``); ``None``: the default."""
     first_index: int = 0
     """Index of ``records[0]`` in its document (when ``locations`` is ``None``), for error context."""
+    watermarks: list[Any] | None = None
+    """Event-time marks read with the records (Kafka internal topics, :mod:`daemon.repartition.watermark`)."""
 
 
 class Source(ABC):

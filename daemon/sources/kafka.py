@@ -24,10 +24,17 @@ event of an account reaches one partition.  Each partition's state follows it: t
 restores it on assignment from the changelog topic ``<group_id>-<topic>-changelog``
 (:mod:`daemon.changelog`, created here on first assignment) while the partition is paused, and
 checkpoints it (changelog write, then offset commit) on revocation, before the listener lets the
-partition go.  Detectors correlating *across* accounts (one IP hitting many accounts, org-wide
-silence) still see only their instance's partitions: there is no repartitioning stage yet.
-Assignment is ``sticky`` first (aiokafka has no cooperative protocol); ``group_instance_id`` gives
-static membership.
+partition go.  Assignment is ``sticky`` first (aiokafka has no cooperative protocol);
+``group_instance_id`` gives static membership.
+
+**Repartitioning.**  ``input_key`` says how the producer keys messages (``account``, ``principal`` or
+``none`` for round-robin).  Each detector declares the key its state needs; with ``repartition:
+auto`` a detector whose key differs runs on an internal topic ``<group_id>-<topic>-repartition-<key>``
+(created before subscribing; :mod:`daemon.repartition`): the input partitions' owner forwards each
+event such a detector could use there, keyed by that key, before the batch is processed, and the
+same group consumes the internal topics (their partitions' state is changelogged like the input's).
+:meth:`KafkaSource.acknowledge` commits input offsets only after the forwarder settled every send
+issued so far, so no event is acknowledged before its internal copy is on the broker.
 
 Broker outages: aiokafka reconnects by itself; a periodic probe (end offsets of the assignment)
 drives :attr:`ready` and the ``trailguard_kafka_lag{topic,partition}`` gauge (high watermark minus
@@ -55,9 +62,14 @@ from daemon.changelog.log import StateChangelog
 from daemon.changelog.producer import ChangelogError
 from daemon.deadletter import InvalidReporter
 from daemon.decode import decode_bytes
+from daemon.repartition.forwarder import Forwarder, ForwardError
+from daemon.repartition.routes import InputKey, Routes, plan_routes
+from daemon.repartition.topics import RepartitionTopicError, ensure_internal_topics
+from daemon.repartition.watermark import MARK_HEADER, decode_mark
 from daemon.retry import Backoff, wait_or_stop
 from daemon.sources.base import Source, SourceBatch
 from daemon.sources.kafka_offsets import PartitionOffsets
+from detectors.base import Detector
 from detectors.durations import Duration
 from detectors.event import MAX_RECORD_BYTES
 
@@ -93,7 +105,21 @@ class KafkaSourceConfig(BaseModel):
     #: created when missing) so whichever instance owns a partition next restores it; with it off,
     #: state lives only in ``state.path`` (which then must be shared by every replica).
     state_changelog: bool = True
+    #: Replication factor of the internal topics this group creates (changelog and repartition).
     changelog_replication_factor: int = Field(3, ge=1)
+    #: How producers key the input's messages: ``account`` (``trailguard relay`` does; each event's
+    #: ``recipientAccountId``, else ``userIdentity.accountId``), ``principal``, or ``none``
+    #: (round-robin, or any key trailguard does not know).
+    input_key: InputKey = "account"
+    #: ``auto``: detectors whose state key differs from ``input_key`` run on internal topics
+    #: ``<group_id>-<topic>-repartition-<key>`` fed by this group; ``off``: every detector runs on the
+    #: input partitions (those keyed otherwise then see only their partitions' share, logged at start).
+    repartition: Literal["auto", "off"] = "auto"
+    #: An input partition read to its end that got no new message for this long is *idle*: it no
+    #: longer holds back the event time of internal partitions (:mod:`daemon.repartition.watermark`).
+    repartition_idle_after: Duration = Field(10.0, gt=0)
+    #: Retention of the internal repartition topics (their records are read once by this group).
+    repartition_retention: Duration = Field(7 * 86400.0, gt=0)
     #: Largest changelog message (a partition's state is split into chunks of this size).
     changelog_chunk_bytes: int = Field(512 << 10, ge=1024, le=16 << 20)
     #: How long a changelog write or a restore may stall before the checkpoint / restore fails.
@@ -201,6 +227,14 @@ class KafkaSource(Source):
         self._lag = metrics.kafka_lag
         self._m_errors = metrics.source_errors.labels(source=self.name)
         self._m_up = metrics.source_up.labels(source=self.name)
+        #: Where each detector runs (set by :meth:`plan_routes`), and the producer feeding internal topics.
+        self.routes: Routes | None = None
+        self._forwarder: Forwarder | None = None
+        self._unsettled: list[Any] = []
+        #: Per input partition, the offset after the last message forwarded (marks say "idle" from there).
+        self._forwarded_end: dict[TopicPartition, int] = {}
+        #: Per input partition, its end offset at the last probe and since when (monotonic) it is that.
+        self._ends_since: dict[TopicPartition, tuple[int, float]] = {}
         self.changelog = (
             StateChangelog(self._connection_args(), group_id=config.group_id,
                            replication_factor=config.changelog_replication_factor,
@@ -212,6 +246,40 @@ class KafkaSource(Source):
     def state_log(self) -> StateChangelog | None:
         """The changelog partition state follows (``None`` with ``state_changelog: false``)."""
         return self.changelog
+
+    def plan_routes(self, detectors: Sequence[Detector]) -> Routes:
+        """Decide where each detector runs (input or internal partitions); called once before start."""
+        c = self.config
+        routes = plan_routes(detectors, group_id=c.group_id, topics=c.topics, input_key=c.input_key,
+                             repartition=c.repartition == "auto")
+        self.routes = routes
+        for key in routes.remote:
+            self.invalid.metrics.repartition_produced.labels(key=key)
+            self.invalid.metrics.repartition_consumed.labels(key=key)
+        if routes.unrouted:
+            why = ("repartition: off" if c.repartition == "off"
+                   else "a topic_pattern source cannot be repartitioned (list its topics to repartition)")
+            self.log.warning("detectors whose key (or organisation clock) needs repartitioning run on input "
+                             "partitions only; with several partitions they see part of their key", reason=why,
+                             input_key=c.input_key, detectors=dict(sorted(routes.unrouted.items())))
+        if routes.repartitions:
+            self._forwarder = Forwarder(self._connection_args(), routes, timeout=c.changelog_timeout,
+                                        metrics=self.invalid.metrics,
+                                        max_request_size=max(1 << 20, c.max_record_bytes + (64 << 10)))
+            self.log.info("repartitioning", input_key=c.input_key,
+                          topics=sorted(routes.internal_topics()),
+                          detectors={key: sorted(names) for key, names in routes.remote.items()})
+        return routes
+
+    def partition_detectors(self, partition: str) -> frozenset[str] | None:
+        """Names of the detectors whose state lives on ``topic/partition`` (``None``: every detector)."""
+        if self.routes is None:
+            return None
+        return self.routes.detectors_for(partition.rpartition("/")[0])
+
+    def merged_watermark(self, partition: str) -> bool:
+        """True for a partition of an internal topic: its engine's watermark is merged from marks."""
+        return self.routes is not None and self.routes.topic_key(partition.rpartition("/")[0]) is not None
 
     @property
     def partitioned(self) -> bool:
@@ -263,6 +331,11 @@ class KafkaSource(Source):
             await asyncio.gather(self._probe_task, return_exceptions=True)
             self._probe_task = None
         await self._commit()
+        if self._forwarder is not None:
+            try:
+                await self._forwarder.stop()
+            except _ERRORS as error:
+                self.log.warning("repartition producer did not close cleanly", error=type(error).__name__)
         consumer, self._consumer = self._consumer, None
         self._connected = False
         for tp in list(self._partitions):
@@ -318,12 +391,15 @@ class KafkaSource(Source):
         return args
 
     async def _connect(self) -> bool:
+        internal = await self._internal_topics()
+        if internal is None:
+            return False
         consumer = AIOKafkaConsumer(**self._consumer_args())
         listener = _Listener(self)
         if self.config.topic_pattern:
             consumer.subscribe(pattern=self.config.topic_pattern, listener=listener)
         else:
-            consumer.subscribe(topics=self.config.topics, listener=listener)
+            consumer.subscribe(topics=[*self.config.topics, *internal], listener=listener)
         # The first assignment may arrive while start() runs: the rebalance callbacks use this one.
         self._starting = consumer
         try:
@@ -339,6 +415,100 @@ class KafkaSource(Source):
         self._up()
         self._probe_task = asyncio.create_task(self._probe(), name=f"kafka-probe:{self.name}")
         return True
+
+    async def _internal_topics(self) -> list[str] | None:
+        """The repartition topics to subscribe to, created first (``None``: not yet, retry)."""
+        routes = self.routes
+        if routes is None or not routes.repartitions:
+            return []
+        internal = routes.internal_topics()
+        try:
+            counts = await ensure_internal_topics(self._connection_args(), internal,
+                                         replication_factor=self.config.changelog_replication_factor,
+                                         retention_ms=int(self.config.repartition_retention * 1000),
+                                         timeout=self.config.health_timeout * 2)
+        except (RepartitionTopicError, *_ERRORS) as error:
+            self._down(error)
+            return None
+        if self._forwarder is not None:
+            self._forwarder.partitions = counts
+        return sorted(internal)
+
+    def _internal_batch(self, tp: TopicPartition, messages: list[Any], epoch: int) -> SourceBatch:
+        """A batch of an internal topic: its forwarded events, and its marks apart (never decoded)."""
+        records: list[Any] = []
+        offsets: list[int] = []
+        marks: list[Any] = []
+        base = f"{tp.topic}/{tp.partition}@"
+        for message in messages:
+            if any(name == MARK_HEADER for name, _ in message.headers or ()):
+                mark = decode_mark(message.value)
+                if mark is not None:
+                    marks.append(mark)
+                continue
+            if not message.value:
+                continue
+            found, _ = decode_bytes(message.value, f"{base}{message.offset}", self.invalid,
+                                    max_record_bytes=self.config.max_record_bytes)
+            records.extend(found)
+            offsets.extend([message.offset] * len(found))
+        position = KafkaPosition(tp.topic, tp.partition, messages[0].offset, messages[-1].offset, epoch)
+        key = f"{tp.topic}/{tp.partition}"
+        return SourceBatch(self.name, records, key, offsets, position, partition=key, watermarks=marks or None)
+
+    async def _send_marks(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
+        """Each owned input partition's progress to every internal partition.
+
+        *Idle*: read to its end, and no new message for ``repartition_idle_after`` (a partition that
+        is merely caught up while its producer is still writing a backlog is not idle).
+        """
+        routes, forwarder = self.routes, self._forwarder
+        if routes is None or forwarder is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for tp, end in ends.items():
+            state = self._partitions.get(tp)
+            if state is None or routes.topic_key(tp.topic) is not None:
+                continue
+            last_end, since = self._ends_since.get(tp, (-1, now))
+            if end != last_end:
+                self._ends_since[tp] = (end, now)
+                since = now
+            read = self._forwarded_end.get(tp, state.committed or 0)
+            idle = read >= end and now - since >= self.config.repartition_idle_after
+            count = len(consumer.partitions_for_topic(tp.topic) or ())
+            await forwarder.mark(tp.topic, tp.partition, count, idle=idle)
+
+    async def _forward(self, consumer: AIOKafkaConsumer, tp: TopicPartition, messages: list[Any],
+                       batch: SourceBatch) -> bool:
+        """Forward an input batch to its routes, or count a batch read from an internal topic.
+
+        False when forwarding failed: the partition is rewound to the batch, which is read again.
+        """
+        routes, forwarder = self.routes, self._forwarder
+        if routes is None or forwarder is None:
+            return True
+        key = routes.topic_key(tp.topic)
+        if key is not None:
+            self.invalid.metrics.repartition_consumed.labels(key=key).inc(len(batch.records))
+            return True
+        try:
+            count = len(consumer.partitions_for_topic(tp.topic) or ())
+            await forwarder.forward(tp.topic, tp.partition, count, batch.records, batch.origin)
+            self._forwarded_end[tp] = messages[-1].offset + 1
+        except _ERRORS as error:
+            self._down(error)
+            if self._partitions.get(tp) is not None:
+                consumer.seek(tp, messages[0].offset)
+            return False
+        return True
+
+    def _rewind(self, fetched: list[tuple[TopicPartition, list[Any]]]) -> None:
+        """Seek fetched-but-not-handed-out partitions back to their first message (read again)."""
+        consumer = self._consumer
+        for tp, messages in fetched:
+            if messages and consumer is not None and tp in self._partitions:
+                consumer.seek(tp, messages[0].offset)
 
     def _up(self) -> None:
         if self._outage:
@@ -380,13 +550,23 @@ class KafkaSource(Source):
                     await self._pause(failures)
                     continue
                 failures = 0
+                unsent = list(data.items())
                 for tp, messages in data.items():
+                    unsent.pop(0)
                     if not messages:
                         continue
                     state = self._partitions.get(tp)
                     if state is None:
                         continue  # revoked while these were fetched: the new owner reads them
-                    batch = await self._batch(tp, messages, state.epoch)
+                    if self.routes is not None and self.routes.topic_key(tp.topic) is not None:
+                        batch = self._internal_batch(tp, messages, state.epoch)
+                    else:
+                        batch = await self._batch(tp, messages, state.epoch)
+                    if not await self._forward(self._consumer, tp, messages, batch):
+                        self._rewind(unsent)
+                        failures += 1
+                        await self._pause(failures)
+                        break
                     if self._partitions.get(tp) is not state:
                         continue
                     state.emitted(messages[0].offset, messages[-1].offset)
@@ -426,7 +606,21 @@ class KafkaSource(Source):
 
     # -- acknowledgement and commits -------------------------------------------------------------
     async def acknowledge(self, positions: list[Any]) -> None:
-        """Advance each partition's acknowledged prefix and commit it (``offset + 1``)."""
+        """Advance each partition's acknowledged prefix and commit it (``offset + 1``).
+
+        With repartitioning, only once every forwarded event is acknowledged by the broker: until
+        then the positions wait (in order) for the next call.
+        """
+        if self._forwarder is not None:
+            self._unsettled.extend(positions)
+            try:
+                await self._forwarder.settle()
+            except ForwardError as error:
+                self._m_errors.inc()
+                self.log.warning("forwarded events not yet acknowledged; input offsets wait",
+                                 detail=str(error)[:300], positions=len(self._unsettled))
+                return
+            positions, self._unsettled = self._unsettled, []
         for position in positions:
             state = self._partitions.get(TopicPartition(position.topic, position.partition))
             if state is None or state.epoch != position.epoch:
@@ -476,6 +670,10 @@ class KafkaSource(Source):
         for tp in owned:
             del self._partitions[tp]
             self._forget_lag(tp)
+            self._forwarded_end.pop(tp, None)
+            self._ends_since.pop(tp, None)
+            if self._forwarder is not None:
+                self._forwarder.forget(tp.topic, tp.partition)
         if owned:
             self.log.info("kafka partitions revoked", partitions=len(owned))
         self._check_drained()
@@ -543,6 +741,7 @@ class KafkaSource(Source):
                 if partitions:
                     ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout)
                     await self._export_lag(consumer, ends, timeout)
+                    await self._send_marks(consumer, ends)
                 else:
                     await asyncio.wait_for(consumer.topics(), timeout)
             except asyncio.CancelledError:

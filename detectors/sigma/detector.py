@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sigma.correlations import SigmaCorrelationRule
 
 from detectors.alert import SEVERITIES, Alert
-from detectors.base import Detector, DetectorConfig, DetectorContext
+from detectors.base import Detector, DetectorConfig, DetectorContext, StateKey
 from detectors.event import Event
 from detectors.sigma.alert_content import content_of, describe_match
 from detectors.sigma.correlation import CorrelationSet
@@ -38,6 +38,7 @@ from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.new_terms import NewTermsSet
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
+from detectors.sigma.state_key import rule_set_key
 from detectors.sigma.tuning import ExceptionConfig, Exceptions, resolve_tuning
 
 __all__ = ["LogsourceConfig", "SigmaConfig", "SigmaDetector"]
@@ -230,6 +231,11 @@ class SigmaDetector(Detector):
     def take_disabled(self) -> list[tuple[str, float]]:
         """Rules the time budget disabled since the last call (``(rule id, seconds)``), for the engine."""
         return self.rules.take_disabled()
+
+    def required_key(self) -> StateKey | None:
+        """The key the loaded correlations' ``group-by`` need (:mod:`detectors.sigma.state_key`)."""
+        group_bys = [plan.group_by for plan in self._plans] + [rule.group_by for rule in self.rules.new_terms]
+        return rule_set_key(group_bys, tracks_creators=self._track_creators)
 
     def index_names(self) -> frozenset[str] | None:
         """The union of the eventNames the rules require, or ``None`` if some rule needs all events."""
