@@ -24,12 +24,13 @@ that were not handed to a sink: a batch of alerts the dispatcher failed on is no
 handed over, and a dead dispatcher fails the checkpoint (and ``/healthz``) instead of letting it
 acknowledge.
 
-**Partitions.**  A Kafka partition's state (its named parts, :mod:`daemon.changelog.parts`) exists
-only while this instance owns the partition: it is restored on assignment, before any of the
-partition's batches is processed (``/readyz`` is false meanwhile), and on revocation the pipeline
-runs the checkpoint above for everything, then drops the revoked state.  A batch of a partition
-this instance does not own (queued before a revocation) is dropped unprocessed and unacknowledged:
-its new owner reads it again.  State is never created by a batch.
+**Partitions.**  A Kafka partition's state (its named parts, :mod:`daemon.changelog.parts`: detector
+engine, dedupe record and incidents — a partition's alerts fold into its own incidents, closed by
+its own watermark) exists only while this instance owns the partition: it is restored on
+assignment, before any of the partition's batches is processed (``/readyz`` is false meanwhile),
+and on revocation the pipeline runs the checkpoint above for everything, then drops the revoked
+state.  A batch of a partition this instance does not own (queued before a revocation) is dropped
+unprocessed and unacknowledged: its new owner reads it again.  State is never created by a batch.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ class Pipeline:
         self.state_parts = PartRegistry()
         self.state_parts.register("engine", self._fork_engine)
         self.state_parts.register("dedupe", lambda: Deduplicator(config.dedupe_horizon, config.dedupe_max_ids))
+        # A partition's alerts fold into its own incidents, so incident state follows the partition.
+        self.state_parts.register("incidents", lambda: self.incidents.fork())
         #: Partitions being restored now, and partitions whose restore failed (reason).
         self.restoring: set[str] = set()
         self.restore_failures: dict[str, str] = {}
@@ -330,6 +333,12 @@ class Pipeline:
                                 self._stamp(out, before, event)
                     self.engine.advance(out)
                     await self._emit(out, final=final)
+                    for key in list(self.partitions):
+                        # Kept by the changelog (or the partition's file) for its next owner unless
+                        # the input is over or nothing keeps it.
+                        kept = self._partition_logs.get(key) is not None or self.store is not None
+                        if item is _INPUT_DONE or not kept:
+                            await self._emit([], final=True, partition=key)
                 self.finished.set()
                 return
             source, batch = item
@@ -350,7 +359,7 @@ class Pipeline:
                     alerts = self._handle(batch, start, end)
                     if end >= total:
                         self._pending[id(source)].append(batch.position)
-                    await self._emit(alerts)
+                    await self._emit(alerts, partition=batch.partition)
                 self.last_progress = time.monotonic()
                 # get() and put() do not yield when they need not wait: let the dispatcher, the
                 # checkpointer and the operator endpoint run between slices even under full input.
@@ -370,7 +379,9 @@ class Pipeline:
             self.rule_titles[key] = alert.title if alert.rule_id else alert.detector
         counts[slot] += 1
 
-    async def _emit(self, alerts: list[Alert], final: bool = False) -> None:
+    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
+        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
+        and queue the notifications."""
         now = time.time()
         accounts = self.accounts
         for alert in alerts:
@@ -385,9 +396,14 @@ class Pipeline:
             self.alerts_by_detector[alert.detector] += 1
             self._count_rule(alert, 0)
             self.counts["alerts"] += 1
-        notifications = self.incidents.fold(alerts, self.watermark())
+        if partition is None:
+            incidents, watermark = self.incidents, self.watermark()
+        else:  # the partition's own incidents, closed by its own event time
+            state = self.partitions[partition]
+            incidents, watermark = state.part("incidents"), state.part("engine").watermark
+        notifications = incidents.fold(alerts, watermark)
         if final:
-            self.incidents.close_all(notifications)
+            incidents.close_all(notifications)
         if not notifications:
             return
         for alert in notifications:
