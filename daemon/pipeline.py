@@ -48,6 +48,7 @@ import msgpack
 import structlog
 
 from daemon.accounts import AccountMap
+from daemon.changelog.log import ChangelogFenced
 from daemon.changelog.parts import PartitionState, PartRegistry
 from daemon.changelog.recovery import CachedState
 from daemon.config import PipelineConfig
@@ -571,10 +572,24 @@ class Pipeline:
         return out
 
     async def _write_partitions(self, encoded: list[tuple[str, Any, Any]]) -> None:
-        """Changelog first (the state of record), then the local cache file."""
+        """Changelog first (the state of record), then the local cache file.
+
+        A partition whose changelog another instance wrote meanwhile (this one was fenced: paused
+        past its session timeout and replaced) is not written and its state is dropped here; the
+        checkpoint then fails, so nothing it covers is acknowledged.
+        """
+        fenced: list[str] = []
         for index, (key, log, item) in enumerate(encoded):
             try:
                 cached = await log.write(key, item) if log is not None else item
+            except ChangelogFenced as error:
+                fenced.append(key)
+                if self.partitions.pop(key, None) is not None:
+                    self._partition_logs.pop(key, None)
+                    log.forget(key)
+                self.log.warning("partition state not written: another instance owns the partition now",
+                                 partition=key, detail=str(error)[:300])
+                continue
             except BaseException:
                 for unwritten, _, _ in encoded[index:]:
                     state = self.partitions.get(unwritten)
@@ -591,12 +606,18 @@ class Pipeline:
                     raise
                 self.log.warning("partition state cache not written; the changelog has the state",
                                  partition=key, error=type(error).__name__, detail=str(error)[:300])
+        if fenced:
+            raise ChangelogFenced(f"state of {', '.join(sorted(fenced))} belongs to another instance now")
 
     async def _on_partitions(self, source: Source, assigned: set[str], revoked: set[str]) -> None:
         """Kafka rebalance: checkpoint and drop revoked partitions; restore assigned ones first."""
         self.restoring.update(key for key in assigned if key not in self.partitions)
         if revoked:
-            await self.checkpoint(drop=revoked)
+            try:
+                await self.checkpoint(drop=revoked)
+            except ChangelogFenced as error:  # a stalled owner's late hand-over: its state is not ours
+                self.log.warning("revoked partitions were already taken over; their state here is dropped",
+                                 detail=str(error)[:300])
         for key in sorted(assigned):
             if key in self.partitions:
                 continue

@@ -150,7 +150,8 @@ async def test_relays_and_a_detection_group_find_what_one_sqs_consumer_finds(
     for name, value in AWS_TEST_ENV.items():
         monkeypatch.setenv(name, value)  # the daemons and relays reach moto with test credentials
     sqs, s3 = sqs_s3
-    records = trail()
+    # every attack and a tenth of the background (moto is slow to fill two queues with 1,900 messages)
+    records = [r for r in trail() if not r["eventID"].startswith("bg-") or int(r["eventID"][3:]) % 10 == 0]
     bodies = await _messages(s3, records)
     direct_url = await _queue(sqs, "direct-in", bodies)
     relay_url = await _queue(sqs, "relay-in", bodies)

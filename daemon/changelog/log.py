@@ -5,10 +5,21 @@ Ties :mod:`~daemon.changelog.codec`, :mod:`~daemon.changelog.producer` and
 written and the chunk keys still live (so the next write knows what to tombstone).  The pipeline
 calls :meth:`encode` while detection is paused (the snapshot must be consistent) and :meth:`write`
 after the sinks are flushed, before offsets are committed.
+
+**Fencing a stalled old owner.**  An instance paused past its session timeout (SIGSTOP, a frozen
+VM, a long GC) loses its partitions without knowing it; resumed, its rebalance listener checkpoints
+the state it still holds, which would roll the new owner's state back.  So right after restoring,
+an owner writes a claim (with its consumer-group generation) and remembers the changelog end offset
+after it; every later write first checks that the end offset is still the one this instance left.
+If another instance wrote meanwhile (a claim or state), the write is refused with
+:class:`ChangelogFenced` and the pipeline drops the partition's state.  Between that check and the
+write there is a window; a manifest that slips through it names an older generation than the claim
+before it and the restorer ignores it (:mod:`daemon.changelog.recovery`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,21 +28,32 @@ from daemon.changelog.producer import ChangelogProducer
 from daemon.changelog.recovery import CachedState, RecoveryManager
 from daemon.metrics import Metrics
 
-__all__ = ["StateChangelog"]
+__all__ = ["ChangelogFenced", "StateChangelog"]
+
+
+class ChangelogFenced(Exception):
+    """Another instance wrote this partition's changelog since this one did: it owns the partition now."""
 
 
 @dataclass(slots=True)
 class _Known:
     generation: int = 0
     live_keys: set[bytes] = field(default_factory=set)
+    #: Changelog end offset after this instance's claim or last write (``None``: not known for sure,
+    #: e.g. after a write that failed half way; the next write is not checked).
+    end: int | None = None
 
 
 class StateChangelog:
     """Changelog-backed state of the partitions one Kafka source owns."""
 
     def __init__(self, connection: dict[str, Any], *, group_id: str, replication_factor: int,
-                 chunk_bytes: int, timeout: float, metrics: Metrics) -> None:
+                 chunk_bytes: int, timeout: float, metrics: Metrics,
+                 owner_generation: Callable[[], int] = lambda: -1) -> None:
+        """``owner_generation()``: this consumer's group generation now (``-1`` when unknown)."""
         self.chunk_bytes = chunk_bytes
+        self.owner_generation = owner_generation
+        self.metrics = metrics
         self.producer = ChangelogProducer(connection, group_id=group_id, replication_factor=replication_factor,
                                           chunk_bytes=chunk_bytes, timeout=timeout, metrics=metrics)
         self.recovery = RecoveryManager(connection, group_id=group_id, timeout=timeout, metrics=metrics)
@@ -45,27 +67,36 @@ class StateChangelog:
                       cache: CachedState | None) -> tuple[dict[str, Any] | None, str, CachedState | None]:
         """Partition ``key``'s saved parts (``None``: no state yet), where they came from, and what
         the local cache should hold now (``None``: it is current already)."""
-        restored, end, origin = await self.recovery.restore(key, cache)
+        restored, _end, origin = await self.recovery.restore(key, cache)
+        # The claim fences any earlier owner still holding this partition's state (module doc).
+        claimed = await self.producer.claim(key, self.owner_generation())
         if restored is None:
-            self._known[key] = _Known()
+            self._known[key] = _Known(end=claimed)
             return None, origin, None
-        self._known[key] = _Known(restored.generation, set(restored.live_keys))
-        fresh = (CachedState(end, restored.generation, restored.body, frozenset(restored.live_keys))
-                 if origin == "changelog" else None)
+        self._known[key] = _Known(restored.generation, set(restored.live_keys), claimed)
+        fresh = CachedState(claimed, restored.generation, restored.body, frozenset(restored.live_keys))
         return restored.parts, origin, fresh
 
     def encode(self, key: str, parts: dict[str, Any]) -> EncodedWrite:
         """The next generation of ``key`` (synchronous: call while the state is consistent)."""
         known = self._known.setdefault(key, _Known())
-        return encode(key, known.generation + 1, parts, self.chunk_bytes)
+        return encode(key, known.generation + 1, parts, self.chunk_bytes, self.owner_generation())
 
     async def write(self, key: str, encoded: EncodedWrite) -> CachedState:
         """Produce ``encoded`` and tombstone older chunks; returns what the local cache should hold."""
         known = self._known.setdefault(key, _Known())
+        if known.end is not None:
+            now = await self.recovery.end_offset(key)
+            if now != known.end:
+                self.metrics.changelog_fenced.inc()
+                raise ChangelogFenced(f"changelog of {key} was written by another instance (end offset {now}, "
+                                      f"this instance left it at {known.end}): it owns the partition now")
         stale = known.live_keys - encoded.chunk_keys
+        known.end = None  # until this write is acknowledged whole
         end = await self.producer.write(key, encoded, stale)
         known.generation = encoded.generation
         known.live_keys = set(encoded.chunk_keys)
+        known.end = end
         return CachedState(end, encoded.generation, encoded.body, frozenset(encoded.chunk_keys))
 
     def forget(self, key: str) -> None:

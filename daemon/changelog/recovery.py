@@ -3,10 +3,14 @@
 On assignment the new owner reads changelog partition ``p`` from the beginning to the end offset it
 saw when it started, keeping the latest value per key (what compaction would keep), and assembles
 the newest manifest's generation.  The local file is only a cache: it is used instead of reading
-when it records exactly the changelog's current end offset (nobody wrote the partition since this
-instance did), so a pod that restarts in place restores in milliseconds and a pod that lost its
-volume, or whose partition was written by another instance meanwhile, reads the changelog.
-Progress is exported as ``trailguard_state_restore_remaining_records``.
+when it records the changelog's current end offset, or only claims of other owners (instances
+that took the partition and wrote no state) came after it, so a pod that restarts in place
+restores in milliseconds and a pod that lost its volume, or whose partition was written by another
+instance meanwhile, reads the changelog.
+Progress is exported as ``trailguard_state_restore_remaining_records``.  A manifest written by an
+older consumer-group generation than a claim before it (a stalled previous owner's late write,
+see :mod:`daemon.changelog.codec`) is skipped: the state restored is the last one its rightful
+owner wrote.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ import msgpack
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from daemon.changelog.codec import Restored, assemble
+from daemon.changelog.codec import Restored, assemble, fenced_manifest, owner_generation
 from daemon.changelog.producer import changelog_topic, split_partition
 from daemon.metrics import Metrics
 
 __all__ = ["CachedState", "RecoveryManager"]
+
+#: Records after the cached offset that are read to see whether they are only claims.
+_CLAIMS_AFTER_CACHE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,14 @@ class RecoveryManager:
         if consumer is not None:
             await consumer.stop()
 
+    async def end_offset(self, key: str) -> int:
+        """The changelog end offset of partition ``key`` now (the writer's fencing check)."""
+        topic, partition = split_partition(key)
+        tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
+        async with self._lock:
+            consumer = await self._started()
+            return (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
+
     async def restore(self, key: str, cache: CachedState | None) -> tuple[Restored | None, int, str]:
         """The state of partition ``key``, the changelog end offset it matches, and where it came from
         (``"cache"``, ``"changelog"`` or ``"empty"``)."""
@@ -87,7 +102,7 @@ class RecoveryManager:
         async with self._lock:
             consumer = await self._started()
             end = (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
-            if cache is not None and cache.changelog_end == end:
+            if cache is not None and await self._current(consumer, tp, cache, end):
                 parts = msgpack.unpackb(cache.body, raw=False, strict_map_key=False)
                 return Restored(cache.generation, parts, set(cache.live_keys), cache.body), end, "cache"
             begin = (await asyncio.wait_for(consumer.beginning_offsets([tp]), self.timeout))[tp]
@@ -101,12 +116,28 @@ class RecoveryManager:
         restored = assemble(key, latest)
         return restored, end, "changelog" if restored is not None else "empty"
 
+    async def _current(self, consumer: AIOKafkaConsumer, tp: TopicPartition, cache: CachedState, end: int) -> bool:
+        """Whether the cache holds the partition's state at ``end``: it was written at ``end``, or only
+        claims (other owners that wrote no state, e.g. a partition handed back) came after it."""
+        since = cache.changelog_end
+        if since is None or since > end or end - since > _CLAIMS_AFTER_CACHE:
+            return False
+        if since == end:
+            return True
+        consumer.assign([tp])
+        try:
+            after = await self._read(consumer, tp, since, end, quiet=True)
+        finally:
+            consumer.unsubscribe()
+        return all(key.endswith(b"/claim") for key in after)
+
     async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int,
-                    end: int) -> dict[bytes, bytes | None]:
+                    end: int, quiet: bool = False) -> dict[bytes, bytes | None]:
         started = time.perf_counter()
         remaining = self.metrics.state_restore_remaining
         remaining.inc(end - begin)
         latest: dict[bytes, bytes | None] = {}
+        claimed = (-1, 0)  # newest claim generation, fenced manifests skipped
         position = begin
         consumer.seek(tp, begin)
         idle_since = time.monotonic()
@@ -121,14 +152,27 @@ class RecoveryManager:
                     continue
                 idle_since = time.monotonic()
                 for message in messages:  # records past ``end`` are committed data too: kept
-                    if message.key is not None:
-                        latest[message.key] = message.value
+                    key = message.key
+                    if key is None:
+                        continue
+                    if key.endswith(b"/claim"):
+                        claimed = max(claimed[0], owner_generation(message.value)), claimed[1]
+                    elif key.endswith(b"/manifest") and fenced_manifest(message.value, claimed[0]):
+                        claimed = claimed[0], claimed[1] + 1
+                        continue  # a stalled previous owner's write: not the state of record
+                    latest[key] = message.value
                 read = messages[-1].offset + 1 - position
                 position += read
                 remaining.dec(min(read, max(0, end - position + read)))
                 self.metrics.state_restore_records.inc(read)
         finally:
             remaining.dec(max(0, end - position))
+        if claimed[1]:
+            self.metrics.changelog_fenced.inc(claimed[1])
+            self.log.warning("changelog writes of a fenced previous owner ignored", changelog=tp.topic,
+                             partition=tp.partition, writes=claimed[1], claimed_by_generation=claimed[0])
+        if quiet:
+            return latest
         self.log.info("partition state read from changelog", changelog=tp.topic, partition=tp.partition,
                       records=end - begin, keys=len(latest), seconds=round(time.perf_counter() - started, 3))
         return latest

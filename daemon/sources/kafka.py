@@ -205,8 +205,14 @@ class KafkaSource(Source):
             StateChangelog(self._connection_args(), group_id=config.group_id,
                            replication_factor=config.changelog_replication_factor,
                            chunk_bytes=config.changelog_chunk_bytes, timeout=config.changelog_timeout,
-                           metrics=metrics)
+                           metrics=metrics, owner_generation=self._group_generation)
             if config.state_changelog else None)
+
+    def _group_generation(self) -> int:
+        """This consumer's group generation (fences changelog writes of a stalled owner); -1 if unknown."""
+        consumer = self._consumer or self._starting
+        generation = getattr(getattr(consumer, "_coordinator", None), "generation", -1)
+        return generation if isinstance(generation, int) else -1
 
     # -- public hooks ----------------------------------------------------------------------------
     def state_log(self) -> StateChangelog | None:
