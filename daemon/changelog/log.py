@@ -19,6 +19,7 @@ before it and the restorer ignores it (:mod:`daemon.changelog.recovery`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from daemon.changelog.codec import EncodedWrite, encode
 from daemon.changelog.producer import ChangelogProducer
 from daemon.changelog.recovery import CachedState, RecoveryManager
+from daemon.changelog.standby import StandbyReplicas
 from daemon.metrics import Metrics
 
 __all__ = ["ChangelogFenced", "StateChangelog"]
@@ -49,8 +51,9 @@ class StateChangelog:
 
     def __init__(self, connection: dict[str, Any], *, group_id: str, replication_factor: int,
                  chunk_bytes: int, timeout: float, metrics: Metrics,
-                 owner_generation: Callable[[], int] = lambda: -1) -> None:
-        """``owner_generation()``: this consumer's group generation now (``-1`` when unknown)."""
+                 owner_generation: Callable[[], int] = lambda: -1, standby_replicas: int = 0) -> None:
+        """``owner_generation()``: this consumer's group generation now (``-1`` when unknown);
+        ``standby_replicas``: how many neighbours of each owned partition to keep warm."""
         self.chunk_bytes = chunk_bytes
         self.owner_generation = owner_generation
         self.metrics = metrics
@@ -58,18 +61,27 @@ class StateChangelog:
                                           chunk_bytes=chunk_bytes, timeout=timeout, metrics=metrics)
         self.recovery = RecoveryManager(connection, group_id=group_id, timeout=timeout, metrics=metrics)
         self._known: dict[str, _Known] = {}
+        self.standby = (StandbyReplicas(connection, group_id=group_id, replicas=standby_replicas, metrics=metrics)
+                        if standby_replicas > 0 else None)
+        self._counts: dict[str, int] = {}
+        self._refollow: asyncio.Task[None] | None = None
 
     async def ensure_topic(self, topic: str, partitions: int) -> str:
         """Create the changelog of ``topic`` when missing (called on assignment)."""
-        return await self.producer.ensure_topic(topic, partitions)
+        name = await self.producer.ensure_topic(topic, partitions)
+        self._counts[topic] = partitions
+        return name
 
     async def restore(self, key: str,
                       cache: CachedState | None) -> tuple[dict[str, Any] | None, str, CachedState | None]:
         """Partition ``key``'s saved parts (``None``: no state yet), where they came from, and what
         the local cache should hold now (``None``: it is current already)."""
-        restored, _end, origin = await self.recovery.restore(key, cache)
+        warm = self.standby.take(key) if self.standby is not None else None
+        restored, _end, origin = await self.recovery.restore(key, cache, warm)
         # The claim fences any earlier owner still holding this partition's state (module doc).
         claimed = await self.producer.claim(key, self.owner_generation())
+        self._known.setdefault(key, _Known())
+        await self._follow()
         if restored is None:
             self._known[key] = _Known(end=claimed)
             return None, origin, None
@@ -100,10 +112,24 @@ class StateChangelog:
         return CachedState(end, encoded.generation, encoded.body, frozenset(encoded.chunk_keys))
 
     def forget(self, key: str) -> None:
-        """Partition ``key`` was revoked: its next owner decides its generations."""
+        """Partition ``key`` was revoked: its next owner decides its generations (and this instance
+        may keep it warm as a standby)."""
         self._known.pop(key, None)
+        if self.standby is not None and (self._refollow is None or self._refollow.done()):
+            self._refollow = asyncio.get_running_loop().create_task(self._follow(), name="standby-placement")
+
+    async def _follow(self) -> None:
+        if self.standby is None:
+            return
+        try:
+            await self.standby.follow(set(self._known), self._counts)
+        except Exception as error:  # standby copies are an optimisation: a restore reads the changelog
+            self.standby.log.warning("standby replicas not placed", error=type(error).__name__,
+                                     detail=str(error)[:300])
 
     async def stop(self) -> None:
-        """Close the producer and the restore consumer."""
+        """Close the producer, the restore consumer and the standby replicas."""
+        if self.standby is not None:
+            await self.standby.stop()
         await self.producer.stop()
         await self.recovery.stop()

@@ -24,8 +24,9 @@ import msgpack
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from daemon.changelog.codec import Restored, assemble, fenced_manifest, owner_generation
+from daemon.changelog.codec import Restored, assemble
 from daemon.changelog.producer import changelog_topic, split_partition
+from daemon.changelog.replica import Replica
 from daemon.metrics import Metrics
 
 __all__ = ["CachedState", "RecoveryManager"]
@@ -94,9 +95,11 @@ class RecoveryManager:
             consumer = await self._started()
             return (await asyncio.wait_for(consumer.end_offsets([tp]), self.timeout))[tp]
 
-    async def restore(self, key: str, cache: CachedState | None) -> tuple[Restored | None, int, str]:
+    async def restore(self, key: str, cache: CachedState | None,
+                      warm: Replica | None = None) -> tuple[Restored | None, int, str]:
         """The state of partition ``key``, the changelog end offset it matches, and where it came from
-        (``"cache"``, ``"changelog"`` or ``"empty"``)."""
+        (``"cache"``, ``"standby"``, ``"changelog"`` or ``"empty"``).  ``warm``: a standby copy, of
+        which only the records written since it was last read are read."""
         topic, partition = split_partition(key)
         tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
         async with self._lock:
@@ -108,13 +111,18 @@ class RecoveryManager:
             begin = (await asyncio.wait_for(consumer.beginning_offsets([tp]), self.timeout))[tp]
             if end <= begin:
                 return None, end, "empty"
+            origin = "changelog"
+            if warm is not None and begin <= warm.position <= end:
+                replica, origin = warm, "standby"  # verified against the end offset: read the delta
+            else:
+                replica = Replica(begin)
             consumer.assign([tp])
             try:
-                latest = await self._read(consumer, tp, begin, end)
+                await self._read(consumer, tp, replica, end)
             finally:
                 consumer.unsubscribe()  # no background fetches between restores
-        restored = assemble(key, latest)
-        return restored, end, "changelog" if restored is not None else "empty"
+        restored = assemble(key, replica.latest)
+        return restored, end, origin if restored is not None else "empty"
 
     async def _current(self, consumer: AIOKafkaConsumer, tp: TopicPartition, cache: CachedState, end: int) -> bool:
         """Whether the cache holds the partition's state at ``end``: it was written at ``end``, or only
@@ -124,55 +132,47 @@ class RecoveryManager:
             return False
         if since == end:
             return True
+        after = Replica(since)
         consumer.assign([tp])
         try:
-            after = await self._read(consumer, tp, since, end, quiet=True)
+            await self._read(consumer, tp, after, end, quiet=True)
         finally:
             consumer.unsubscribe()
-        return all(key.endswith(b"/claim") for key in after)
+        return all(key.endswith(b"/claim") for key in after.latest)
 
-    async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, begin: int,
-                    end: int, quiet: bool = False) -> dict[bytes, bytes | None]:
+    async def _read(self, consumer: AIOKafkaConsumer, tp: TopicPartition, replica: Replica, end: int,
+                    quiet: bool = False) -> None:
+        """Read ``tp`` from ``replica.position`` to ``end`` into ``replica``."""
         started = time.perf_counter()
+        begin = replica.position
         remaining = self.metrics.state_restore_remaining
-        remaining.inc(end - begin)
-        latest: dict[bytes, bytes | None] = {}
-        claimed = (-1, 0)  # newest claim generation, fenced manifests skipped
-        position = begin
+        remaining.inc(max(0, end - begin))
+        fenced_before = replica.fenced
         consumer.seek(tp, begin)
         idle_since = time.monotonic()
         try:
-            while position < end:
+            while replica.position < end:
                 batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
                 messages = batch.get(tp, [])
                 if not messages:
                     if time.monotonic() - idle_since > self.timeout:
                         raise TimeoutError(f"changelog {tp.topic}/{tp.partition} returned nothing for "
-                                           f"{self.timeout:.0f}s at offset {position} of {end}")
+                                           f"{self.timeout:.0f}s at offset {replica.position} of {end}")
                     continue
                 idle_since = time.monotonic()
-                for message in messages:  # records past ``end`` are committed data too: kept
-                    key = message.key
-                    if key is None:
-                        continue
-                    if key.endswith(b"/claim"):
-                        claimed = max(claimed[0], owner_generation(message.value)), claimed[1]
-                    elif key.endswith(b"/manifest") and fenced_manifest(message.value, claimed[0]):
-                        claimed = claimed[0], claimed[1] + 1
-                        continue  # a stalled previous owner's write: not the state of record
-                    latest[key] = message.value
-                read = messages[-1].offset + 1 - position
-                position += read
-                remaining.dec(min(read, max(0, end - position + read)))
+                before = replica.position
+                read = replica.apply(messages)  # records past ``end`` are committed data too: kept
+                remaining.dec(max(0, min(replica.position, end) - before))
                 self.metrics.state_restore_records.inc(read)
         finally:
-            remaining.dec(max(0, end - position))
-        if claimed[1]:
-            self.metrics.changelog_fenced.inc(claimed[1])
+            remaining.dec(max(0, end - max(replica.position, begin)))
+        fenced = replica.fenced - fenced_before
+        if fenced:
+            self.metrics.changelog_fenced.inc(fenced)
             self.log.warning("changelog writes of a fenced previous owner ignored", changelog=tp.topic,
-                             partition=tp.partition, writes=claimed[1], claimed_by_generation=claimed[0])
+                             partition=tp.partition, writes=fenced, claimed_by_generation=replica.claimed)
         if quiet:
-            return latest
+            return
         self.log.info("partition state read from changelog", changelog=tp.topic, partition=tp.partition,
-                      records=end - begin, keys=len(latest), seconds=round(time.perf_counter() - started, 3))
-        return latest
+                      records=end - begin, keys=len(replica.latest),
+                      seconds=round(time.perf_counter() - started, 3))

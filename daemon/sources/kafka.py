@@ -96,6 +96,9 @@ class KafkaSourceConfig(BaseModel):
     changelog_replication_factor: int = Field(3, ge=1)
     #: Largest changelog message (a partition's state is split into chunks of this size).
     changelog_chunk_bytes: int = Field(512 << 10, ge=1024, le=16 << 20)
+    #: Kafka Streams' ``num.standby.replicas``: keep warm copies of the next N partitions after each
+    #: owned one (tailing their changelog), so a take-over restores only what was written since.
+    standby_replicas: int = Field(0, ge=0)
     #: How long a changelog write or a restore may stall before the checkpoint / restore fails.
     changelog_timeout: Duration = Field(60.0, gt=0)
     client_id: str = "trailguard"
@@ -205,7 +208,8 @@ class KafkaSource(Source):
             StateChangelog(self._connection_args(), group_id=config.group_id,
                            replication_factor=config.changelog_replication_factor,
                            chunk_bytes=config.changelog_chunk_bytes, timeout=config.changelog_timeout,
-                           metrics=metrics, owner_generation=self._group_generation)
+                           metrics=metrics, owner_generation=self._group_generation,
+                           standby_replicas=config.standby_replicas)
             if config.state_changelog else None)
 
     def _group_generation(self) -> int:
