@@ -220,6 +220,7 @@ def test_the_restore_bench_scenario_runs_and_measures_a_real_restore() -> None:
 
     (row,) = run(quick=True, reps=1, keys=2000)
     assert row["keys"] == 2000 and row["restore_seconds"] > 0 and row["raw_read_seconds"] > 0
+    assert row["warm_restore_seconds"] > 0, "the standby path ran (it asserts its origin is the warm copy)"
 
 
 async def test_static_membership_restart_keeps_the_assignment(bootstrap: str, tmp_path: Path) -> None:

@@ -116,11 +116,12 @@ class RecoveryManager:
                 replica, origin = warm, "standby"  # verified against the end offset: read the delta
             else:
                 replica = Replica(begin)
-            consumer.assign([tp])
-            try:
-                await self._read(consumer, tp, replica, end)
-            finally:
-                consumer.unsubscribe()  # no background fetches between restores
+            if replica.position < end:  # a warm copy may be current: nothing to read
+                consumer.assign([tp])
+                try:
+                    await self._read(consumer, tp, replica, end)
+                finally:
+                    consumer.unsubscribe()  # no background fetches between restores
         restored = assemble(key, replica.latest)
         return restored, end, origin if restored is not None else "empty"
 
