@@ -5,15 +5,21 @@ The placement is checked on its own; then an owner writes a partition while a se
 owning the neighbouring partition, tails it as a standby; the owner writes once more and "dies";
 the second instance's restore starts from its warm copy, reads no more than the records written
 after the copy caught up, and yields exactly the owner's last state — while a cold instance reads
-the whole changelog partition.
+the whole changelog partition.  Last, with real daemons: an owner killed with SIGKILL is taken over
+from the survivor's warm copies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import time
 from pathlib import Path
+from typing import Any
 
+import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from daemon.changelog.log import StateChangelog
@@ -21,7 +27,13 @@ from daemon.changelog.producer import changelog_topic
 from daemon.changelog.standby import standby_placement
 from daemon.metrics import Metrics
 from tests.brokers import Tansu
+from tests.conftest import wait_for
+from tests.test_kafka_scale_out import expected, halves, owned, produce, setup, start_in_turn, union, wait_all
 from tests.test_source_kafka import create_topic
+
+__all__ = ["expected"]  # the module fixture (replay of the trail), shared with the scale-out tests
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 _groups = itertools.count()
 
@@ -78,6 +90,7 @@ async def test_a_take_over_restores_from_the_warm_copy_reading_only_the_delta(ka
         neighbour, metrics = instance(1, 1)
         await neighbour.ensure_topic(topic, 2)
         await neighbour.restore(standing, None)  # owns partition 0, so keeps partition 1 warm
+        await neighbour.settle({standing})
         assert neighbour.standby is not None
         name = changelog_topic(group, topic)
         end = await _end(bootstrap, name, 1)
@@ -100,3 +113,39 @@ async def test_a_take_over_restores_from_the_warm_copy_reading_only_the_delta(ka
     finally:
         for log in logs:
             await log.stop()
+
+
+async def test_killed_owner_is_taken_over_from_warm_copies(kafka_broker: Tansu, tmp_path: Path,
+                                                          expected: Any) -> None:
+    """Real daemons: with ``standby_replicas: 5`` (every partition warm on both of two instances) a
+    SIGKILLed owner's partitions are restored from the survivor's standby copies, not the changelog,
+    and the alerts are still those of a single replay."""
+    records, want = expected
+    topic, (a, b) = await setup(kafka_broker.bootstrap, tmp_path, 2)
+    for instance in (a, b):
+        config = orjson.loads(instance.config.read_bytes())
+        config["sources"][0]["standby_replicas"] = 5
+        instance.config.write_bytes(orjson.dumps(config))
+    first, second = halves(records)
+    try:
+        start_in_turn(a, b)
+        await produce(kafka_broker.bootstrap, topic, first)
+        wait_for(lambda: a.metric("trailguard_events_processed_total") + b.metric("trailguard_events_processed_total")
+                 >= len(first) * 0.9, 60, what="the first half processed")
+        wait_for(lambda: b.metric("trailguard_state_standby_partitions") >= 1, 30, what="b keeps a's partitions warm")
+        cold_before = owned(b)
+        time.sleep(1.0)  # the standby copies catch up with a's last checkpoints
+        assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+        await produce(kafka_broker.bootstrap, topic, second)
+        wait_for(lambda: b.metric("trailguard_state_restores_total", {"origin": "standby"}) >= 1, 90,
+                 what="a's partitions restored from b's warm copies")
+        wait_all([b], want - set(a.alerts()))
+        time.sleep(1.0)
+        cold_after = owned(b)
+    finally:
+        for instance in (a, b):
+            if instance.process is not None:
+                assert instance.stop() == 0
+    assert cold_after == cold_before, "no take-over read the whole changelog"
+    got = union([a, b])
+    assert set(got) == want, f"missing {sorted(want - set(got))}, extra {sorted(set(got) - want)}"

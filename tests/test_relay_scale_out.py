@@ -164,7 +164,7 @@ async def _topic_records(bootstrap: str, topic: str) -> list[tuple[bytes | None,
             while not consumer.assignment():
                 await asyncio.sleep(0.1)
             ends = await consumer.end_offsets(list(consumer.assignment()))
-            while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     out.extend((m.key, orjson.loads(m.value)["eventID"]) for m in messages)
     finally:

@@ -94,6 +94,7 @@ async def _warm_restore(bootstrap: str, keys: int) -> float:
     try:
         await log.ensure_topic(_TOPIC, 2)
         await log.restore(f"{_TOPIC}/1", None)  # owns partition 1, so keeps partition 0 warm
+        await log.settle({f"{_TOPIC}/1"})
         assert log.standby is not None
         end = await log.recovery.end_offset(f"{_TOPIC}/0")
         async with asyncio.timeout(300):

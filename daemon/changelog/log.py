@@ -19,7 +19,6 @@ before it and the restorer ignores it (:mod:`daemon.changelog.recovery`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +63,7 @@ class StateChangelog:
         self.standby = (StandbyReplicas(connection, group_id=group_id, replicas=standby_replicas, metrics=metrics)
                         if standby_replicas > 0 else None)
         self._counts: dict[str, int] = {}
-        self._refollow: asyncio.Task[None] | None = None
+        self._owned: set[str] = set()
 
     async def ensure_topic(self, topic: str, partitions: int) -> str:
         """Create the changelog of ``topic`` when missing (called on assignment)."""
@@ -80,8 +79,6 @@ class StateChangelog:
         restored, _end, origin = await self.recovery.restore(key, cache, warm)
         # The claim fences any earlier owner still holding this partition's state (module doc).
         claimed = await self.producer.claim(key, self.owner_generation())
-        self._known.setdefault(key, _Known())
-        await self._follow()
         if restored is None:
             self._known[key] = _Known(end=claimed)
             return None, origin, None
@@ -115,14 +112,15 @@ class StateChangelog:
         """Partition ``key`` was revoked: its next owner decides its generations (and this instance
         may keep it warm as a standby)."""
         self._known.pop(key, None)
-        if self.standby is not None and (self._refollow is None or self._refollow.done()):
-            self._refollow = asyncio.get_running_loop().create_task(self._follow(), name="standby-placement")
 
-    async def _follow(self) -> None:
+    async def settle(self, owned: set[str]) -> None:
+        """A rebalance is over and ``owned`` restored: place the standby copies for it, keeping the
+        partitions just given up warm too (they often come back, e.g. when a scale-up is undone)."""
+        previous, self._owned = self._owned, set(owned)
         if self.standby is None:
             return
         try:
-            await self.standby.follow(set(self._known), self._counts)
+            await self.standby.follow(set(owned), self._counts, keep=previous - set(owned))
         except Exception as error:  # standby copies are an optimisation: a restore reads the changelog
             self.standby.log.warning("standby replicas not placed", error=type(error).__name__,
                                      detail=str(error)[:300])

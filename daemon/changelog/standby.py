@@ -2,7 +2,8 @@
 ``num.standby.replicas``), so a take-over restores in milliseconds instead of reading the changelog.
 
 With ``standby_replicas: N`` an instance tails the changelog partitions ``p+1 … p+N`` (modulo the
-partition count) of every partition ``p`` it owns, except those it owns itself, folding them into
+partition count) of every partition ``p`` it owns, except those it owns itself, and the partitions
+it gave up in the last rebalance (they often come back), folding them into
 :class:`~daemon.changelog.replica.Replica` copies as they are written.  The placement needs no
 member list (aiokafka does not expose the group's): with sticky assignment the neighbours of a
 partition are mostly owned by other instances, so partition ``p`` has warm copies on the owners of
@@ -59,9 +60,12 @@ class StandbyReplicas:
         topic, partition = split_partition(key)
         return TopicPartition(changelog_topic(self.group_id, topic), partition)
 
-    async def follow(self, owned: set[str], counts: dict[str, int]) -> None:
-        """Keep the placement of ``owned`` warm (new copies start from the beginning)."""
-        wanted = standby_placement(owned, counts, self.replicas)
+    async def follow(self, owned: set[str], counts: dict[str, int], keep: set[str] | None = None) -> None:
+        """Keep the placement of ``owned`` warm, plus ``keep`` (new copies start from the beginning).
+
+        Called once a rebalance's restores are over: a copy is handed over (:meth:`take`) before
+        the placement changes, never dropped while its partition may still be restored here."""
+        wanted = standby_placement(owned, counts, self.replicas) | ((keep or set()) - owned)
         async with self._lock:
             for key in set(self._copies) - wanted:
                 del self._copies[key]
@@ -73,7 +77,9 @@ class StandbyReplicas:
                 await consumer.start()
                 self._consumer = consumer
                 self._task = asyncio.create_task(self._tail(), name="standby-replicas")
-            if self._consumer is not None:
+            if self._consumer is not None and not wanted:
+                self._consumer.unsubscribe()
+            elif self._consumer is not None:
                 self._consumer.assign([self._tp(key) for key in sorted(wanted)])
                 for key in added:
                     tp = self._tp(key)

@@ -502,6 +502,7 @@ class KafkaSource(Source):
             consumer.pause(*new)
         try:
             await self._prepare_and_notify(new)
+            await self._settle_standby(assigned)
         finally:
             if new and consumer is not None and consumer in (self._consumer, self._starting):
                 consumer.resume(*[tp for tp in new if tp in self._partitions])
@@ -521,6 +522,11 @@ class KafkaSource(Source):
                                    error=type(error).__name__, detail=str(error)[:300])
         if new:
             await self._notify(AssignmentChange(frozenset((tp.topic, tp.partition) for tp in new), frozenset()))
+
+    async def _settle_standby(self, assigned: Sequence[TopicPartition]) -> None:
+        """Restores are over: let the changelog place its standby copies for this assignment."""
+        if self.changelog is not None:
+            await self.changelog.settle({f"{tp.topic}/{tp.partition}" for tp in assigned})
 
     def on_partitions(self, callback: Any) -> None:
         """Rebalances as ``callback(assigned, revoked)`` with ``topic/partition`` keys (pipeline state)."""
