@@ -19,6 +19,7 @@ before it and the restorer ignores it (:mod:`daemon.changelog.recovery`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +121,9 @@ class StateChangelog:
         if self.standby is None:
             return
         try:
-            await self.standby.follow(set(owned), self._counts, keep=previous - set(owned))
+            # inside the rebalance listener: bounded, like a restore
+            await asyncio.wait_for(self.standby.follow(set(owned), self._counts, keep=previous - set(owned)),
+                                   self.recovery.timeout)
         except Exception as error:  # standby copies are an optimisation: a restore reads the changelog
             self.standby.log.warning("standby replicas not placed", error=type(error).__name__,
                                      detail=str(error)[:300])
