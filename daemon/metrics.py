@@ -177,6 +177,13 @@ class Metrics:
         self.state_restore_seconds = Histogram(
             "trailguard_state_restore_seconds", "Time to restore one partition's state.",
             buckets=_FAST_BUCKETS, registry=r)
+        self.state_standby_partitions = Gauge(
+            "trailguard_state_standby_partitions",
+            "Partitions this instance keeps warm standby copies of (standby_replicas).", registry=r)
+        self.changelog_fenced = Counter(
+            "trailguard_changelog_fenced_total",
+            "Changelog writes refused or ignored because another instance owns the partition now (a "
+            "stalled previous owner was fenced).", registry=r)
         self.changelog_bytes = Counter(
             "trailguard_changelog_bytes_total", "Bytes of partition state written to changelog topics.",
             registry=r)

@@ -24,12 +24,13 @@ that were not handed to a sink: a batch of alerts the dispatcher failed on is no
 handed over, and a dead dispatcher fails the checkpoint (and ``/healthz``) instead of letting it
 acknowledge.
 
-**Partitions.**  A Kafka partition's state (its named parts, :mod:`daemon.changelog.parts`) exists
-only while this instance owns the partition: it is restored on assignment, before any of the
-partition's batches is processed (``/readyz`` is false meanwhile), and on revocation the pipeline
-runs the checkpoint above for everything, then drops the revoked state.  A batch of a partition
-this instance does not own (queued before a revocation) is dropped unprocessed and unacknowledged:
-its new owner reads it again.  State is never created by a batch.
+**Partitions.**  A Kafka partition's state (its named parts, :mod:`daemon.changelog.parts`: detector
+engine, dedupe record and incidents — a partition's alerts fold into its own incidents, closed by
+its own watermark) exists only while this instance owns the partition: it is restored on
+assignment, before any of the partition's batches is processed (``/readyz`` is false meanwhile),
+and on revocation the pipeline runs the checkpoint above for everything, then drops the revoked
+state.  A batch of a partition this instance does not own (queued before a revocation) is dropped
+unprocessed and unacknowledged: its new owner reads it again.  State is never created by a batch.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import msgpack
 import structlog
 
 from daemon.accounts import AccountMap
+from daemon.changelog.log import ChangelogFenced
 from daemon.changelog.parts import PartitionState, PartRegistry
 from daemon.changelog.recovery import CachedState
 from daemon.config import PipelineConfig
@@ -135,6 +137,8 @@ class Pipeline:
         self.state_parts = PartRegistry()
         self.state_parts.register("engine", self._fork_engine)
         self.state_parts.register("dedupe", lambda: Deduplicator(config.dedupe_horizon, config.dedupe_max_ids))
+        # A partition's alerts fold into its own incidents, so incident state follows the partition.
+        self.state_parts.register("incidents", lambda: self.incidents.fork())
         #: Partitions being restored now, and partitions whose restore failed (reason).
         self.restoring: set[str] = set()
         self.restore_failures: dict[str, str] = {}
@@ -334,6 +338,12 @@ class Pipeline:
                                 self._stamp(out, before, event)
                     self.engine.advance(out)
                     await self._emit(out, final=final)
+                    for key in list(self.partitions):
+                        # Kept by the changelog (or the partition's file) for its next owner unless
+                        # the input is over or nothing keeps it.
+                        kept = self._partition_logs.get(key) is not None or self.store is not None
+                        if item is _INPUT_DONE or not kept:
+                            await self._emit([], final=True, partition=key)
                 self.finished.set()
                 return
             source, batch = item
@@ -354,7 +364,7 @@ class Pipeline:
                     alerts = self._handle(batch, start, end)
                     if end >= total:
                         self._pending[id(source)].append(batch.position)
-                    await self._emit(alerts)
+                    await self._emit(alerts, partition=batch.partition)
                 self.last_progress = time.monotonic()
                 # get() and put() do not yield when they need not wait: let the dispatcher, the
                 # checkpointer and the operator endpoint run between slices even under full input.
@@ -374,7 +384,9 @@ class Pipeline:
             self.rule_titles[key] = alert.title if alert.rule_id else alert.detector
         counts[slot] += 1
 
-    async def _emit(self, alerts: list[Alert], final: bool = False) -> None:
+    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
+        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
+        and queue the notifications."""
         now = time.time()
         accounts = self.accounts
         for alert in alerts:
@@ -389,9 +401,14 @@ class Pipeline:
             self.alerts_by_detector[alert.detector] += 1
             self._count_rule(alert, 0)
             self.counts["alerts"] += 1
-        notifications = self.incidents.fold(alerts, self.watermark())
+        if partition is None:
+            incidents, watermark = self.incidents, self.watermark()
+        else:  # the partition's own incidents, closed by its own event time
+            state = self.partitions[partition]
+            incidents, watermark = state.part("incidents"), state.part("engine").watermark
+        notifications = incidents.fold(alerts, watermark)
         if final:
-            self.incidents.close_all(notifications)
+            incidents.close_all(notifications)
         if not notifications:
             return
         for alert in notifications:
@@ -569,10 +586,24 @@ class Pipeline:
         return out
 
     async def _write_partitions(self, encoded: list[tuple[str, Any, Any]]) -> None:
-        """Changelog first (the state of record), then the local cache file."""
+        """Changelog first (the state of record), then the local cache file.
+
+        A partition whose changelog another instance wrote meanwhile (this one was fenced: paused
+        past its session timeout and replaced) is not written and its state is dropped here; the
+        checkpoint then fails, so nothing it covers is acknowledged.
+        """
+        fenced: list[str] = []
         for index, (key, log, item) in enumerate(encoded):
             try:
                 cached = await log.write(key, item) if log is not None else item
+            except ChangelogFenced as error:
+                fenced.append(key)
+                if self.partitions.pop(key, None) is not None:
+                    self._partition_logs.pop(key, None)
+                    log.forget(key)
+                self.log.warning("partition state not written: another instance owns the partition now",
+                                 partition=key, detail=str(error)[:300])
+                continue
             except BaseException:
                 for unwritten, _, _ in encoded[index:]:
                     state = self.partitions.get(unwritten)
@@ -589,12 +620,18 @@ class Pipeline:
                     raise
                 self.log.warning("partition state cache not written; the changelog has the state",
                                  partition=key, error=type(error).__name__, detail=str(error)[:300])
+        if fenced:
+            raise ChangelogFenced(f"state of {', '.join(sorted(fenced))} belongs to another instance now")
 
     async def _on_partitions(self, source: Source, assigned: set[str], revoked: set[str]) -> None:
         """Kafka rebalance: checkpoint and drop revoked partitions; restore assigned ones first."""
         self.restoring.update(key for key in assigned if key not in self.partitions)
         if revoked:
-            await self.checkpoint(drop=revoked)
+            try:
+                await self.checkpoint(drop=revoked)
+            except ChangelogFenced as error:  # a stalled owner's late hand-over: its state is not ours
+                self.log.warning("revoked partitions were already taken over; their state here is dropped",
+                                 detail=str(error)[:300])
         for key in sorted(assigned):
             if key in self.partitions:
                 continue

@@ -4,7 +4,9 @@ The codec tests check the record layout on its own (chunks, generations, checksu
 chunks).  The broker tests run real pipelines with separate state directories: what one instance
 checkpointed is restored by another that never saw its files, the local file is used only when it
 matches the changelog's end offset, and a partition's state larger than a message is chunked and
-its old chunks tombstoned.
+its old chunks tombstoned.  A stalled previous owner (paused past its session timeout, then
+resumed) cannot roll a partition back: its write is refused, and one that slips past the check is
+ignored on restore.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from daemon.changelog.codec import ChangelogCorrupt, assemble, encode, manifest_key
+from daemon.changelog.codec import ChangelogCorrupt, assemble, claim_record, encode, fenced_manifest, manifest_key
+from daemon.changelog.log import ChangelogFenced, StateChangelog
 from daemon.changelog.producer import changelog_topic
 from daemon.config import PipelineConfig
 from daemon.deadletter import InvalidReporter
@@ -78,6 +81,15 @@ def test_missing_chunks_and_bad_checksums_are_refused_with_the_partition_named()
     tombstoned[written.records[0][0]] = None
     with pytest.raises(ChangelogCorrupt, match="misses chunk 0"):
         assemble("ct/0", tombstoned)
+
+
+def test_a_manifest_older_than_the_claim_before_it_is_fenced() -> None:
+    manifest = encode("ct/0", 5, {"engine": "x"}, chunk_bytes=1024, owner=3).records[-1][1]
+    assert fenced_manifest(manifest, claimed=4) and not fenced_manifest(manifest, claimed=3)
+    unknown = encode("ct/0", 5, {"engine": "x"}, chunk_bytes=1024).records[-1][1]
+    assert not fenced_manifest(unknown, claimed=4), "a writer that did not know its generation is not fenced"
+    key, _ = claim_record("ct/0", 4)
+    assert assemble("ct/0", {key: claim_record("ct/0", 4)[1]}) is None, "a claim alone is no state"
 
 
 # -- against the broker ---------------------------------------------------------------------------
@@ -208,6 +220,7 @@ def test_the_restore_bench_scenario_runs_and_measures_a_real_restore() -> None:
 
     (row,) = run(quick=True, reps=1, keys=2000)
     assert row["keys"] == 2000 and row["restore_seconds"] > 0 and row["raw_read_seconds"] > 0
+    assert row["warm_restore_seconds"] > 0, "the standby path ran (it asserts its origin is the warm copy)"
 
 
 async def test_static_membership_restart_keeps_the_assignment(bootstrap: str, tmp_path: Path) -> None:
@@ -236,3 +249,41 @@ async def test_static_membership_restart_keeps_the_assignment(bootstrap: str, tm
     for pipeline in (again, other):
         await pipeline.stop(10)
         await pipeline.sources[0].wait_closed()
+
+
+async def test_a_stalled_old_owner_cannot_roll_the_partition_back(bootstrap: str, tmp_path: Path) -> None:
+    topic = await create_topic(bootstrap, partitions=1)
+    group = f"changelog-{next(_groups)}"
+    key = f"{topic}/0"
+    logs: list[StateChangelog] = []
+
+    def owner(generation: int) -> tuple[StateChangelog, Metrics]:
+        metrics = Metrics()
+        logs.append(StateChangelog({"bootstrap_servers": bootstrap}, group_id=group, replication_factor=1,
+                                   chunk_bytes=1024, timeout=30, metrics=metrics,
+                                   owner_generation=lambda: generation))
+        return logs[-1], metrics
+
+    try:
+        old, old_metrics = owner(1)
+        await old.ensure_topic(topic, 1)
+        assert (await old.restore(key, None))[0] is None
+        await old.write(key, old.encode(key, {"engine": "v1"}))
+        # the old owner stalls; generation 2 takes the partition over and restores what it wrote
+        new, _ = owner(2)
+        saved, origin, _ = await new.restore(key, None)
+        assert (saved, origin) == ({"engine": "v1"}, "changelog")
+        # the old owner resumes and checkpoints what it still holds: refused, nothing written
+        with pytest.raises(ChangelogFenced, match="written by another instance"):
+            await old.write(key, old.encode(key, {"engine": "stale"}))
+        assert old_metrics.registry.get_sample_value("trailguard_changelog_fenced_total") == 1
+        await new.write(key, new.encode(key, {"engine": "v2"}))
+        # a stale write that raced the check (written past it) names generation 1 after the claim of 2
+        await old.producer.write(key, encode(key, 99, {"engine": "stale"}, 1024, owner=1), set())
+        reader, metrics = owner(3)
+        saved, origin, _ = await reader.restore(key, None)
+        assert (saved, origin) == ({"engine": "v2"}, "changelog"), "the rightful owner's state, not the stale one"
+        assert metrics.registry.get_sample_value("trailguard_changelog_fenced_total") == 1
+    finally:
+        for log in logs:
+            await log.stop()

@@ -8,8 +8,10 @@ instance is killed with SIGKILL mid-stream and restarted, stopped with SIGTERM a
 third instance joins mid-stream, or a second one joins a backlog late.  Partition state moves with
 the partitions through the changelog topic, so every alert id of a single ``trailguard replay`` of
 the same events is delivered by some instance; a graceful hand-over (SIGTERM, scale-up, late
-join) delivers none twice.  SIGKILL may repeat alerts raised after the last checkpoint (at least
-once; alert ids are deterministic, so sinks de-duplicate), never lose one.
+join) delivers none twice.  Incidents are on (the default configuration): their state is a
+partition part too, so an incident opened by one owner is updated, not re-opened, by the next.
+SIGKILL may repeat alerts raised after the last checkpoint (at least once; alert ids are
+deterministic, so sinks de-duplicate), never lose one.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def trail() -> list[dict[str, Any]]:
         account = ACCOUNTS[{"a": 0, "denied": 1, "gpu": 2, "b": 3, "enum": 4, "c": 5}[tag]]
         records.append(_in_account(record, account))
     records.sort(key=lambda r: parse_event_time(r["eventTime"]))  # time order (not string order)
+    # Four hours later, one event per account: every partition's watermark passes every incident's
+    # window, so the daemons close (and send the totals of) what a replay closes at its end.
+    for n, account in enumerate(ACCOUNTS):
+        record = _in_account(templates[n], account)
+        record["eventTime"] = format_time(T0 + 4 * 3600.0 + n)
+        record["eventID"] = f"tail-{n}"
+        records.append(record)
     return records
 
 
@@ -78,10 +87,7 @@ def write_config(path: Path, bootstrap: str, topic: str, group: str, workdir: Pa
                      "max_records": 100, "health_interval": 0.3, "close_timeout": 5.0,
                      "changelog_replication_factor": 1}],
         "sinks": [{"type": "file", "path": str(workdir / "alerts.jsonl")}],
-        "detectors": detectors,
-        # per-event alerts: these tests are about detector state following its partition (incident
-        # state is per process, not yet a partition part — see docs/production.md)
-        "delivery": {"incidents": {"enabled": False}},
+        "detectors": detectors,  # incidents on (the default): incident state follows its partition
         "state": {"path": str(workdir / "state"), "checkpoint_interval": "0.2s"},
         "metrics": {"host": "127.0.0.1", "port": port},
         "logging": {"level": "info", "format": "json"},
@@ -140,8 +146,7 @@ def replay_alerts(tmp_path: Path, records: list[dict[str, Any]]) -> list[str]:
     trail_path.write_bytes(orjson.dumps({"Records": records}))
     config = tmp_path / "replay" / "config.json"
     detectors = {name: ({} if name in MINE else {"enabled": False}) for name in DETECTORS}
-    config.write_bytes(orjson.dumps({"detectors": detectors, "delivery": {"incidents": {"enabled": False}},
-                                     "logging": {"level": "error"}}))
+    config.write_bytes(orjson.dumps({"detectors": detectors, "logging": {"level": "error"}}))
     done = subprocess.run([*TRAILGUARD, "replay", "--quiet", "--config", str(config), str(trail_path)], cwd=ROOT,
                           capture_output=True, timeout=240)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -183,7 +188,9 @@ def owned(instance: Instance) -> float:
 def expected(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], set[str]]:
     records = trail()
     alerts = replay_alerts(tmp_path_factory.mktemp("replay"), records)
-    assert len(alerts) == len(set(alerts)) == 9, alerts
+    # 9 incidents opened, 2 of them updated with their totals (the AccessDenied bursts): incident
+    # state must follow its partition for the updates to carry these ids
+    assert len(alerts) == len(set(alerts)) == 11, alerts
     return records, set(alerts)
 
 
@@ -272,3 +279,51 @@ async def test_a_late_joiner_on_a_backlog_causes_no_duplicates(kafka_broker: Tan
     got = union([a, b])
     assert set(got) == want
     assert max(got.values()) == 1, f"delivered twice: {sorted(k for k, v in got.items() if v > 1)}"
+
+
+def _delivered(instances: list[Instance]) -> dict[str, list[dict[str, Any]]]:
+    """Every delivered notification by id (all instances, every delivery)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for instance in instances:
+        path = instance.workdir / "alerts.jsonl"
+        for line in path.read_bytes().splitlines() if path.exists() else ():
+            if line.strip():
+                alert = orjson.loads(line)
+                out.setdefault(alert["id"], []).append(alert)
+    return out
+
+
+async def test_three_instances_one_killed_mid_stream_repeat_nothing_but_exact_copies(
+        kafka_broker: Tansu, tmp_path: Path, expected: Any) -> None:
+    records, want = expected
+    topic, instances = await setup(kafka_broker.bootstrap, tmp_path, 3)
+    a, b, c = instances
+    first, second = halves(records)
+    try:
+        start_in_turn(a, b, c)
+        await produce(kafka_broker.bootstrap, topic, first)
+        wait_for(lambda: sum(i.metric("trailguard_events_processed_total") for i in instances)
+                 >= len(first) * 0.9, 60, what="the first half processed")
+        assert b.stop(signal.SIGKILL) == -signal.SIGKILL  # its partitions go to a and c mid-stream
+        await produce(kafka_broker.bootstrap, topic, second)
+        # after the session timeout the survivors take b's partitions over from the changelog
+        wait_for(lambda: sum(owned(i) for i in (a, c)) >= 1, 90, what="b's partitions restored by a survivor")
+        wait_for(lambda: sum(i.metric("trailguard_events_processed_total") for i in (a, c)) >= len(second) * 0.5,
+                 90, what="the survivors under way")
+        b.start()  # and it comes back mid-stream: partitions move again
+        b.process.wait_ready(90)  # type: ignore[union-attr]
+        wait_all(instances, want)
+        time.sleep(1.0)
+        moved = sum(owned(i) for i in (a, c))
+    finally:
+        for instance in instances:
+            if instance.process is not None:
+                assert instance.stop() == 0
+    delivered = _delivered(instances)
+    assert set(delivered) == want, f"missing {sorted(want - set(delivered))}, extra {sorted(set(delivered) - want)}"
+    assert moved >= 1, "no partition was restored from the changelog: the kill moved nothing"
+    for alert_id, copies in delivered.items():
+        # at least once after SIGKILL: a repeat is the same notification (same id, same content)
+        shapes = {orjson.dumps({k: v for k, v in alert.items() if k != "detected_at"},
+                               option=orjson.OPT_SORT_KEYS) for alert in copies}
+        assert len(shapes) == 1, f"{alert_id} delivered {len(copies)} times with different content"

@@ -20,7 +20,7 @@ from daemon.state import StateStore
 from detectors.base import Detector
 from detectors.engine import DetectionEngine
 from detectors.event import Event
-from tests.test_pipeline import RecordingSink, record
+from tests.test_pipeline import Boom, RecordingSink, record
 
 
 class Counting(Detector):
@@ -77,15 +77,16 @@ class PartitionedSource(Source):
             await asyncio.sleep(0.01)
 
 
-def build(tmp_path: Path, batches: list[tuple[str, list[dict[str, Any]]]]) -> tuple[Pipeline, PartitionedSource]:
+def build(tmp_path: Path, batches: list[tuple[str, list[dict[str, Any]]]],
+          sink: RecordingSink | None = None) -> tuple[Pipeline, PartitionedSource]:
     metrics = Metrics()
     invalid = InvalidReporter(metrics)
     source = PartitionedSource(batches, invalid)
     store = StateStore(tmp_path / "state")
     store.prepare()
-    pipeline = Pipeline(sources=[source], engine=DetectionEngine([Counting()]),
-                        dispatcher=Dispatcher([RecordingSink([])], metrics), invalid=invalid, metrics=metrics,
-                        config=PipelineConfig(), store=store, checkpoint_interval=0)
+    pipeline = Pipeline(sources=[source], engine=DetectionEngine([Counting(), Boom()], allowed_lateness=0),
+                        dispatcher=Dispatcher([sink or RecordingSink([])], metrics), invalid=invalid,
+                        metrics=metrics, config=PipelineConfig(), store=store, checkpoint_interval=0)
     return pipeline, source
 
 
@@ -169,3 +170,37 @@ async def test_readiness_waits_for_restores_and_an_assignment(tmp_path: Path) ->
     await source.rebalance({"ct/0"}, set())
     assert pipeline.not_ready_reason() is None
     await pipeline.stop(5)
+
+
+async def test_incident_state_follows_its_partition(tmp_path: Path) -> None:
+    """An incident opened on one owner is continued, not re-opened, by the next owner of its
+    partition, and closed there by that partition's own watermark with one update of the totals."""
+    first = [("ct/0", [record("Boom", "2024-01-01T00:00:00Z", "b1"), record("Boom", "2024-01-01T00:10:00Z", "b2")]),
+             ("ct/1", [record("Boom", "2024-01-01T00:00:00Z", "c1", recipientAccountId="444455556666")])]
+    sink = RecordingSink([])
+    pipeline, source = build(tmp_path, first, sink)
+    await source.rebalance({"ct/0", "ct/1"}, set())
+    await pipeline.start()
+    await wait_processed(pipeline, 3)
+    await source.rebalance(set(), {"ct/0"})
+    assert [(a.kind, a.event_ids) for a in sink.alerts if a.account_id == "111122223333"] == [("opened", ["b1"])]
+    opened = sink.alerts[0].id
+    assert len(pipeline.partitions["ct/1"].part("incidents")) == 1, "ct/1's incident stays with ct/1"
+    await pipeline.stop(5)
+
+    later = [("ct/0", [record("Boom", "2024-01-01T00:20:00Z", "b3"), record("Boom", "2024-01-01T02:00:00Z", "b4")])]
+    other_sink = RecordingSink([])
+    other, other_source = build(tmp_path, later, other_sink)
+    await other_source.rebalance({"ct/0"}, set())
+    assert len(other.partitions["ct/0"].part("incidents")) == 1, "the open incident was restored"
+    await other.start()
+    await wait_processed(other, 2)
+    async with asyncio.timeout(10):
+        while len(other_sink.alerts) < 2:
+            await asyncio.sleep(0.01)
+    update, reopened = other_sink.alerts[:2]
+    assert (update.kind, update.incident["id"], update.incident["count"]) == ("updated", opened, 3)
+    assert update.incident["event_ids"] == ["b1", "b2", "b3"], "no match lost across the hand-over"
+    assert (reopened.kind, reopened.event_ids) == ("opened", ["b4"]), "b4 is past the window: a new incident"
+    await other.stop(5)
+    assert len(other_sink.alerts) == 2, "a stop with state kept closes nothing early"

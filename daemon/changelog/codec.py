@@ -8,6 +8,12 @@ leaves the previous manifest pointing at the previous generation's chunks, which
 old chunks are tombstoned only after the new manifest is acknowledged, and compaction then drops
 them.  Reading keeps the latest value per key (what compaction keeps) and assembles the manifest's
 generation; a missing chunk or a bad checksum is an error that names the partition.
+
+**Fencing.**  A manifest names the consumer-group generation of the instance that wrote it
+(``owner_generation``), and a new owner writes a *claim* ``<topic>/<partition>/claim`` with its
+generation right after restoring.  A manifest from an older generation than a claim before it in
+the log is the write of a stalled previous owner (paused past its session timeout, then resumed)
+and is ignored on restore (:func:`fenced_manifest`), so it cannot roll the partition back.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ["FORMAT", "ChangelogCorrupt", "EncodedWrite", "Restored", "assemble", "encode", "manifest_key"]
+__all__ = ["FORMAT", "ChangelogCorrupt", "EncodedWrite", "Restored", "assemble", "claim_key", "claim_record",
+           "encode", "fenced_manifest", "manifest_key", "owner_generation"]
 
 FORMAT: Final = "trailguard-changelog"
 VERSION: Final = 1
@@ -57,12 +64,42 @@ def manifest_key(partition: str) -> bytes:
     return f"{partition}/manifest".encode()
 
 
+def claim_key(partition: str) -> bytes:
+    """The key of the claim a new owner of partition ``topic/p`` writes after restoring it."""
+    return f"{partition}/claim".encode()
+
+
+def claim_record(partition: str, owner_generation: int) -> tuple[bytes, bytes]:
+    """The claim of ``partition`` by the consumer-group generation ``owner_generation``."""
+    return claim_key(partition), msgpack.packb({"owner_generation": owner_generation, "claimed_at": time.time()},
+                                               use_bin_type=True)
+
+
+def owner_generation(value: bytes | None) -> int:
+    """The consumer-group generation a manifest or claim names (``-1``: unknown or not recorded)."""
+    if not value:
+        return -1
+    try:
+        found = msgpack.unpackb(value, raw=False).get("owner_generation", -1)
+    except Exception:
+        return -1
+    return found if isinstance(found, int) else -1
+
+
+def fenced_manifest(value: bytes | None, claimed: int) -> bool:
+    """Whether a manifest was written by an older generation than the newest claim before it."""
+    written_by = owner_generation(value)
+    return written_by >= 0 and written_by < claimed
+
+
 def _chunk_key(partition: str, generation: int, index: int) -> bytes:
     return f"{partition}/{generation}/{index}".encode()
 
 
-def encode(partition: str, generation: int, parts: Mapping[str, Any], chunk_bytes: int) -> EncodedWrite:
-    """Encode ``parts`` (name → snapshot) as generation ``generation`` of ``partition``."""
+def encode(partition: str, generation: int, parts: Mapping[str, Any], chunk_bytes: int,
+           owner: int = -1) -> EncodedWrite:
+    """Encode ``parts`` (name → snapshot) as generation ``generation`` of ``partition``, written by the
+    consumer-group generation ``owner``."""
     body = msgpack.packb(dict(parts), use_bin_type=True)
     records: list[tuple[bytes, bytes]] = []
     keys = []
@@ -73,7 +110,7 @@ def encode(partition: str, generation: int, parts: Mapping[str, Any], chunk_byte
         records.append((key, bytes(view[start:start + chunk_bytes])))
     manifest = {"format": FORMAT, "version": VERSION, "partition": partition, "generation": generation,
                 "chunks": len(keys), "size": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                "written_at": time.time()}
+                "written_at": time.time(), "owner_generation": owner}
     records.append((manifest_key(partition), msgpack.packb(manifest, use_bin_type=True)))
     return EncodedWrite(generation, records, frozenset(keys), body)
 
@@ -90,6 +127,7 @@ def assemble(partition: str, latest: Mapping[bytes, bytes | None]) -> Restored |
     if raw is None:
         return None
     live.discard(manifest_key(partition))
+    live.discard(claim_key(partition))
     try:
         manifest = msgpack.unpackb(raw, raw=False)
         generation, count, digest = int(manifest["generation"]), int(manifest["chunks"]), str(manifest["sha256"])

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from daemon.changelog.codec import EncodedWrite
+from daemon.changelog.codec import EncodedWrite, claim_record
 from daemon.metrics import Metrics
 
 __all__ = ["ChangelogError", "ChangelogProducer", "changelog_topic", "split_partition"]
@@ -100,6 +100,15 @@ class ChangelogProducer:
                     f"fix: delete {name} (state is rebuilt from the input) or use a new group_id")
             self._ready_topics.add(name)
             return name
+
+    async def claim(self, key: str, owner: int) -> int:
+        """Write the claim of partition ``key`` by generation ``owner``; returns the end offset after it."""
+        topic, partition = split_partition(key)
+        producer = await self._started()
+        record_key, value = claim_record(key, owner)
+        result = await asyncio.wait_for(producer.send_and_wait(changelog_topic(self.group_id, topic), value,
+                                                               key=record_key, partition=partition), self.timeout)
+        return result.offset + 1
 
     async def write(self, key: str, encoded: EncodedWrite, stale: set[bytes]) -> int:
         """Produce ``encoded`` to the partition of ``key``, then tombstones for ``stale`` chunk keys.

@@ -25,8 +25,11 @@ match.  So alerts are folded into **incidents** before delivery:
 This stage runs inside the pipeline's processor, between the detectors and the alert queue, so
 its state is snapshot with the detector state in the one checkpoint (see :mod:`daemon.pipeline`):
 a restart neither re-opens an incident nor loses an update.  :class:`Incidents` is a plain
-``snapshot()``/``restore()`` object with no I/O, no clock of its own and no metrics, so it can
-follow a Kafka partition like detector state.  Memory is bounded by ``max_open``: beyond it the
+``snapshot()``/``restore()`` object with no I/O, no clock of its own and no metrics, so it follows
+a Kafka partition like detector state: each owned partition folds the alerts its own engine raises
+into its own :meth:`Incidents.fork` (the ``incidents`` state part, changelogged with the engine and
+dedupe parts), closed by that partition's watermark, so whichever instance owns the partition next
+goes on with the same incidents and the same deterministic ids.  Memory is bounded by ``max_open``: beyond it the
 incident closing soonest is closed early (its update, if any, is delivered).
 
 Config (``delivery.incidents``)::
@@ -328,6 +331,13 @@ class Incidents:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def fork(self) -> Incidents:
+        """An empty :class:`Incidents` with these settings: the incident state of one Kafka partition
+        (a state part that follows its partition through the changelog, see :mod:`daemon.pipeline`)."""
+        fresh = Incidents(self.config, rule_specs=self._rule_specs, clock=self.clock)
+        fresh._by_rule, fresh._by_detector = self._by_rule, self._by_detector  # resolved names, shared
+        return fresh
 
     # -- policy ------------------------------------------------------------------------------
     def policy(self, detector: str, rule_id: str | None) -> _Policy:

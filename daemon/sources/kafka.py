@@ -122,6 +122,9 @@ class KafkaSourceConfig(BaseModel):
     repartition_retention: Duration = Field(7 * 86400.0, gt=0)
     #: Largest changelog message (a partition's state is split into chunks of this size).
     changelog_chunk_bytes: int = Field(512 << 10, ge=1024, le=16 << 20)
+    #: Kafka Streams' ``num.standby.replicas``: keep warm copies of the next N partitions after each
+    #: owned one (tailing their changelog), so a take-over restores only what was written since.
+    standby_replicas: int = Field(0, ge=0)
     #: How long a changelog write or a restore may stall before the checkpoint / restore fails.
     changelog_timeout: Duration = Field(60.0, gt=0)
     client_id: str = "trailguard"
@@ -239,8 +242,15 @@ class KafkaSource(Source):
             StateChangelog(self._connection_args(), group_id=config.group_id,
                            replication_factor=config.changelog_replication_factor,
                            chunk_bytes=config.changelog_chunk_bytes, timeout=config.changelog_timeout,
-                           metrics=metrics)
+                           metrics=metrics, owner_generation=self._group_generation,
+                           standby_replicas=config.standby_replicas)
             if config.state_changelog else None)
+
+    def _group_generation(self) -> int:
+        """This consumer's group generation (fences changelog writes of a stalled owner); -1 if unknown."""
+        consumer = self._consumer or self._starting
+        generation = getattr(getattr(consumer, "_coordinator", None), "generation", -1)
+        return generation if isinstance(generation, int) else -1
 
     # -- public hooks ----------------------------------------------------------------------------
     def state_log(self) -> StateChangelog | None:
@@ -690,6 +700,7 @@ class KafkaSource(Source):
             consumer.pause(*new)
         try:
             await self._prepare_and_notify(new)
+            await self._settle_standby(assigned)
         finally:
             if new and consumer is not None and consumer in (self._consumer, self._starting):
                 consumer.resume(*[tp for tp in new if tp in self._partitions])
@@ -709,6 +720,11 @@ class KafkaSource(Source):
                                    error=type(error).__name__, detail=str(error)[:300])
         if new:
             await self._notify(AssignmentChange(frozenset((tp.topic, tp.partition) for tp in new), frozenset()))
+
+    async def _settle_standby(self, assigned: Sequence[TopicPartition]) -> None:
+        """Restores are over: let the changelog place its standby copies for this assignment."""
+        if self.changelog is not None:
+            await self.changelog.settle({f"{tp.topic}/{tp.partition}" for tp in assigned})
 
     def on_partitions(self, callback: Any) -> None:
         """Rebalances as ``callback(assigned, revoked)`` with ``topic/partition`` keys (pipeline state)."""
