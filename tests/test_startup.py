@@ -1,0 +1,42 @@
+"""Start-up stays fast without changing what is loaded: libyaml parses the rule pack exactly as PyYAML's
+pure-Python safe loader does, and the start-up benchmark starts the shipped configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bench.scenarios.startup import default_config
+from detectors.sigma import loader
+from detectors.sigma.loader import load_rules, rule_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = ROOT / "config" / "rules"
+
+
+def test_the_rule_pack_is_parsed_by_libyaml() -> None:
+    assert loader._SAFE_LOADER is yaml.CSafeLoader  # the wheels ship libyaml: a fallback here is a regression
+
+
+def test_libyaml_reads_every_pack_file_as_the_pure_python_loader_does() -> None:
+    files, issues = rule_files([PACK])
+    assert files and not issues
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert loader._documents(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader)), path
+
+
+def test_a_yaml_error_is_still_one_issue_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yml").write_text("title: x\ndetection: [unclosed\n")
+    rules, errors = load_rules([tmp_path])
+    assert not rules.rules
+    assert [e.path for e in errors] == [str(tmp_path / "broken.yml")]
+    assert "not a valid Sigma YAML file" in errors[0].reason
+
+
+def test_the_startup_benchmark_runs_the_shipped_configuration_with_absolute_paths() -> None:
+    config = default_config(12345)
+    assert config["metrics"] == {**config["metrics"], "host": "127.0.0.1", "port": 12345}
+    paths = [p for s in config["sources"] for p in s.get("paths", ())] + config["detectors"]["sigma"]["paths"]
+    assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
