@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bench.scenarios.startup import default_config
@@ -40,3 +41,41 @@ def test_the_startup_benchmark_runs_the_shipped_configuration_with_absolute_path
     assert config["metrics"] == {**config["metrics"], "host": "127.0.0.1", "port": 12345}
     paths = [p for s in config["sources"] for p in s.get("paths", ())] + config["detectors"]["sigma"]["paths"]
     assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
+
+
+def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC is off only for start-up: the running daemon collects as usual, whatever way run ends."""
+    import gc
+
+    import orjson
+
+    from daemon import app, cli
+
+    trail = tmp_path / "trail.json"
+    trail.write_bytes(orjson.dumps({"Records": [{"eventTime": "2024-01-01T00:00:00Z", "eventName": "ListBuckets",
+                                                 "eventSource": "s3.amazonaws.com", "eventID": "e-1"}]}))
+    config = tmp_path / "trailguard.yaml"
+    config.write_bytes(orjson.dumps({"sources": [{"type": "file", "paths": [str(trail)], "follow": False}],
+                                     "sinks": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}],
+                                     "metrics": {"enabled": False}}))
+    seen: dict[str, bool] = {}
+    started = app.Daemon.__init__
+
+    def spy(self: app.Daemon, *args: object, **kwargs: object) -> None:
+        seen["building"] = gc.isenabled()
+        started(self, *args, **kwargs)
+
+    monkeypatch.setattr(app.Daemon, "__init__", spy)
+    original_start = app.Pipeline.start
+
+    async def spy_start(self: app.Pipeline) -> None:
+        seen["running"] = gc.isenabled()
+        await original_start(self)
+
+    monkeypatch.setattr(app.Pipeline, "start", spy_start)
+    assert cli.main(["run", "--config", str(config)]) == 0
+    assert seen == {"building": False, "running": True}
+    assert gc.isenabled()
+    assert cli.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert gc.isenabled()
