@@ -79,3 +79,21 @@ def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
     assert gc.isenabled()
     assert cli.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert gc.isenabled()
+
+
+def test_the_startup_scenario_is_registered_and_measures_a_real_start(tmp_path: Path) -> None:
+    from bench.run import SCENARIOS
+    from bench.scenarios.startup import seconds_to_ready
+
+    assert SCENARIOS["startup"] == "bench.scenarios.startup:run"
+    wall, cpu = seconds_to_ready(tmp_path)
+    assert 0 < wall < 60
+    assert cpu is None or 0 < cpu <= wall * 2  # two cores at most
+
+
+def test_the_rule_scaling_scenario_loads_its_new_terms_correlations(tmp_path: Path) -> None:
+    from bench.scenarios.rules import NEW_TERMS_EVERY, sigma_with
+
+    detector = sigma_with(100, tmp_path / "rules", [f"Call{n}" for n in range(10)])
+    assert len(detector.rules.new_terms) == 100 // NEW_TERMS_EVERY
+    assert not detector.load_errors

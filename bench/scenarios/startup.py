@@ -11,7 +11,9 @@ config validation, rule loading, enrichment and the endpoint binding.
 Bytecode is compiled first (``compileall``), as ``pip install`` and the container image do: this
 machine's environment sets ``PYTHONDONTWRITEBYTECODE``, and without ``.pyc`` files every run
 would also pay for compiling the project's sources.  A is a bare interpreter start
-(``python -c pass``) for scale.  Target ≤ 1 s; median of ``--reps`` (at least 3) runs.
+(``python -c pass``) for scale.  Target ≤ 1 s; median of ``--reps`` (at least 3) runs.  The
+daemon's CPU seconds at that moment (``/proc/<pid>/stat``) are reported too: on a shared machine
+the wall clock mostly measures the neighbours.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ POLL: Final = 0.005
 TIMEOUT: Final = 60.0
 
 
-def default_config(port: int) -> dict[str, Any]:
-    """The shipped configuration, endpoint on ``port``, its relative paths resolved."""
-    config = yaml.safe_load(CONFIG.read_text())
-    base = CONFIG.parent
+def default_config(port: int, root: Path = ROOT) -> dict[str, Any]:
+    """The shipped configuration of the tree at ``root``, endpoint on ``port``, its relative paths resolved."""
+    path = root / CONFIG.relative_to(ROOT)
+    config = yaml.safe_load(path.read_text())
+    base = path.parent
     for source in config.get("sources") or ():
         if "paths" in source:
             source["paths"] = [str((base / p).resolve()) for p in source["paths"]]
@@ -63,15 +66,25 @@ def _ready(port: int) -> bool:
         return False
 
 
-def seconds_to_ready(workdir: Path) -> float:
-    """One start of the default configuration: wall seconds until ``/readyz`` is 200."""
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def seconds_to_ready(workdir: Path, root: Path = ROOT) -> tuple[float, float | None]:
+    """One start of the default configuration (of the source tree at ``root``) until ``/readyz`` is 200:
+    (wall seconds, CPU seconds of the daemon by then — what a busy machine does not inflate)."""
     port = free_port()
     path = workdir / "trailguard.yaml"
-    path.write_bytes(orjson.dumps(default_config(port)))  # JSON is YAML
+    path.write_bytes(orjson.dumps(default_config(port, root)))  # JSON is YAML
     with (workdir / "stderr.log").open("wb") as stderr:
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(path)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+                                cwd=root, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             while not _ready(port):
                 if proc.poll() is not None:
@@ -80,7 +93,7 @@ def seconds_to_ready(workdir: Path) -> float:
                 if time.perf_counter() - started > TIMEOUT:
                     raise RuntimeError(f"not ready after {TIMEOUT} s")
                 time.sleep(POLL)
-            return time.perf_counter() - started
+            return time.perf_counter() - started, _cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             try:
@@ -101,21 +114,28 @@ def run(quick: bool = False, reps: int = 3) -> list[dict[str, Any]]:
     for package in ("daemon", "detectors"):
         compileall.compile_dir(str(ROOT / package), quiet=1)
     ready: list[float] = []
+    cpu: list[float] = []
     bare: list[float] = []
     with tempfile.TemporaryDirectory(prefix="tg-startup-") as tmp:
         for _ in range(max(reps, 3)):
             bare.append(_bare_interpreter())
-            ready.append(seconds_to_ready(Path(tmp)))
+            wall, used = seconds_to_ready(Path(tmp))
+            ready.append(wall)
+            if used is not None:
+                cpu.append(used)
     seconds = statistics.median(ready)
+    cpu_seconds = statistics.median(cpu) if cpu else None
     load = os.getloadavg()[0]
     return [{
         "name": "start-up to /readyz 200",
         "startup_seconds": round(seconds, 3),
+        "startup_cpu_seconds": round(cpu_seconds, 3) if cpu_seconds is not None else None,
         "runs": [round(v, 3) for v in ready],
         "bare_interpreter_seconds": round(statistics.median(bare), 3),
         "load_average": round(load, 2),
         "target_seconds": 1.0,
-        "note": (f"{seconds:.2f} s median of {[round(v, 2) for v in ready]} (bare python "
+        "note": (f"{seconds:.2f} s median of {[round(v, 2) for v in ready]}, CPU {cpu_seconds or 0:.2f} s "
+                 f"(bare python "
                  f"{statistics.median(bare):.2f} s; load {load:.1f}); target ≤ 1 s"
                  f" — {'met' if seconds <= 1.0 else 'MISSED'}"),
     }]
