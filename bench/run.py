@@ -39,6 +39,7 @@ SCENARIOS: dict[str, str] = {
     "sqs": "bench.scenarios.sqs:run",
     "latency": "bench.scenarios.latency:run",
     "restore": "bench.scenarios.restore:run",
+    "startup": "bench.scenarios.startup:run",
 }
 
 

@@ -262,6 +262,7 @@ class Daemon:
         # Rules, GeoIP tables and imports are long-lived: keep them out of every future GC pass.
         gc.collect()
         gc.freeze()
+        gc.enable()  # ``trailguard run`` starts with it off (see daemon.cli.cmd_run)
         try:
             await self.pipeline.start()
             self.log.info("trailguard started", version=__version__,

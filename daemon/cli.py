@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -107,6 +108,17 @@ def _rule_problems(built: Built) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT (or until finite input is exhausted)."""
+    # Start-up allocates hundreds of thousands of long-lived objects (rules, models, tables) and
+    # no garbage worth a pass: the cyclic GC stays off until the daemon freezes them and is ready
+    # (re-enabled in Daemon.run, after gc.freeze), ~0.1-0.3 s of start-up.
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
         config, built = _load(path)

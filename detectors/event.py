@@ -190,10 +190,13 @@ class Event:
 
     __slots__ = (
         "_account_id",
+        "_error_code",
         "_identity_type",
         "_ip_kind",
         "_principal",
+        "_region",
         "_role_arn",
+        "_source_ip",
         "event_id",
         "event_name",
         "event_source",
@@ -234,6 +237,9 @@ class Event:
         self._account_id: Any = _UNSET
         self._identity_type: Any = _UNSET
         self._ip_kind: Any = _UNSET
+        self._region: Any = _UNSET
+        self._source_ip: Any = _UNSET
+        self._error_code: Any = _UNSET
 
     def get(self, path: str, default: Any = None) -> Any:
         """Sparse-safe read of a dotted path; never raises on missing or oddly typed fields."""
@@ -292,17 +298,28 @@ class Event:
 
     @property
     def region(self) -> str:
-        """``awsRegion`` or ``""``."""
-        value = self.raw.get("awsRegion")
-        return value if isinstance(value, str) else ""
+        """``awsRegion`` or ``""`` (cached: most detectors and every alert read it)."""
+        value = self._region
+        if value is _UNSET:
+            value = self.raw.get("awsRegion")
+            value = self._region = value if isinstance(value, str) else ""
+        return value
 
     @property
     def source_ip(self) -> str:
-        """``sourceIPAddress`` as given (may be a service name); ``""`` when absent; bounded in size."""
-        value = self.raw.get("sourceIPAddress")
-        if not isinstance(value, str):
-            return ""
-        return value if len(value) <= MAX_KEY_CHARS else bounded_key(value)
+        """``sourceIPAddress`` as given (may be a service name); ``""`` when absent; bounded in size.
+
+        Cached: the address kind, enrichment and several detectors read it for every event.
+        """
+        value = self._source_ip
+        if value is _UNSET:
+            value = self.raw.get("sourceIPAddress")
+            if not isinstance(value, str):
+                value = ""
+            elif len(value) > MAX_KEY_CHARS:
+                value = bounded_key(value)
+            self._source_ip = value
+        return value
 
     @property
     def source_ip_kind(self) -> str:
@@ -319,9 +336,12 @@ class Event:
 
     @property
     def error_code(self) -> str | None:
-        """``errorCode`` or ``None`` when the call succeeded."""
-        value = self.raw.get("errorCode")
-        return value if isinstance(value, str) and value else None
+        """``errorCode`` or ``None`` when the call succeeded (cached: the failure flag of most detectors)."""
+        value = self._error_code
+        if value is _UNSET:
+            value = self.raw.get("errorCode")
+            value = self._error_code = value if isinstance(value, str) and value else None
+        return value
 
     @property
     def user_agent(self) -> str:

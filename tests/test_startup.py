@@ -1,0 +1,99 @@
+"""Start-up stays fast without changing what is loaded: libyaml parses the rule pack exactly as PyYAML's
+pure-Python safe loader does, and the start-up benchmark starts the shipped configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.scenarios.startup import default_config
+from detectors.sigma import loader
+from detectors.sigma.loader import load_rules, rule_files
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = ROOT / "config" / "rules"
+
+
+def test_the_rule_pack_is_parsed_by_libyaml() -> None:
+    assert loader._SAFE_LOADER is yaml.CSafeLoader  # the wheels ship libyaml: a fallback here is a regression
+
+
+def test_libyaml_reads_every_pack_file_as_the_pure_python_loader_does() -> None:
+    files, issues = rule_files([PACK])
+    assert files and not issues
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert loader._documents(text) == list(yaml.load_all(text, Loader=yaml.SafeLoader)), path
+
+
+def test_a_yaml_error_is_still_one_issue_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yml").write_text("title: x\ndetection: [unclosed\n")
+    rules, errors = load_rules([tmp_path])
+    assert not rules.rules
+    assert [e.path for e in errors] == [str(tmp_path / "broken.yml")]
+    assert "not a valid Sigma YAML file" in errors[0].reason
+
+
+def test_the_startup_benchmark_runs_the_shipped_configuration_with_absolute_paths() -> None:
+    config = default_config(12345)
+    assert config["metrics"] == {**config["metrics"], "host": "127.0.0.1", "port": 12345}
+    paths = [p for s in config["sources"] for p in s.get("paths", ())] + config["detectors"]["sigma"]["paths"]
+    assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
+
+
+def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC is off only for start-up: the running daemon collects as usual, whatever way run ends."""
+    import gc
+
+    import orjson
+
+    from daemon import app, cli
+
+    trail = tmp_path / "trail.json"
+    trail.write_bytes(orjson.dumps({"Records": [{"eventTime": "2024-01-01T00:00:00Z", "eventName": "ListBuckets",
+                                                 "eventSource": "s3.amazonaws.com", "eventID": "e-1"}]}))
+    config = tmp_path / "trailguard.yaml"
+    config.write_bytes(orjson.dumps({"sources": [{"type": "file", "paths": [str(trail)], "follow": False}],
+                                     "sinks": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}],
+                                     "metrics": {"enabled": False}}))
+    seen: dict[str, bool] = {}
+    started = app.Daemon.__init__
+
+    def spy(self: app.Daemon, *args: object, **kwargs: object) -> None:
+        seen["building"] = gc.isenabled()
+        started(self, *args, **kwargs)
+
+    monkeypatch.setattr(app.Daemon, "__init__", spy)
+    original_start = app.Pipeline.start
+
+    async def spy_start(self: app.Pipeline) -> None:
+        seen["running"] = gc.isenabled()
+        await original_start(self)
+
+    monkeypatch.setattr(app.Pipeline, "start", spy_start)
+    assert cli.main(["run", "--config", str(config)]) == 0
+    assert seen == {"building": False, "running": True}
+    assert gc.isenabled()
+    assert cli.main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert gc.isenabled()
+
+
+def test_the_startup_scenario_is_registered_and_measures_a_real_start(tmp_path: Path) -> None:
+    from bench.run import SCENARIOS
+    from bench.scenarios.startup import seconds_to_ready
+
+    assert SCENARIOS["startup"] == "bench.scenarios.startup:run"
+    wall, cpu = seconds_to_ready(tmp_path)
+    assert 0 < wall < 60
+    assert cpu is None or 0 < cpu <= wall * 2  # two cores at most
+
+
+def test_the_rule_scaling_scenario_loads_its_new_terms_correlations(tmp_path: Path) -> None:
+    from bench.scenarios.rules import NEW_TERMS_EVERY, sigma_with
+
+    detector = sigma_with(100, tmp_path / "rules", [f"Call{n}" for n in range(10)])
+    assert len(detector.rules.new_terms) == 100 // NEW_TERMS_EVERY
+    assert not detector.load_errors
