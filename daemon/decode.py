@@ -27,9 +27,13 @@ from detectors.event import MAX_RECORD_BYTES
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "GZIP_MAGIC",
+    "LINE_CHUNK_BYTES",
     "decode_bytes",
+    "decode_line_chunk",
     "decode_lines",
     "gunzip",
+    "is_json_lines",
+    "line_chunks",
     "looks_like_json_lines",
     "unwrap",
 ]
@@ -43,6 +47,9 @@ DEFAULT_MAX_BYTES: Final = 512 << 20
 GZIP_MAX_RATIO: Final = 200
 GZIP_RATIO_FLOOR: Final = 64 << 20
 _GZIP_CHUNK: Final = 4 << 20
+
+#: JSON lines are decoded this many bytes at a time (cut at a newline) by sources that stream them.
+LINE_CHUNK_BYTES: Final = 1 << 20
 
 _BOM: Final = b"\xef\xbb\xbf"
 _UNPARSED: Final = object()
@@ -374,6 +381,63 @@ def decode_lines(
         records.extend(found)
         lines.extend([lineno] * len(found))
     return records, lines
+
+
+def is_json_lines(data: bytes) -> bool:
+    """True when :func:`decode_bytes` would decode plain ``data`` as JSON lines, decided from its top.
+
+    That is so when the first non-blank line (after a BOM) is a JSON object or array on its own and
+    more non-blank content follows it: then the whole cannot be one JSON document, and the first
+    line makes it look like JSON lines.  Gzip data, and anything this cannot tell from the first
+    line (a pretty-printed document, junk on top), answer ``False``: decode those whole.
+    """
+    start = 3 if data[:3] == _BOM else 0
+    found = _NON_BLANK.search(data, start)
+    if found is None:
+        return False
+    begin = found.start()
+    if data[begin:begin + 1] not in (b"{", b"["):
+        return False
+    end = data.find(b"\n", begin)
+    if end < 0:
+        return False
+    try:
+        value = orjson.loads(memoryview(data)[begin:end])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, (dict, list)) and _NON_BLANK.search(data, end) is not None
+
+
+def line_chunks(data: bytes, size: int = LINE_CHUNK_BYTES) -> list[tuple[int, int, int]]:
+    """``(begin, end, first_line)`` of consecutive pieces of JSON lines ``data``, each cut after a newline.
+
+    Pieces are about ``size`` bytes (a longer line is one piece); a leading BOM is left out, as
+    :func:`decode_bytes` leaves it out.  Decoding the pieces with :func:`decode_line_chunk` gives
+    the same records and line numbers as :func:`decode_lines` over the whole.
+    """
+    begin = 3 if data[:3] == _BOM else 0
+    total = len(data)
+    line = 1
+    out: list[tuple[int, int, int]] = []
+    while begin < total:
+        end = data.find(b"\n", min(begin + size, total) - 1)
+        end = total if end < 0 else end + 1
+        out.append((begin, end, line))
+        line += data.count(b"\n", begin, end)
+        begin = end
+    return out
+
+
+def decode_line_chunk(
+    data: bytes, origin: str, invalid: InvalidReporter, *, first_line: int, max_record_bytes: int = MAX_RECORD_BYTES
+) -> tuple[list[Any], list[int]]:
+    """:func:`decode_lines` of one piece from :func:`line_chunks`; never raises, like :func:`decode_bytes`."""
+    try:
+        return decode_lines(data, origin, invalid, first_line=first_line, max_record_bytes=max_record_bytes)
+    except Exception as error:  # the last line of defence: a source never dies from its data
+        invalid.report("undecodable", origin=origin, location=first_line,
+                       detail=f"{type(error).__name__}: {str(error)[:200]}", payload=data)
+        return [], []
 
 
 def _checked(
