@@ -43,11 +43,11 @@ def raw_lines(path: Path) -> float:
     return count / (time.perf_counter() - started)
 
 
-def run(quick: bool, reps: int) -> list[dict[str, Any]]:
-    """The JSON-lines scenario's row."""
+def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]:
+    """The JSON-lines scenario's row; ``size`` overrides the event count (the smoke test uses a tiny one)."""
     from bench.run import ab
 
-    count = 20_000 if quick else 100_000
+    count = size or (20_000 if quick else 100_000)
     with tempfile.TemporaryDirectory(prefix="tg-bench-jsonl-") as tmp:
         path = Path(tmp) / "events.jsonl"
         write_lines(path, count)

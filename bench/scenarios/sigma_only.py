@@ -63,11 +63,11 @@ def engine_in_process(path: Path, detector: Any) -> float:
     return count / (time.perf_counter() - started)
 
 
-def run(quick: bool, reps: int) -> list[dict[str, Any]]:
-    """The Sigma-only rows: the replay and, for reference, the engine alone."""
+def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]:
+    """The Sigma-only rows: the replay and, for reference, the engine alone; ``size`` overrides the count."""
     from bench.run import ab
 
-    count = 20_000 if quick else 100_000
+    count = size or (20_000 if quick else 100_000)
     with tempfile.TemporaryDirectory(prefix="tg-bench-sigma-") as tmp:
         path = Path(tmp) / "events.jsonl"
         write_lines(path, count)
