@@ -330,6 +330,9 @@ class Pipeline:
                             self.engine.process(event, alerts)
                             if len(alerts) != before:
                                 self._stamp(alerts, before, event)
+                        # As after any slice: the watermark moves on (held events are later than
+                        # it) and the alerts get their identity lineage.
+                        self.engine.advance(alerts)
                         await self._emit(alerts)
                     await asyncio.sleep(0)
                 async with self._lock:
