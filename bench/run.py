@@ -33,6 +33,8 @@ RESULTS = ROOT / "bench" / "results"
 #: name → module:function returning a list of result rows (dicts).
 SCENARIOS: dict[str, str] = {
     "archive": "bench.scenarios.archive:run",
+    "jsonl": "bench.scenarios.jsonl:run",
+    "sigma_only": "bench.scenarios.sigma_only:run",
     "rules": "bench.scenarios.rules:run",
     "state": "bench.scenarios.state:run",
     "kafka": "bench.scenarios.kafka:run",

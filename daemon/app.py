@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -37,6 +37,14 @@ from detectors.engine import DetectionEngine
 from detectors.event import Event
 
 __all__ = ["Daemon", "ListenError"]
+
+#: Young-generation collections every 50,000 container allocations instead of 700 (older ones
+#: every 20 and 10 of those).  Every record is a tree of dicts and lists (~7) plus its Event, and
+#: replay and the reorder buffer hold many at once, so at the default thresholds collections ran
+#: every few dozen events and cost ~20 % of replay CPU (docs/performance.md, "Pipeline").  What the
+#: pipeline frees is freed by reference counting; the larger threshold only delays reclaiming rare
+#: reference cycles.
+GC_THRESHOLDS: Final = (50_000, 20, 10)
 
 
 class ListenError(OSError):
@@ -263,6 +271,7 @@ class Daemon:
         gc.collect()
         gc.freeze()
         gc.enable()  # ``trailguard run`` starts with it off (see daemon.cli.cmd_run)
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             await self.pipeline.start()
             self.log.info("trailguard started", version=__version__,

@@ -27,9 +27,13 @@ from detectors.event import MAX_RECORD_BYTES
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "GZIP_MAGIC",
+    "LINE_CHUNK_BYTES",
     "decode_bytes",
+    "decode_line_chunk",
     "decode_lines",
     "gunzip",
+    "is_json_lines",
+    "line_chunks",
     "looks_like_json_lines",
     "unwrap",
 ]
@@ -44,6 +48,9 @@ GZIP_MAX_RATIO: Final = 200
 GZIP_RATIO_FLOOR: Final = 64 << 20
 _GZIP_CHUNK: Final = 4 << 20
 
+#: JSON lines are decoded this many bytes at a time (cut at a newline) by sources that stream them.
+LINE_CHUNK_BYTES: Final = 1 << 20
+
 _BOM: Final = b"\xef\xbb\xbf"
 _UNPARSED: Final = object()
 _MAX_DEPTH: Final = 4
@@ -53,12 +60,22 @@ _DEEP_PROBE_LINES: Final = 10_000
 _NON_BLANK: Final = re.compile(rb"[^ \t\r\n]")
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _DOCUMENT_START: Final = re.compile(rb"^[ \t]*[\[{]", re.MULTILINE)
-_RECORD_KEYS: Final = ("eventName", "eventSource", "eventTime", "eventVersion")
 
 
 def _is_record(obj: dict[str, Any]) -> bool:
     """A dict that is itself a CloudTrail record (not an envelope around one)."""
-    return any(key in obj for key in _RECORD_KEYS)
+    # Spelled out rather than ``any(...)`` over a tuple of keys: this runs once per record.
+    return "eventName" in obj or "eventSource" in obj or "eventTime" in obj or "eventVersion" in obj
+
+
+def _plain_record(value: Any) -> bool:
+    """A bare CloudTrail record that :func:`_unwrap` would return as ``[value]``, tested without it.
+
+    True only when no envelope key is present, so every other shape still takes :func:`_unwrap`'s
+    path; this is the per-line fast path of JSON lines and Kafka messages (one record each).
+    """
+    return (type(value) is dict and "Records" not in value and "detail" not in value
+            and "Type" not in value and "messageType" not in value and _is_record(value))
 
 
 #: Pieces of an otherwise good input that were dropped: ``(reason, detail, payload)``.
@@ -339,6 +356,14 @@ def decode_lines(
             invalid.report("invalid_json", origin=origin, location=lineno, detail=detail,
                            payload=bytes(line))
             continue
+        if _plain_record(value):  # the usual line: one record, nothing to unwrap or re-check
+            if length > max_record_bytes:
+                invalid.report("too_large", origin=origin, location=lineno,
+                               detail=f"record of {length} bytes exceeds {max_record_bytes}", payload=bytes(line))
+                continue
+            records.append(value)
+            lines.append(lineno)
+            continue
         found = _unwrap(value, 0, rejects)
         if rejects:
             _report_rejects(rejects, origin, invalid, lineno)
@@ -356,6 +381,63 @@ def decode_lines(
         records.extend(found)
         lines.extend([lineno] * len(found))
     return records, lines
+
+
+def is_json_lines(data: bytes) -> bool:
+    """True when :func:`decode_bytes` would decode plain ``data`` as JSON lines, decided from its top.
+
+    That is so when the first non-blank line (after a BOM) is a JSON object or array on its own and
+    more non-blank content follows it: then the whole cannot be one JSON document, and the first
+    line makes it look like JSON lines.  Gzip data, and anything this cannot tell from the first
+    line (a pretty-printed document, junk on top), answer ``False``: decode those whole.
+    """
+    start = 3 if data[:3] == _BOM else 0
+    found = _NON_BLANK.search(data, start)
+    if found is None:
+        return False
+    begin = found.start()
+    if data[begin:begin + 1] not in (b"{", b"["):
+        return False
+    end = data.find(b"\n", begin)
+    if end < 0:
+        return False
+    try:
+        value = orjson.loads(memoryview(data)[begin:end])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, (dict, list)) and _NON_BLANK.search(data, end) is not None
+
+
+def line_chunks(data: bytes, size: int = LINE_CHUNK_BYTES) -> list[tuple[int, int, int]]:
+    """``(begin, end, first_line)`` of consecutive pieces of JSON lines ``data``, each cut after a newline.
+
+    Pieces are about ``size`` bytes (a longer line is one piece); a leading BOM is left out, as
+    :func:`decode_bytes` leaves it out.  Decoding the pieces with :func:`decode_line_chunk` gives
+    the same records and line numbers as :func:`decode_lines` over the whole.
+    """
+    begin = 3 if data[:3] == _BOM else 0
+    total = len(data)
+    line = 1
+    out: list[tuple[int, int, int]] = []
+    while begin < total:
+        end = data.find(b"\n", min(begin + size, total) - 1)
+        end = total if end < 0 else end + 1
+        out.append((begin, end, line))
+        line += data.count(b"\n", begin, end)
+        begin = end
+    return out
+
+
+def decode_line_chunk(
+    data: bytes, origin: str, invalid: InvalidReporter, *, first_line: int, max_record_bytes: int = MAX_RECORD_BYTES
+) -> tuple[list[Any], list[int]]:
+    """:func:`decode_lines` of one piece from :func:`line_chunks`; never raises, like :func:`decode_bytes`."""
+    try:
+        return decode_lines(data, origin, invalid, first_line=first_line, max_record_bytes=max_record_bytes)
+    except Exception as error:  # the last line of defence: a source never dies from its data
+        invalid.report("undecodable", origin=origin, location=first_line,
+                       detail=f"{type(error).__name__}: {str(error)[:200]}", payload=data)
+        return [], []
 
 
 def _checked(
@@ -504,6 +586,8 @@ def _decode(
         invalid.report("repaired_json", origin=origin, location=None,
                        detail=f"{'; '.join(notes)}; the {len(records)} records kept", payload=dropped or None)
     else:
+        if _plain_record(value) and len(data) <= max_record_bytes:
+            return [value], None  # one message, one record (Kafka, EventBridge-less SQS): nothing to check
         records = _unwrap(value, 0, rejects)
     if rejects:
         _report_rejects(rejects, origin, invalid, None)

@@ -326,16 +326,25 @@ class Pipeline:
                 # Open incidents close (updates delivered) when the input is over, or at a stop
                 # with no checkpoint to keep them; otherwise they are checkpointed and go on.
                 final = item is _INPUT_DONE or self.store is None
+                # Held events leave a slice at a time, each slice's alerts handed on: the rest stay
+                # in the buffer (and so in a checkpoint taken between two slices).
+                while self.reorder is not None and len(self.reorder):
+                    async with self._lock:
+                        held: list[Event] = []
+                        self.reorder.drain(held, _SLICE)
+                        alerts: list[Alert] = []
+                        for event in held:
+                            before = len(alerts)
+                            self.engine.process(event, alerts)
+                            if len(alerts) != before:
+                                self._stamp(alerts, before, event)
+                        # As after any slice: the watermark moves on (held events are later than
+                        # it) and the alerts get their identity lineage.
+                        self.engine.advance(alerts)
+                        await self._emit(alerts)
+                    await asyncio.sleep(0)
                 async with self._lock:
                     out: list[Alert] = []
-                    if self.reorder is not None:
-                        held: list[Event] = []
-                        self.reorder.drain(held)
-                        for event in held:
-                            before = len(out)
-                            self.engine.process(event, out)
-                            if len(out) != before:
-                                self._stamp(out, before, event)
                     self.engine.advance(out)
                     await self._emit(out, final=final)
                     for key in list(self.partitions):

@@ -44,11 +44,13 @@ class ReorderBuffer:
         while heap and heap[0][0] <= cutoff:
             out.append(heapq.heappop(heap)[2])
 
-    def drain(self, out: list[Event]) -> None:
-        """Append every held event, oldest first (end of input)."""
+    def drain(self, out: list[Event], limit: int | None = None) -> None:
+        """Append every held event (at most ``limit``), oldest first (end of input)."""
         heap = self._heap
-        while heap:
+        left = len(heap) if limit is None else limit
+        while heap and left > 0:
             out.append(heapq.heappop(heap)[2])
+            left -= 1
 
     def snapshot(self) -> list[Any]:
         """The held records (raw dicts) with their origins, in heap order."""

@@ -64,3 +64,17 @@ def test_cost_budget_names_every_stage_and_every_default_detector() -> None:
         assert stages[stage] > 0, stage
     assert {f"detector {cls.name}" for cls, _ in built.detectors} <= set(stages)
     assert result["events"] == 600 and result["alerts"] > 0
+
+
+def test_jsonl_and_sigma_only_scenarios() -> None:
+    from bench.scenarios import jsonl, sigma_only
+
+    [row] = jsonl.run(quick=True, reps=1, size=600)
+    _positive(row, "a_eps", "b_eps", "ratio", "alerts")
+    assert row["events"] == 600 and row["startup_seconds"][0] > 0
+    replayed, engine = sigma_only.run(quick=True, reps=1, size=600)
+    _positive(replayed, "a_eps", "b_eps", "ratio")
+    _positive(engine, "a_eps", "b_eps", "ratio")
+    assert replayed["events"] == 600
+    assert SCENARIOS["jsonl"] == "bench.scenarios.jsonl:run"
+    assert SCENARIOS["sigma_only"] == "bench.scenarios.sigma_only:run"

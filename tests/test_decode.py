@@ -105,6 +105,23 @@ def test_json_lines_each_line_any_shape(rep: Reporter) -> None:
     assert [r["eventName"] for r in records[-3:]] == ["CreateImage", "StopLogging", "DeleteTrail"]
 
 
+def test_a_bare_record_decodes_alone_and_anything_with_an_envelope_key_is_still_unwrapped(rep: Reporter) -> None:
+    record = records_of("records.json")[0]
+    # one record per Kafka message / per line: itself, with its line number
+    assert decode(rep, orjson.dumps(record)) == ([record], None)
+    assert decode_lines(orjson.dumps(record) + b"\n", "o", rep.invalid) == ([record], [1])
+    # a record-looking dict that also holds an envelope key takes the unwrapping path
+    inner = records_of("records.json")[1]
+    wrapped = {"eventVersion": "1.08", "Records": [inner]}
+    sns = {"eventName": "x", "Type": "Notification", "Message": orjson.dumps({"Records": [inner]}).decode()}
+    for envelope in (wrapped, sns):
+        assert decode(rep, orjson.dumps(envelope))[0] == [inner]
+        assert decode_lines(orjson.dumps(envelope), "o", rep.invalid) == ([inner], [1])
+    # a single message over the record limit is still measured and rejected
+    assert decode(rep, orjson.dumps(record), max_record_bytes=100) == ([], None)
+    assert rep.count("too_large") == 1 and rep.count("unknown_shape") == 0
+
+
 @pytest.mark.parametrize(("name", "event_name", "event_type"), [
     ("eventbridge-api-call.json", "CreateImage", "AwsApiCall"),
     ("eventbridge-console-sign-in.json", "ConsoleLogin", "AwsConsoleSignIn"),

@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from daemon.deadletter import InvalidReporter
+from daemon.decode import LINE_CHUNK_BYTES, decode_lines
 from daemon.metrics import Metrics
 from daemon.sources.base import SourceBatch
 from daemon.sources.file import FilePosition, FileSource, FileSourceConfig, validate_paths
@@ -312,6 +313,68 @@ async def test_resume_from_checkpoint_positions(invalid: InvalidReporter, tmp_pa
     again = await collect(third)
     assert [b.origin for b in again] == [str(files[1])]
     assert str(files[0]) not in third.checkpoint_positions()["completed"]
+
+
+def big_json_lines(path: Path, tail: bytes = b"") -> tuple[bytes, int]:
+    """A JSON-lines file of several decode pieces (> LINE_CHUNK_BYTES) of real records, with a bad
+    line and a blank run in it; returns its bytes and the number of good records."""
+    records = [orjson.loads(line) for line in LINES]
+    lines: list[bytes] = []
+    for index in range(2600):
+        record = dict(records[index % len(records)], eventID=f"big-{index}")
+        lines.append(orjson.dumps(record) + b"\n")
+        if index == 1234:
+            lines.append(b"not json\n\n\n  \n")
+    data = b"".join(lines) + tail
+    assert len(data) > 2 * LINE_CHUNK_BYTES
+    path.write_bytes(data)
+    return data, 2600
+
+
+async def test_a_big_json_lines_file_is_decoded_in_pieces_exactly_as_whole(
+    invalid: InvalidReporter, metrics: Metrics, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.jsonl"
+    data, good = big_json_lines(path, tail=b"junk at the end\n{\"also\": \"junk\"}\n")
+    whole_records, whole_lines = decode_lines(data, str(path), InvalidReporter(Metrics()))
+    src = source(invalid, [str(path)], batch_size=100)
+    await src.start()
+    stream = src.batches()
+    batches = [await anext(stream)]
+    # handed on before the rest is decoded: the bad line further down is not reported yet
+    assert count(metrics, "invalid_json") == 0
+    batches += [batch async for batch in stream]
+    assert [r for b in batches for r in b.records] == whole_records and len(whole_records) == good
+    assert [n for b in batches for n in b.locations or []] == whole_lines
+    # positions count the file's records; only the very last batch is last, though the final
+    # piece decodes to nothing (its lines are junk)
+    assert [b.position.records_done for b in batches] == [min(100 * (i + 1), good) for i in range(len(batches))]
+    assert [b.position.last for b in batches] == [False] * (len(batches) - 1) + [True]
+    assert (count(metrics, "invalid_json"), count(metrics, "unknown_shape")) == (2, 1)
+
+    # resuming from a partial position in the middle of a piece skips exactly what was covered
+    first = source(invalid, [str(path)], batch_size=100)
+    await first.acknowledge([b.position for b in batches[:17]])
+    second = source(invalid, [str(path)], batch_size=100)
+    second.restore_positions(orjson.loads(orjson.dumps(first.checkpoint_positions())))
+    resumed = await collect(second)
+    assert [r["eventID"] for b in resumed for r in b.records] == [f"big-{i}" for i in range(1700, good)]
+    await second.acknowledge([b.position for b in resumed])
+    assert second.checkpoint_positions() == {"completed": {str(path): resumed[0].position.fingerprint},
+                                             "partial": {}}
+
+
+async def test_a_big_json_lines_file_already_covered_is_complete_without_a_batch(
+    invalid: InvalidReporter, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.jsonl"
+    _, good = big_json_lines(path)
+    first = source(invalid, [str(path)])
+    fingerprint = (await collect(first))[0].position.fingerprint
+    covered = source(invalid, [str(path)])
+    covered.restore_positions({"partial": {str(path): {"fingerprint": fingerprint, "records": good}}})
+    assert await collect(covered) == []
+    assert covered.checkpoint_positions()["completed"] == {str(path): fingerprint}
 
 
 def test_restore_ignores_malformed_entries(invalid: InvalidReporter) -> None:

@@ -241,6 +241,19 @@ async def test_replay_reorders_by_event_time(tmp_path: Path) -> None:
     assert len(sink.alerts) == 3
 
 
+async def test_events_held_at_the_end_of_a_replay_leave_in_slices_with_their_alerts(tmp_path: Path) -> None:
+    # 300 events within the allowed lateness: all are still held when the input ends
+    batches = [[record("Boom", f"2024-01-01T00:00:{second:02d}Z", f"e{second}-{n}") for n in range(5)]
+               for second in range(59, -1, -1)]
+    journal: list[str] = []
+    pipeline, _, sink, _, detector = build(batches, tmp_path, reorder=True, journal=journal, queue_size=64)
+    await run_to_end(pipeline)
+    assert detector.seen == [f"e{second}-{n}" for second in range(60) for n in range(5)]
+    sends = [int(entry.split()[1]) for entry in journal if entry.startswith("send")]
+    assert sum(sends) == 300 and len(sends) >= 3  # handed on slice by slice, not in one block at the end
+    assert len(sink.alerts) == 300
+
+
 async def test_transient_sink_failure_is_retried(tmp_path: Path) -> None:
     journal: list[str] = []
     sink = RecordingSink(journal, fail_times=2)

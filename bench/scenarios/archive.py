@@ -46,10 +46,14 @@ def raw_baseline(directory: Path) -> float:
     return count / (time.perf_counter() - started)
 
 
-def replay(directory: Path, extra: dict[str, Any]) -> float:
-    """Events/s of ``trailguard replay`` (processing time from its summary); records start-up in ``extra``."""
+def replay(directory: Path, extra: dict[str, Any], config: Path | None = None) -> float:
+    """Events/s of ``trailguard replay`` (processing time from its summary); records start-up in ``extra``.
+
+    ``config``: a configuration file for the replay (default: the built-in defaults).
+    """
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "daemon.cli", "replay", "--quiet", str(directory)],
+    options = ["--config", str(config)] if config is not None else []
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "replay", "--quiet", *options, str(directory)],
                             cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     wall = time.perf_counter() - started
     if result.returncode != 0:

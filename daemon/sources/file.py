@@ -3,8 +3,13 @@
 This is how trailguard replays a downloaded trail (the S3 ``AWSLogs/<account>/CloudTrail/...``
 layout), investigates an incident from an export, follows a directory that a sync tool keeps
 filling, or reads a live ``tail -f ... | trailguard run``.  Files are processed in sorted path
-order (CloudTrail's S3 names sort by delivery time); reading and decoding run in a worker thread
-so the event loop stays responsive; shapes are detected by :mod:`daemon.decode`.
+order (CloudTrail's S3 names sort by delivery time); shapes are detected by :mod:`daemon.decode`.
+A small file (most S3 delivery files) is read and decoded inline: a worker thread would cost more
+than the decode, and with the GIL it overlaps nothing.  A bigger file is read in a worker thread;
+if it is JSON lines it is then decoded a piece (:data:`~daemon.decode.LINE_CHUNK_BYTES`) at a time
+on the loop, each piece's batches handed on before the next is decoded (processing starts at once,
+memory holds a piece, not the whole file decoded, and the loop runs between pieces); any other big
+file is decoded whole in the worker thread.
 
 Resume is at-least-once: each batch carries a :class:`FilePosition`; acknowledged positions
 become the checkpoint (files completed, records done in a partly processed file), and a restored
@@ -31,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.config import Duration
 from daemon.deadletter import InvalidReporter
-from daemon.decode import GZIP_MAGIC, decode_bytes, decode_lines
+from daemon.decode import GZIP_MAGIC, decode_bytes, decode_line_chunk, decode_lines, is_json_lines, line_chunks
 from daemon.sources.base import Source, SourceBatch
 from detectors.event import MAX_RECORD_BYTES
 
@@ -44,6 +49,8 @@ DEFAULT_INCLUDE: Final = ("*.json", "*.json.gz", "*.jsonl", "*.jsonl.gz", "*.ndj
 
 _GLOB_CHARS: Final = frozenset("*?[")
 _READ_CHUNK: Final = 1 << 16
+#: Files up to this size are read and decoded on the loop (a thread hand-off costs more).
+_INLINE_BYTES: Final = 256 << 10
 _T = TypeVar("_T")
 
 
@@ -244,16 +251,26 @@ class FileSource(Source):
             ))
         return out
 
+    def _acknowledged_records(self, item: _Found) -> int:
+        """Records of ``item`` a checkpoint already covers (its partial position, if unchanged)."""
+        partial = self._partial.get(item.path)
+        return partial[1] if partial is not None and partial[0] == item.fingerprint else 0
+
     async def _file_batches(self, item: _Found) -> AsyncIterator[SourceBatch]:
-        decoded = await asyncio.to_thread(self._load, item)
+        if item.size <= _INLINE_BYTES:
+            decoded = self._load(item)
+        else:
+            data = await asyncio.to_thread(self._read, item)
+            if data is not None and is_json_lines(data):
+                async for batch in self._line_batches(item, data):
+                    yield batch
+                return
+            decoded = None if data is None else await asyncio.to_thread(self._decode, item, data)
         self._emitted[item.path] = item.fingerprint
         if decoded is None:
             return
         records, lines = decoded
-        skip = 0
-        partial = self._partial.get(item.path)
-        if partial is not None and partial[0] == item.fingerprint:
-            skip = partial[1]
+        skip = self._acknowledged_records(item)
         if skip >= len(records):
             # Nothing (left) to process: nothing to acknowledge either, so it is complete now.
             self._completed[item.path] = item.fingerprint
@@ -268,7 +285,45 @@ class FileSource(Source):
                 return
             yield batch
 
-    # -- files (run in a worker thread) ----------------------------------------------------------
+    async def _line_batches(self, item: _Found, data: bytes) -> AsyncIterator[SourceBatch]:
+        """A big JSON-lines file, decoded a piece at a time, cut into the same batches (records,
+        line numbers, positions) as decoding it whole; the last one is marked ``last``.
+
+        Records wait in ``records`` until a full batch *and one more* exist, so the file's final
+        batch is known to be its last even when the final piece decodes to nothing (bad lines).
+        """
+        self._emitted[item.path] = item.fingerprint
+        skip = self._acknowledged_records(item)
+        size = self.config.batch_size
+        records: list[Any] = []
+        lines: list[int] = []
+        first = skip  # the file's index of records[0]
+        decoded = 0  # records of the file decoded so far
+        for begin, end, first_line in line_chunks(data):
+            if self._stopping:
+                return
+            piece, numbers = decode_line_chunk(data[begin:end], item.path, self.invalid, first_line=first_line,
+                                               max_record_bytes=self.config.max_record_bytes)
+            keep = max(skip - decoded, 0)
+            decoded += len(piece)
+            records += piece[keep:] if keep else piece
+            lines += numbers[keep:] if keep else numbers
+            while len(records) > size:
+                yield self._file_batch(item, records[:size], lines[:size], first, last=False)
+                del records[:size], lines[:size]
+                first += size
+            await asyncio.sleep(0)  # the loop runs between pieces (operator endpoint, delivery)
+        if not records:  # nothing (left) to process: nothing to acknowledge either, so it is complete now
+            self._completed[item.path] = item.fingerprint
+            self._partial.pop(item.path, None)
+            return
+        yield self._file_batch(item, records, lines, first, last=True)
+
+    def _file_batch(self, item: _Found, records: list[Any], lines: list[int], first: int, *, last: bool) -> SourceBatch:
+        return SourceBatch(source=self.name, records=records, origin=item.path, locations=lines, first_index=first,
+                           position=FilePosition(item.path, item.fingerprint, first + len(records), last))
+
+    # -- files (big ones in a worker thread) -----------------------------------------------------
     def _included(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.include)
 
@@ -309,12 +364,17 @@ class FileSource(Source):
             found[path] = _Found(path, _fingerprint(info), info.st_size, info.st_mtime)
 
     def _load(self, item: _Found) -> tuple[list[Any], list[int] | None] | None:
-        """Read and decode one file; ``None`` when it could not be read or is too large."""
+        """Read and decode one file; ``None`` when it could not be read."""
+        data = self._read(item)
+        return None if data is None else self._decode(item, data)
+
+    def _read(self, item: _Found) -> bytes | None:
+        """The bytes of one file; ``b""`` when it is too large, ``None`` when it could not be read."""
         limit = self.config.max_file_bytes
         if item.size > limit:
             self.invalid.report("too_large", origin=item.path, location=None,
                                 detail=f"file of {item.size} bytes exceeds max_file_bytes {limit}")
-            return [], None
+            return b""
         try:
             with open(item.path, "rb") as handle:
                 data = handle.read(limit + 1)
@@ -325,9 +385,12 @@ class FileSource(Source):
         if len(data) > limit:
             self.invalid.report("too_large", origin=item.path, location=None,
                                 detail=f"file grew past max_file_bytes {limit}")
-            return [], None
+            return b""
+        return data
+
+    def _decode(self, item: _Found, data: bytes) -> tuple[list[Any], list[int] | None]:
         return decode_bytes(data, item.path, self.invalid,
-                            max_record_bytes=self.config.max_record_bytes, max_bytes=limit)
+                            max_record_bytes=self.config.max_record_bytes, max_bytes=self.config.max_file_bytes)
 
     # -- standard input --------------------------------------------------------------------------
     async def _stdin_chunks(self) -> AsyncIterator[bytes]:
