@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sigma.rule import SigmaDetection, SigmaDetectionItem
 
 from detectors.sigma.creators import CreatorRecord
+from detectors.sigma.external_accounts import REQUEST_FIELDS, request_resolver
 from detectors.sigma.policy import PolicyVerdict, evaluate_policy
 from detectors.sigma.values import MISSING, Resolver, Unsupported
 
@@ -193,8 +194,11 @@ def derived_resolver(field: str) -> Resolver:
         return resolve_policy
     if len(parts) == 3 and parts[1] == "resource" and parts[2] in RESOURCE_FIELDS:
         return _resource_resolver(parts[2])
+    if len(parts) == 3 and parts[1] == "request" and parts[2] in REQUEST_FIELDS:
+        return request_resolver(parts[2])
     known = [f"trailguard.policy.{name}" for name in POLICY_FIELDS] + [
-        f"trailguard.resource.{name}" for name in RESOURCE_FIELDS]
+        f"trailguard.resource.{name}" for name in RESOURCE_FIELDS] + [
+        f"trailguard.request.{name}" for name in REQUEST_FIELDS]
     raise Unsupported(f"unknown derived field '{field}'; known: {', '.join(known)} (see docs/rule-types.md)")
 
 
