@@ -15,11 +15,12 @@ import pytest
 
 from bench.yardstick import (
     COVERED,
-    EXCLUDED_FROM_ALL,
     FLOOR_SILENT,
     NOT_COVERED,
     TARGET_FLAGGED,
+    TARGET_SILENT,
     doc_text,
+    excluded_from_all,
     format_markdown,
     run_yardstick,
 )
@@ -44,7 +45,7 @@ PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
 BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destruction", "credential_access",
               "execution", "organizations", "sign_in", "root_usage", "resource_hijacking", "exfiltration", "discovery",
-              "correlations"}
+              "network", "correlations"}
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
@@ -318,7 +319,8 @@ def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> Non
     """The same eight alerts (and severities) the three built-in detectors raised on this account,
     now from pack rules, plus one alert for the Stratus discovery run sweeping fifteen instances' user
     data (it was fifteen per-call alerts, terraform's four refresh reads included, before the
-    per-call read rules became bulk correlations)."""
+    per-call read rules became bulk correlations), and the low change record of the bucket policy
+    Stratus' Terraform warm-up sets (public_exposure/s3_bucket_access_policy_changed)."""
     raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
     found = alerts_of(raws)
     user_data = {a for a in found if a[0] == "correlations/ec2_user_data_mass_read"}
@@ -332,6 +334,7 @@ def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> Non
         ("logging_tampering/cloudtrail_logging_stopped", "critical", "c0057a42-1625-4b1d-9db5-352f931f790a"),
         ("logging_tampering/cloudtrail_logging_stopped", "critical", "fcec2e46-3cc3-4ac2-8144-3674f06990e4"),
         ("sign_in/console_login_without_mfa", "high", "70e5932e-9022-4b38-837e-ca10dad94eb7"),
+        ("public_exposure/s3_bucket_access_policy_changed", "low", "988f1043-3e3d-4d84-803b-1b4d00e0df90"),
     }
 
 
@@ -366,19 +369,24 @@ def test_panther_yardstick_meets_its_targets_and_explains_every_miss() -> None:
 
 def test_panther_yardstick_over_all_non_stateful_rules_gives_every_uncovered_rule_a_reason() -> None:
     """Issue 12 counts every Panther rule except stateful / threat-intelligence ones: the pack flags
-    64 % of those positives (36 % before) and keeps 94 % of those negatives silent (92 % before); each
-    Panther rule it leaves uncovered has its one-line reason (NOT_COVERED, listed in docs/rule-pack.md)."""
+    69 % of those positives (36 % at the issue, 64 % before the coverage rules) and keeps 94.7 % of those
+    negatives silent, 100 % with the explained label disagreements (every noisy negative, of a covered or
+    an uncovered rule, is explained); each Panther rule it leaves uncovered has its one-line reason
+    (NOT_COVERED, listed in docs/rule-pack.md)."""
     report = run_yardstick()
     every = report.everything
     assert every.positives > report.total.positives and every.negatives > report.total.negatives
-    assert every.flagged_share >= 0.60, every.to_dict()
-    assert every.silent_share >= 0.93, every.to_dict()
-    counted_uncovered = {rule for rule, (reason, _) in report.not_covered.items() if reason not in EXCLUDED_FROM_ALL}
+    assert every.flagged_share >= 0.69, every.to_dict()
+    assert every.silent_share >= 0.94, every.to_dict()
+    assert report.uncovered_noise, "the uncovered rules' noisy negatives are listed as misses"
+    assert [(m.rule_id, m.test_name) for m in report.uncovered_noise if m in report.unexplained] == []
+    assert report.everything_silent_explained >= TARGET_SILENT, report.to_dict()["all_non_stateful_rules"]
+    counted_uncovered = {rule for rule, (reason, _) in report.not_covered.items() if not excluded_from_all(reason)}
     assert counted_uncovered and all(NOT_COVERED[rule].strip() and "\n" not in NOT_COVERED[rule]
                                      for rule in counted_uncovered)
     assert doc_text() == format_markdown(report), "run: .venv/bin/python bench/yardstick.py --write"
     owners = {owner for coverage in COVERED.values() for owner in coverage.owners}
-    known = {stem(rule.path) for rule in pack().rules} | {"cloudtrail_tampering"}
+    known = {stem(rule.path) for rule in pack().rules} | {"cloudtrail_tampering", "new_region"}
     assert owners <= known, owners - known
 
 
