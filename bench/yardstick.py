@@ -210,8 +210,8 @@ NOT_COVERED: Final[dict[str, str]] = {
         "organisation-specific: needs the customer's list of roles nobody should assume (a sigma exception "
         "list inverted); no useful default"),
     "AWS.CloudTrail.IAMEntityCreatedWithoutCloudFormation": (
-        "organisation-specific: only meaningful where IAM is managed solely by named IaC roles; with no "
-        "such list every console or CLI CreateUser would alert"),
+        "organisation-specific: only meaningful where IAM is managed solely by CloudFormation or named IaC roles; "
+        "optional rule rules-optional/organisation_policies/iam_identity_created_outside_cloudformation"),
     "AWS.CloudTrail.IMDSCredentialExfiltration": _STATEFUL,
     "AWS.CloudTrail.Password.Policy.Discovery": (
         "GetAccountPasswordPolicy is read by every CSPM scanner and console page; alone it is not an "
@@ -233,8 +233,8 @@ NOT_COVERED: Final[dict[str, str]] = {
         "change inventory: a Config delivery channel created; the pack alerts on recording stopped or "
         "deleted (config_recording_stopped)"),
     "AWS.Console.LoginWithoutSAML": (
-        "organisation-specific: only an alert where every console user must come through SAML/SSO; "
-        "IAM-user console logins are otherwise routine (login without MFA is alerted)"),
+        "organisation-specific: only an alert where every console user must come through SAML/SSO; optional "
+        "rule rules-optional/organisation_policies/console_login_without_identity_center"),
     "AWS.Console.Sign-In": "change inventory: every successful sign-in (Authenticate) of a user",
     "AWS.EC2.DownloadInstanceUserData": _PER_CALL,
     "AWS.EC2.LaunchUnusualEC2Instances": (

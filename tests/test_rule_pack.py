@@ -434,11 +434,63 @@ def test_mass_deletion_counts_objects_not_calls() -> None:
     assert run_timeline(pack_detector(), plan.rule_id, objects).alerts > 0
 
 
+# -- the optional organisation-policy rules ---------------------------------------------------------
+ORG_POLICIES = PACK.parent / "rules-optional" / "organisation_policies"
+
+
+def readme_sigma_settings() -> dict:
+    """The ``detectors.sigma`` block the optional README tells users to write (paths made absolute)."""
+    import yaml
+
+    block = (ORG_POLICIES / "README.md").read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    settings = yaml.safe_load(block)["detectors"]["sigma"]
+    return {**settings, "paths": [str(PACK), str(ORG_POLICIES)]}
+
+
+def test_the_optional_organisation_policy_rules_pass_their_sidecars_and_stay_out_of_the_default_pack() -> None:
+    detector = SigmaDetector(SigmaConfig(paths=[str(ORG_POLICIES)]))
+    assert detector.load_errors == [], [str(e) for e in detector.load_errors]
+    results = run_rule_tests(detector.rules)
+    assert {Path(r.rule.path).stem for r in results} == {
+        "iam_identity_created_outside_cloudformation", "console_login_without_identity_center"}
+    assert [r.rule.path for r in results if not r.passed] == []
+    assert all(not str(path).startswith(str(ORG_POLICIES)) for path in DEFAULT_RULE_PATHS)
+
+
+def test_the_optional_readme_configuration_loads_and_its_exceptions_are_the_knob() -> None:
+    """The README's YAML, as written: both directories load, a person creating a user alerts, the listed
+    IaC role and the break-glass user do not."""
+    detector = SigmaDetector(SigmaConfig.model_validate(readme_sigma_settings()))
+    assert detector.load_errors == [], [str(e) for e in detector.load_errors]
+    created = sidecar_case_in(ORG_POLICIES / "iam_identity_created_outside_cloudformation.tests.json",
+                              "Panther: CreateUser in the console by another role").event
+    titles = {alert.title for alert in detector.on_event(Event(created, "test")) or ()}
+    assert "IAM User, Role Or Group Created Outside CloudFormation" in titles
+    by_pipeline = orjson.loads(orjson.dumps(created))
+    by_pipeline["eventID"] = "by-pipeline"
+    by_pipeline["userIdentity"]["sessionContext"]["sessionIssuer"]["arn"] = (
+        "arn:aws:iam::123456789012:role/terraform-deployer")
+    titles = {alert.title for alert in detector.on_event(Event(by_pipeline, "test")) or ()}
+    assert "IAM User, Role Or Group Created Outside CloudFormation" not in titles
+    login = sidecar_case_in(ORG_POLICIES / "console_login_without_identity_center.tests.json",
+                            "Panther: IAM user console sign-in with a password").event
+    rule = "Console Sign-In By An IAM User Where Only Federated Sign-In Is Expected"
+    assert rule in {alert.title for alert in detector.on_event(Event(login, "test")) or ()}
+    break_glass = orjson.loads(orjson.dumps(login))
+    break_glass["eventID"], break_glass["userIdentity"]["userName"] = "break-glass", "break-glass-admin"
+    assert rule not in {alert.title for alert in detector.on_event(Event(break_glass, "test")) or ()}
+
+
+def sidecar_case_in(path: Path, name: str) -> RuleTestCase:
+    cases = load_tests(path).popitem()[1]
+    return next(c for c in cases if isinstance(c, RuleTestCase) and c.name == name)
+
+
 # -- pack hygiene: runbooks, SigmaHQ attribution, pySigma's validators ------------------------------
 def rule_documents() -> list[tuple[Path, dict]]:
     import yaml
 
-    files = sorted(p for root in (PACK, OPTIONAL) for p in root.rglob("*.yml"))
+    files = sorted(p for root in (PACK, OPTIONAL, ORG_POLICIES) for p in root.rglob("*.yml"))
     return [(path, yaml.safe_load(path.read_text())) for path in files]
 
 
@@ -493,7 +545,7 @@ def test_strict_validation_runs_pysigmas_validators(tmp_path: Path) -> None:
 def test_every_rule_has_two_positives_and_a_near_miss_negative() -> None:
     """Pack hygiene (issue 12): at least two positive cases (events, or timelines for correlations)
     and at least one negative, for every rule of the pack and of the optional directory."""
-    sidecars = sorted(p for root in (PACK, OPTIONAL) for p in root.rglob("*.tests.json"))
+    sidecars = sorted(p for root in (PACK, OPTIONAL, ORG_POLICIES) for p in root.rglob("*.tests.json"))
     assert len(sidecars) == len(rule_documents())
     for path in sidecars:
         cases = next(iter(load_tests(path).values()))
