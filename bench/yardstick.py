@@ -177,6 +177,7 @@ COVERED: Final[dict[str, Coverage]] = {
     "AWS.S3.CopyObject.CrossAccount.Encryption.KMS": _c(DES, f"{DES}/s3_object_encrypted_with_external_kms_key"),
     "Retrieve.SSO.access.token": _c(SIGN, f"{SIGN}/sso_device_code_token_outside_cli"),
     "AWS.UnusedRegion": _c(REGION, "new_region"),
+    "Standard.NewAWSAccountCreated": _c(ORG, f"{ORG}/member_account_created"),
 }
 
 #: Panther rules judged with a detector configured as an organisation would (detector → settings);
@@ -294,7 +295,6 @@ NOT_COVERED: Final[dict[str, str]] = {
     "Standard.BruteForceByUser": _STATEFUL,
     "Standard.GreyNoiseV3.MaliciousIP": _INTEL,
     "Standard.ImpossibleTravel.Login": _STATEFUL,
-    "Standard.NewAWSAccountCreated": "change inventory: a new member account created in the organization",
     "Standard.NewUserAccountCreated": _STATEFUL,
     "Standard.OTX.MaliciousIndicator": _INTEL,
     "Standard.SignInFromRogueState": _INTEL,

@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 
 from detectors.sigma.derived import derived_resolver
-from detectors.sigma.external_accounts import external_bucket_accounts, external_kms_key_accounts
+from detectors.sigma.external_accounts import (
+    external_bucket_accounts,
+    external_kms_key_accounts,
+    external_peer_accounts,
+)
 from detectors.sigma.values import MISSING, Unsupported
 
 OWN = "111122223333"
@@ -83,3 +87,17 @@ def test_the_fields_are_reachable_from_rules_and_a_typo_is_refused() -> None:
     assert derived_resolver("trailguard.request.external_bucket_accounts")(raw) == [OTHER]
     with pytest.raises(Unsupported, match=re.escape("trailguard.request.external_kms_key_accounts")):
         derived_resolver("trailguard.request.external_bucket_account")
+
+
+def test_a_peering_with_another_account_names_it_and_one_inside_the_account_does_not() -> None:
+    request = {"eventName": "CreateVpcPeeringConnection", "recipientAccountId": OWN,
+               "requestParameters": {"vpcId": "vpc-1", "peerVpcId": "vpc-2", "peerOwnerId": OTHER}}
+    assert external_peer_accounts(request) == [OTHER]
+    request["requestParameters"]["peerOwnerId"] = OWN
+    assert external_peer_accounts(request) is MISSING
+    accept = {"eventName": "AcceptVpcPeeringConnection", "recipientAccountId": OWN,
+              "responseElements": {"vpcPeeringConnection": {"requesterVpcInfo": {"ownerId": OTHER},
+                                                            "accepterVpcInfo": {"ownerId": OWN}}}}
+    assert external_peer_accounts(accept) == [OTHER]
+    assert external_peer_accounts({**accept, "responseElements": None}) is MISSING
+    assert external_peer_accounts({"eventName": "DeleteVpcPeeringConnection"}) is MISSING

@@ -1,4 +1,4 @@
-"""Derived ``trailguard.request.*`` fields: the other AWS accounts a write request sends data to.
+"""Derived ``trailguard.request.*`` fields: the other AWS accounts a request sends data, a key or a route to.
 
 Why it exists: "an object copied into a bucket another account owns" and "an object re-encrypted with
 another account's KMS key" are facts about two values of one record - the destination's owner (in
@@ -16,6 +16,9 @@ compare two fields, so these facts are computed here and tested like fields (wir
 * ``trailguard.request.external_kms_key_accounts``: the accounts, other than the event's, of the KMS
   key ARNs the request names for server-side encryption (``x-amz-server-side-encryption-aws-kms-key-id``,
   ``SSEKMSKeyId``, ``kmsKeyId``).  A key id or alias without an ARN is the caller's own account.
+* ``trailguard.request.external_peer_accounts``: the owner of the other VPC of a peering, other than
+  the event's account - ``requestParameters.peerOwnerId`` of ``CreateVpcPeeringConnection``, the
+  requester's ``ownerId`` in the response of ``AcceptVpcPeeringConnection``.
 
 Both are absent (``MISSING``) when the event names no foreign account, so ``field|exists: true`` or
 ``field: '?*'`` read as "some other account".
@@ -102,10 +105,26 @@ def external_kms_key_accounts(raw: dict[str, Any]) -> Any:
     return sorted(foreign) or MISSING
 
 
+def external_peer_accounts(raw: dict[str, Any]) -> Any:
+    """The other account of a VPC peering requested or accepted, when it is not the event's."""
+    name = raw.get("eventName")
+    if name == "CreateVpcPeeringConnection":
+        peer = _first(_params(raw).get("peerOwnerId"))
+    elif name == "AcceptVpcPeeringConnection":
+        response = raw.get("responseElements")
+        connection = response.get("vpcPeeringConnection") if isinstance(response, dict) else None
+        requester = connection.get("requesterVpcInfo") if isinstance(connection, dict) else None
+        peer = _first(requester.get("ownerId")) if isinstance(requester, dict) else ""
+    else:
+        return MISSING
+    return [peer] if peer and peer != _own_account(raw) else MISSING
+
+
 #: ``trailguard.request.<name>`` → how to compute it from the raw record.
 REQUEST_FIELDS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "external_bucket_accounts": external_bucket_accounts,
     "external_kms_key_accounts": external_kms_key_accounts,
+    "external_peer_accounts": external_peer_accounts,
 }
 
 
