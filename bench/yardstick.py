@@ -198,6 +198,10 @@ _PER_CALL = ("one read is not an incident: the pack alerts on bulk reads by one 
 
 #: Panther rule id → why the pack does not cover it (not counted).
 NOT_COVERED: Final[dict[str, str]] = {
+    "AWS.CloudTrail.IMDSCredentialExfiltration": (
+        f"{_STATEFUL} - answered by the credential_exfiltration detector (compute credentials used outside AWS's "
+        "ranges): on these samples 1 of 2 positives (not the attacker on an AWS address), 2 of 8 negatives noisy "
+        "(instance sessions from a non-AWS address that Panther trusts for invokedBy/ssmmessages)"),
     "AWS.CloudTrail.Account.Discovery": (
         "DescribeAccount / GetContactInformation / GetAlternateContact one at a time are console page "
         "views; a burst of discovery calls is left to the stateful burst rules"),
@@ -213,7 +217,6 @@ NOT_COVERED: Final[dict[str, str]] = {
     "AWS.CloudTrail.IAMEntityCreatedWithoutCloudFormation": (
         "organisation-specific: only meaningful where IAM is managed solely by CloudFormation or named IaC roles; "
         "optional rule rules-optional/organisation_policies/iam_identity_created_outside_cloudformation"),
-    "AWS.CloudTrail.IMDSCredentialExfiltration": _STATEFUL,
     "AWS.CloudTrail.Password.Policy.Discovery": (
         "GetAccountPasswordPolicy is read by every CSPM scanner and console page; alone it is not an "
         "incident (the samples carry no eventName)"),
