@@ -420,6 +420,22 @@ def test_an_evasion_found_in_review_now_alerts_while_its_near_miss_stays_silent(
     assert rule in rules_alerting(caught.event)
 
 
+def test_a_port_range_open_to_anywhere_is_caught_once_and_single_ports_stay_with_the_admin_port_rule() -> None:
+    """The admin-port rule judges an ingress rule by its first port, so tcp 0-65535 from 0.0.0.0/0 (SSH,
+    RDP and everything else) raised nothing; the network rule now reports ranges spanning 22 or 3389.
+    Port 22 alone and "all traffic" stay the admin-port rule's alone (one alert each), 443 stays silent."""
+    rule = "network/security_group_port_range_open_to_world"
+    admin = "public_exposure/security_group_admin_port_open_to_world"
+    every_port = sidecar_case(rule, "Stratus-style ingress of tcp 0-65535 from 0.0.0.0/0 (top-level form)")
+    assert every_port.expected
+    assert rules_alerting(every_port.event) == {rule}
+    for name in ("Invictus: Stratus port 22 from 0.0.0.0/0 (the admin-port rule's, not this one's)",
+                 "Terraform ingress of all traffic from 0.0.0.0/0 (the admin-port rule's, not this one's)"):
+        case = sidecar_case(rule, name)
+        assert not case.expected and rules_alerting(case.event) == {admin}, name
+    assert rules_alerting(sidecar_case(rule, "Invictus: Terraform ingress of 443 from 0.0.0.0/0").event) == set()
+
+
 def test_mass_deletion_counts_objects_not_calls() -> None:
     """The review's evasion: the correlation counted calls, so one key deleted 100 times alerted and
     51 distinct objects did not; now 51 distinct keys alert and 60 deletions of one key do not."""
