@@ -39,6 +39,7 @@ from detectors.event import Event
 from detectors.sigma import CORRELATION_NOTICE, RuleSet, load_rules
 from detectors.sigma.correlation_plan import Plan
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
+from detectors.sigma.new_terms import NewTermsRule
 
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
@@ -60,6 +61,9 @@ SHIPPED_CORRELATIONS = {
     "ec2_user_data_mass_read": ("value_count", True),
     "ec2_password_data_mass_requested": ("value_count", True),
 }
+#: The ``new_terms`` (first-seen) correlations the pack ships (file stems; s12a, issue 12 precision).
+SHIPPED_NEW_TERMS = {"secret_first_read", "ssm_parameter_first_decrypted", "ec2_user_data_first_read",
+                     "ec2_password_data_first_requested", "bedrock_model_first_invoked"}
 
 
 @cache
@@ -85,16 +89,23 @@ def plans() -> tuple[Plan, ...]:
     return pack_detector().correlations.plans
 
 
+def new_terms_plans() -> tuple[NewTermsRule, ...]:
+    return pack_detector().new_terms.plans
+
+
 def test_every_rule_loads_with_no_issue_and_only_correlations_are_set_aside() -> None:
     rules = pack()
     assert len(rules) >= 70
     assert {issue.reason for issue in rules.skipped} == {CORRELATION_NOTICE}
-    assert len(rules.skipped) == len(rules.correlation_rules) == len(plans())
+    assert len(rules.skipped) == len(rules.correlation_rules) + len(new_terms_plans())
+    assert len(rules.correlation_rules) == len(plans())
     files = sorted(p for p in PACK.rglob("*") if p.suffix in (".yml", ".yaml"))
-    loaded = {Path(r.path).resolve() for r in rules.rules} | {Path(p.path).resolve() for p in plans()}
+    loaded = {Path(r.path).resolve() for r in rules.rules} | {
+        Path(p.path).resolve() for p in (*plans(), *new_terms_plans())}
     assert loaded == {p.resolve() for p in files}
     assert {p.resolve() for p in files} - {Path(r.path).resolve() for r in rules.rules} == {
-        (CORRELATIONS / f"{name}.yml").resolve() for name in SHIPPED_CORRELATIONS}
+        (CORRELATIONS / f"{name}.yml").resolve() for name in (*SHIPPED_CORRELATIONS, *SHIPPED_NEW_TERMS)}
+    assert {Path(p.path).stem for p in new_terms_plans()} == SHIPPED_NEW_TERMS
 
 
 def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
@@ -116,6 +127,7 @@ def test_only_the_dedicated_base_rules_are_silenced() -> None:
     """Correlations reference their own ``generate: false`` base rules; no other pack rule loses its alerts."""
     silent = {stem(rule.path) for rule in pack().rules if not rule.generate}
     inputs = {i.rule_id for plan in plans() for i in plan.inputs if not i.chained}
+    inputs |= {ref for plan in new_terms_plans() for ref in plan.rules}
     assert silent == {stem(rule.path) for rule in pack().rules if rule.rule_id in inputs}
     assert silent and all(name.startswith("correlations/") for name in silent)
 
@@ -139,7 +151,7 @@ def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -
 
 def test_every_correlation_has_timelines_and_they_pass_through_a_real_detector() -> None:
     results = run_correlation_tests(pack_detector())
-    assert len(results) == len(plans()) == len(SHIPPED_CORRELATIONS)
+    assert len(results) == len(plans()) + len(new_terms_plans()) == len(SHIPPED_CORRELATIONS) + len(SHIPPED_NEW_TERMS)
     failures = {stem(r.rule.path): [r.problem, *(c.explain() for c in r.cases if not c.passed)]
                 for r in results if not r.passed}
     assert failures == {}
