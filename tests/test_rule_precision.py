@@ -219,3 +219,107 @@ def test_invictus_replay_has_a_handful_of_false_positives_and_every_detonation()
         "Data Destruction Burst By One Principal", "Security Log Group Or Stream Deleted",
         "CloudTrail Logging Stopped Or Trail Deleted"}
     assert (report.alerts, report.incidents) == (41, 29)
+
+
+# -- rules that judge a policy document: the review's evasions, negative then positive -------------
+TRUST_ANYONE = "9921bf5f-cd2f-562d-881f-8ce27fd12b7e"
+TRUST_EXTERNAL = "e3336547-6515-5ea4-bd56-5a0363af275f"
+RESOURCE_PUBLIC = "e382a8db-eeb4-58ba-8ae9-fea124bf34a5"
+BUCKET_EXTERNAL = "8fa41695-6267-59ec-8890-a8e5e69b1138"
+INLINE_ADMIN = "c5f6930a-d5aa-5186-86c8-0610981233cc"
+LAMBDA_PUBLIC = "cd058e6e-fb93-59c9-9b86-c63ccb7af7d9"
+FOREIGN = "999988887777"
+ADMIN = role("platform-admin")
+
+
+def rules_fired(*events: Event) -> set[str]:
+    return {alert.rule_id for alert in feed(engine()[0], list(events)) if alert.rule_id}
+
+
+def statement(principal: Any = None, effect: str = "Allow", action: Any = "sts:AssumeRole", **extra: Any) -> dict:
+    found = {"Effect": effect, "Action": action, **extra}
+    if principal is not None:
+        found["Principal"] = principal
+    return found
+
+
+def trust(*statements: dict, create: bool = False) -> Event:
+    document = orjson.dumps({"Version": "2012-10-17", "Statement": list(statements)}).decode()
+    if create:
+        return record(0, "iam.amazonaws.com", "CreateRole", ADMIN,
+                      {"roleName": "ops", "assumeRolePolicyDocument": document})
+    return record(0, "iam.amazonaws.com", "UpdateAssumeRolePolicy", ADMIN,
+                  {"roleName": "ops", "policyDocument": document})
+
+
+def bucket_policy(*statements: dict) -> Event:
+    return record(0, "s3.amazonaws.com", "PutBucketPolicy", ADMIN,
+                  {"bucketName": "data", "bucketPolicy": {"Version": "2012-10-17", "Statement": list(statements)}})
+
+
+def test_own_account_next_to_a_foreign_one_in_a_trust_policy_still_fires() -> None:
+    own = statement({"AWS": f"arn:aws:iam::{ACCOUNT}:root"})
+    assert TRUST_EXTERNAL not in rules_fired(trust(own))
+    assert TRUST_EXTERNAL in rules_fired(trust(statement({"AWS": [f"arn:aws:iam::{ACCOUNT}:root",
+                                                                  f"arn:aws:iam::{FOREIGN}:role/x"]})))
+    assert TRUST_EXTERNAL in rules_fired(trust(own, statement({"AWS": FOREIGN}), create=True))
+
+
+def test_trust_policy_open_to_anyone_in_every_form_of_principal() -> None:
+    restricted = statement("*", Condition={"StringEquals": {"aws:PrincipalOrgID": "o-abc123"}})
+    assert TRUST_ANYONE not in rules_fired(trust(restricted))
+    assert TRUST_ANYONE not in rules_fired(trust(statement({"AWS": f"arn:aws:iam::{ACCOUNT}:root"})))
+    for principal in ("*", {"AWS": "*"}, {"AWS": [f"arn:aws:iam::{ACCOUNT}:root", "*"]}):
+        assert TRUST_ANYONE in rules_fired(trust(statement(principal))), principal
+        assert TRUST_ANYONE in rules_fired(trust(statement(principal), create=True)), principal
+    # NotPrincipal in an Allow grants everyone but the named principal
+    assert TRUST_ANYONE in rules_fired(trust(statement(NotPrincipal={"AWS": f"arn:aws:iam::{ACCOUNT}:root"})))
+    # sts:ExternalId restricts nothing: anyone who learns the id can assume the role
+    external_id = statement("*", Condition={"StringEquals": {"sts:ExternalId": "abc"}})
+    assert TRUST_ANYONE in rules_fired(trust(external_id))
+
+
+def test_a_condition_elsewhere_does_not_silence_the_public_resource_rule() -> None:
+    read = statement("*", action="s3:GetObject", Resource="arn:aws:s3:::data/*")
+    org_only = statement("*", action="s3:GetObject", Resource="arn:aws:s3:::data/*",
+                         Condition={"StringEquals": {"aws:PrincipalOrgID": "o-abc123"}})
+    deny_http = statement("*", effect="Deny", action="s3:*", Resource="arn:aws:s3:::data/*",
+                          Condition={"Bool": {"aws:SecureTransport": "false"}})
+    assert RESOURCE_PUBLIC not in rules_fired(bucket_policy(org_only, deny_http))
+    assert RESOURCE_PUBLIC in rules_fired(bucket_policy(read, deny_http))
+    assert RESOURCE_PUBLIC in rules_fired(bucket_policy(deny_http, read))
+
+
+def test_bucket_policy_granting_another_account_in_any_spelling() -> None:
+    own = statement({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, action="s3:GetObject", Resource="arn:aws:s3:::data/*")
+    assert BUCKET_EXTERNAL not in rules_fired(bucket_policy(own))
+    for principal in ({"AWS": FOREIGN}, {"AWS": [f"arn:aws:iam::{ACCOUNT}:root", f"arn:aws:iam::{FOREIGN}:root"]},
+                      {"AWS": f"arn:aws:iam::{FOREIGN}:user/backup"}):
+        granted = statement(principal, action=["s3:GetObject", "s3:ListBucket"], Resource="arn:aws:s3:::data/*")
+        assert BUCKET_EXTERNAL in rules_fired(bucket_policy(own, granted)), principal
+    # a Deny naming another account grants nothing
+    deny = statement({"AWS": FOREIGN}, effect="Deny", action="s3:*", Resource="arn:aws:s3:::data/*")
+    assert BUCKET_EXTERNAL not in rules_fired(bucket_policy(own, deny))
+
+
+def test_inline_admin_policy_with_not_action_or_reordered_keys() -> None:
+    def put(*statements: dict) -> Event:
+        document = orjson.dumps({"Version": "2012-10-17", "Statement": list(statements)}).decode()
+        return record(0, "iam.amazonaws.com", "PutUserPolicy", ADMIN,
+                      {"userName": "bob", "policyName": "p", "policyDocument": document})
+    assert INLINE_ADMIN not in rules_fired(put(statement(action="s3:GetObject", Resource="*")))
+    assert INLINE_ADMIN not in rules_fired(put(statement(effect="Deny", action="*", Resource="*")))
+    assert INLINE_ADMIN in rules_fired(put({"Resource": "*", "Action": ["*"], "Effect": "Allow"}))
+    assert INLINE_ADMIN in rules_fired(put({"Effect": "Allow", "NotAction": "s3:DeleteBucket", "Resource": "*"}))
+    assert INLINE_ADMIN in rules_fired(put(statement(action="iam:*", Resource="*")))
+    assert INLINE_ADMIN not in rules_fired(put(statement(action="iam:GetUser", Resource="*")))
+
+
+def test_lambda_permission_for_anyone_unless_restricted_to_a_source() -> None:
+    def add(**params: Any) -> Event:
+        return record(0, "lambda.amazonaws.com", "AddPermission20150331v2", ADMIN,
+                      {"functionName": "f", "statementId": "s", "action": "lambda:InvokeFunction", **params})
+    assert LAMBDA_PUBLIC not in rules_fired(add(principal="*", sourceArn="arn:aws:s3:::uploads",
+                                                sourceAccount=ACCOUNT))
+    assert LAMBDA_PUBLIC not in rules_fired(add(principal="s3.amazonaws.com", sourceArn="arn:aws:s3:::uploads"))
+    assert LAMBDA_PUBLIC in rules_fired(add(principal="*"))
