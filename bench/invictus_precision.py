@@ -13,7 +13,7 @@ ordinary administration.  That gives a label without hand-labelling:
 The replay is the real command (``trailguard replay --format json``: default config, the whole
 default detector set, incidents on), run as a subprocess so nothing differs from what an operator
 runs.  Printed: alerts, incidents, notifications, false-positive incidents (each with its rule and
-principal) and sessions surfaced.  ``tests/test_invictus_precision.py`` asserts the numbers on the
+principal) and sessions surfaced.  ``tests/test_rule_precision.py`` asserts the numbers on the
 copy in ``tests/data/precision``.
 
 Run: ``.venv/bin/python bench/invictus_precision.py [PATH ...] [--json out.json]`` (default path:
