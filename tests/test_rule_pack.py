@@ -49,21 +49,22 @@ BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destru
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
-    "new_iam_user_made_admin": ("temporal_ordered", True),
-    "secrets_mass_read": ("value_count", True),
-    "s3_mass_object_deletion": ("value_count", True),
-    "s3_bucket_emptied_after_version_listing": ("temporal_ordered", True),
-    "destruction_burst": ("event_count", True),
-    "ses_enumeration": ("value_count", True),
-    "instance_role_discovery_burst": ("value_count", True),
-    "ssm_parameters_mass_decrypted": ("value_count", True),
-    "ssm_parameter_batches_decrypted": ("value_count", True),
-    "ec2_user_data_mass_read": ("value_count", True),
-    "ec2_password_data_mass_requested": ("value_count", True),
+    "iam_user_created_temporal_ordered": ("temporal_ordered", True),
+    "secret_value_read_value_count": ("value_count", True),
+    "s3_object_deleted_value_count": ("value_count", True),
+    "s3_object_versions_listed_temporal_ordered": ("temporal_ordered", True),
+    "destructive_api_call_event_count": ("event_count", True),
+    "ses_enumeration_call_value_count": ("value_count", True),
+    "instance_role_discovery_call_value_count": ("value_count", True),
+    "ssm_parameter_decrypted_value_count": ("value_count", True),
+    "ssm_parameter_batch_decrypted_value_count": ("value_count", True),
+    "ec2_user_data_read_value_count": ("value_count", True),
+    "ec2_password_data_requested_value_count": ("value_count", True),
 }
 #: The ``new_terms`` (first-seen) correlations the pack ships (file stems; s12a, issue 12 precision).
-SHIPPED_NEW_TERMS = {"secret_first_read", "ssm_parameter_first_decrypted", "ec2_user_data_first_read",
-                     "ec2_password_data_first_requested", "bedrock_model_first_invoked"}
+SHIPPED_NEW_TERMS = {"secret_read_by_non_creator_new_terms", "ssm_parameter_decrypted_by_non_creator_new_terms",
+                     "ec2_user_data_read_new_terms", "ec2_password_data_requested_new_terms",
+                     "bedrock_model_invoked_new_terms"}
 
 
 @cache
@@ -117,9 +118,9 @@ def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
         assert str(uuid.UUID(plan.rule_id)) == plan.rule_id and plan.references
         rule = sigma[plan.rule_id]
         assert rule.author.startswith("trailguard") and rule.date is not None and rule.status is not None
-    admin = by_stem["new_iam_user_made_admin"]
+    admin = by_stem["iam_user_created_temporal_ordered"]
     assert admin.timespan == 600 and {i.group_fields for i in admin.inputs} == {("requestParameters.userName",)}
-    secrets = by_stem["secrets_mass_read"]
+    secrets = by_stem["secret_value_read_value_count"]
     assert (secrets.count, secrets.timespan, secrets.inputs[0].value_field) == (20, 300, "requestParameters.secretId")
 
 
@@ -333,7 +334,7 @@ def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> Non
     per-call read rules became bulk correlations)."""
     raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
     found = alerts_of(raws)
-    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_mass_read"}
+    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_read_value_count"}
     assert len(user_data) == 1 and {a[1] for a in user_data} == {"medium"}
     assert found - user_data == {
         ("cloudtrail_tampering", "high", "076e96d5-2983-473f-920a-2fc2d7e02777"),
@@ -427,7 +428,7 @@ def test_an_evasion_found_in_review_now_alerts_while_its_near_miss_stays_silent(
 def test_mass_deletion_counts_objects_not_calls() -> None:
     """The review's evasion: the correlation counted calls, so one key deleted 100 times alerted and
     51 distinct objects did not; now 51 distinct keys alert and 60 deletions of one key do not."""
-    plan = next(p for p in plans() if Path(p.path).stem == "s3_mass_object_deletion")
+    plan = next(p for p in plans() if Path(p.path).stem == "s3_object_deleted_value_count")
     assert (plan.kind, plan.count, plan.inputs[0].value_field) == ("value_count", 50, "requestParameters.key")
     assert set(plan.group_by) == {"userIdentity.arn", "requestParameters.bucketName"}
     timelines = {t.name: t for t in load_tests(sidecar_path(plan.path))[plan.rule_id] if isinstance(t, Timeline)}
