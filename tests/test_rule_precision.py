@@ -161,6 +161,15 @@ def test_known_readers_and_creators_survive_a_restart() -> None:
         f"arn:aws:iam::{ACCOUNT}:role/intern-sandbox"]
 
 
+def test_first_read_state_is_bounded_by_max_keys_and_evictions_are_counted() -> None:
+    evicted: list[int] = []
+    detector = _pack().fork(context=DetectorContext(max_keys=10, on_evict=lambda _d, n: evicted.append(n)))
+    eng = DetectionEngine([detector])
+    eng.process_many([secret_read(i, role("orders-api"), secret=f"app/secret-{i}") for i in range(50)])
+    assert 0 < detector.new_terms.state_keys() <= 10  # one group per secret, at most max_keys of them
+    assert sum(evicted) == 40
+
+
 def test_bedrock_invocation_by_a_principal_never_seen_invoking() -> None:
     def invoke(at: float, who: dict[str, Any]) -> Event:
         return record(at, "bedrock.amazonaws.com", "InvokeModel", who,
