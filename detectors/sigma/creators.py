@@ -72,14 +72,22 @@ WRITE_EVENT_SOURCES: Final = frozenset({
 _SECRET_SUFFIX: Final = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
-def _lookup(table: dict[str, tuple[str, tuple[str, ...]]], name: str) -> tuple[str, tuple[str, ...]] | None:
+_Entry = tuple[str, tuple[str, ...]]
+#: The ``*`` patterns of each table as a tuple of prefixes (startswith takes a tuple: one C call).
+_PREFIXES: Final[dict[int, tuple[tuple[str, ...], tuple[_Entry, ...]]]] = {
+    id(table): (tuple(p[:-1] for p in table if p.endswith("*")), tuple(e for p, e in table.items() if p.endswith("*")))
+    for table in (_WRITES, _READS)}
+
+
+def _lookup(table: dict[str, _Entry], name: str) -> _Entry | None:
+    """The entry for ``name``: exact, else the first ``*`` pattern it starts with (every event asks)."""
     found = table.get(name)
     if found is not None:
         return found
-    for pattern, entry in table.items():
-        if pattern.endswith("*") and name.startswith(pattern[:-1]):
-            return entry
-    return None
+    prefixes, entries = _PREFIXES[id(table)]
+    if not name.startswith(prefixes):
+        return None
+    return next(entry for prefix, entry in zip(prefixes, entries, strict=True) if name.startswith(prefix))
 
 
 def _name(kind: str, value: str) -> str:
