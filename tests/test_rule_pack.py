@@ -40,6 +40,7 @@ from detectors.event import Event
 from detectors.sigma import CORRELATION_NOTICE, RuleSet, load_rules
 from detectors.sigma.correlation_plan import Plan
 from detectors.sigma.detector import SigmaConfig, SigmaDetector
+from detectors.sigma.new_terms import NewTermsRule
 
 PACK = Path(DEFAULT_RULE_PATHS[0])
 BUILTIN = Path(__file__).parent / "data" / "builtin"
@@ -49,18 +50,22 @@ BEHAVIOURS = {"logging_tampering", "iam_persistence", "public_exposure", "destru
 CORRELATIONS = PACK / "correlations"
 #: The correlation rules the pack ships: file stem → (type, alerts by itself).
 SHIPPED_CORRELATIONS = {
-    "new_iam_user_made_admin": ("temporal_ordered", True),
-    "secrets_mass_read": ("value_count", True),
-    "s3_mass_object_deletion": ("value_count", True),
-    "s3_bucket_emptied_after_version_listing": ("temporal_ordered", True),
-    "destruction_burst": ("event_count", True),
-    "ses_enumeration": ("value_count", True),
-    "instance_role_discovery_burst": ("value_count", True),
-    "ssm_parameters_mass_decrypted": ("value_count", True),
-    "ssm_parameter_batches_decrypted": ("value_count", True),
-    "ec2_user_data_mass_read": ("value_count", True),
-    "ec2_password_data_mass_requested": ("value_count", True),
+    "iam_user_created_temporal_ordered": ("temporal_ordered", True),
+    "secret_value_read_value_count": ("value_count", True),
+    "s3_object_deleted_value_count": ("value_count", True),
+    "s3_object_versions_listed_temporal_ordered": ("temporal_ordered", True),
+    "destructive_api_call_event_count": ("event_count", True),
+    "ses_enumeration_call_value_count": ("value_count", True),
+    "instance_role_discovery_call_value_count": ("value_count", True),
+    "ssm_parameter_decrypted_value_count": ("value_count", True),
+    "ssm_parameter_batch_decrypted_value_count": ("value_count", True),
+    "ec2_user_data_read_value_count": ("value_count", True),
+    "ec2_password_data_requested_value_count": ("value_count", True),
 }
+#: The ``new_terms`` (first-seen) correlations the pack ships (file stems; s12a, issue 12 precision).
+SHIPPED_NEW_TERMS = {"secret_read_by_non_creator_new_terms", "ssm_parameter_decrypted_by_non_creator_new_terms",
+                     "ec2_user_data_read_new_terms", "ec2_password_data_requested_new_terms",
+                     "bedrock_model_invoked_new_terms"}
 
 
 @cache
@@ -86,16 +91,23 @@ def plans() -> tuple[Plan, ...]:
     return pack_detector().correlations.plans
 
 
+def new_terms_plans() -> tuple[NewTermsRule, ...]:
+    return pack_detector().new_terms.plans
+
+
 def test_every_rule_loads_with_no_issue_and_only_correlations_are_set_aside() -> None:
     rules = pack()
     assert len(rules) >= 70
     assert {issue.reason for issue in rules.skipped} == {CORRELATION_NOTICE}
-    assert len(rules.skipped) == len(rules.correlation_rules) == len(plans())
+    assert len(rules.skipped) == len(rules.correlation_rules) + len(new_terms_plans())
+    assert len(rules.correlation_rules) == len(plans())
     files = sorted(p for p in PACK.rglob("*") if p.suffix in (".yml", ".yaml"))
-    loaded = {Path(r.path).resolve() for r in rules.rules} | {Path(p.path).resolve() for p in plans()}
+    loaded = {Path(r.path).resolve() for r in rules.rules} | {
+        Path(p.path).resolve() for p in (*plans(), *new_terms_plans())}
     assert loaded == {p.resolve() for p in files}
     assert {p.resolve() for p in files} - {Path(r.path).resolve() for r in rules.rules} == {
-        (CORRELATIONS / f"{name}.yml").resolve() for name in SHIPPED_CORRELATIONS}
+        (CORRELATIONS / f"{name}.yml").resolve() for name in (*SHIPPED_CORRELATIONS, *SHIPPED_NEW_TERMS)}
+    assert {Path(p.path).stem for p in new_terms_plans()} == SHIPPED_NEW_TERMS
 
 
 def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
@@ -107,9 +119,9 @@ def test_correlations_have_the_promised_shape_metadata_and_alerting() -> None:
         assert str(uuid.UUID(plan.rule_id)) == plan.rule_id and plan.references
         rule = sigma[plan.rule_id]
         assert rule.author.startswith("trailguard") and rule.date is not None and rule.status is not None
-    admin = by_stem["new_iam_user_made_admin"]
+    admin = by_stem["iam_user_created_temporal_ordered"]
     assert admin.timespan == 600 and {i.group_fields for i in admin.inputs} == {("requestParameters.userName",)}
-    secrets = by_stem["secrets_mass_read"]
+    secrets = by_stem["secret_value_read_value_count"]
     assert (secrets.count, secrets.timespan, secrets.inputs[0].value_field) == (20, 300, "requestParameters.secretId")
 
 
@@ -117,6 +129,7 @@ def test_only_the_dedicated_base_rules_are_silenced() -> None:
     """Correlations reference their own ``generate: false`` base rules; no other pack rule loses its alerts."""
     silent = {stem(rule.path) for rule in pack().rules if not rule.generate}
     inputs = {i.rule_id for plan in plans() for i in plan.inputs if not i.chained}
+    inputs |= {ref for plan in new_terms_plans() for ref in plan.rules}
     assert silent == {stem(rule.path) for rule in pack().rules if rule.rule_id in inputs}
     assert silent and all(name.startswith("correlations/") for name in silent)
 
@@ -140,7 +153,7 @@ def test_rules_are_cloudtrail_rules_with_unique_uuids_attack_tags_and_levels() -
 
 def test_every_correlation_has_timelines_and_they_pass_through_a_real_detector() -> None:
     results = run_correlation_tests(pack_detector())
-    assert len(results) == len(plans()) == len(SHIPPED_CORRELATIONS)
+    assert len(results) == len(plans()) + len(new_terms_plans()) == len(SHIPPED_CORRELATIONS) + len(SHIPPED_NEW_TERMS)
     failures = {stem(r.rule.path): [r.problem, *(c.explain() for c in r.cases if not c.passed)]
                 for r in results if not r.passed}
     assert failures == {}
@@ -323,7 +336,7 @@ def test_invictus_account_alerts_as_before_plus_one_bulk_user_data_read() -> Non
     Stratus' Terraform warm-up sets (public_exposure/s3_bucket_access_policy_changed)."""
     raws = [raw for path in sorted((BUILTIN / "invictus").glob("*.json")) for raw in records(path)]
     found = alerts_of(raws)
-    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_mass_read"}
+    user_data = {a for a in found if a[0] == "correlations/ec2_user_data_read_value_count"}
     assert len(user_data) == 1 and {a[1] for a in user_data} == {"medium"}
     assert found - user_data == {
         ("cloudtrail_tampering", "high", "076e96d5-2983-473f-920a-2fc2d7e02777"),
@@ -439,7 +452,7 @@ def test_a_port_range_open_to_anywhere_is_caught_once_and_single_ports_stay_with
 def test_mass_deletion_counts_objects_not_calls() -> None:
     """The review's evasion: the correlation counted calls, so one key deleted 100 times alerted and
     51 distinct objects did not; now 51 distinct keys alert and 60 deletions of one key do not."""
-    plan = next(p for p in plans() if Path(p.path).stem == "s3_mass_object_deletion")
+    plan = next(p for p in plans() if Path(p.path).stem == "s3_object_deleted_value_count")
     assert (plan.kind, plan.count, plan.inputs[0].value_field) == ("value_count", 50, "requestParameters.key")
     assert set(plan.group_by) == {"userIdentity.arn", "requestParameters.bucketName"}
     timelines = {t.name: t for t in load_tests(sidecar_path(plan.path))[plan.rule_id] if isinstance(t, Timeline)}

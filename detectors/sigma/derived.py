@@ -70,7 +70,7 @@ POLICY_FIELDS: Final[dict[str, Callable[[str, PolicyVerdict], Any]]] = {
     "service_principals": lambda _kind, v: v.service_principals,
     "conditions": lambda _kind, v: v.conditions,
 }
-RESOURCE_FIELDS: Final = ("created_by_caller", "creators")
+RESOURCE_FIELDS: Final = ("created_by_caller", "creators", "name")
 
 
 def _lambda_permission(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -164,7 +164,17 @@ def bind_creators(creators: CreatorRecord | None) -> None:
     _BOUND.creators = creators
 
 
+def _resource_name(raw: dict[str, Any]) -> Any:
+    names = CreatorRecord.names_of_read(raw)
+    if names is None:
+        return MISSING
+    return names[0] if len(names) == 1 else names
+
+
 def _resource_resolver(name: str) -> Resolver:
+    if name == "name":
+        return _resource_name
+
     def resolve(raw: dict[str, Any]) -> Any:
         creators = _BOUND.creators
         if creators is None:
