@@ -190,7 +190,7 @@ CONFIGURED: Final[dict[str, dict[str, dict[str, Any]]]] = {
 _STATEFUL = "stateful: a threshold, window or first-seen baseline, not a single-event rule"
 _INTEL = "needs threat intelligence or enrichment (IP reputation, geolocation, lookups)"
 _SES = ("one SES read is routine (every sending application checks its quota); the burst is what the pack "
-        "alerts on: correlations/ses_enumeration (Stratus discovery.ses-enumerate)")
+        "alerts on: correlations/ses_enumeration_call_value_count (Stratus discovery.ses-enumerate)")
 _VPCE = ("organisation-specific: needs the customer's VPC endpoints and their expected principals/networks "
          "(vpcEndpointId in the record) - there is no safe default")
 _PER_CALL = ("one read is not an incident: the pack alerts on bulk reads by one principal (correlations/), "
@@ -252,7 +252,7 @@ NOT_COVERED: Final[dict[str, str]] = {
     "AWS.ECR.EVENTS": "change inventory: every ECR image push (PutImage) - what CI pipelines do on every build",
     "AWS.IAM.CreateRole": "change inventory: every CreateRole; trust policies open to anyone or another account alert",
     "AWS.IAM.CreateUser": (
-        "change inventory: every CreateUser; a new user made admin (correlations/new_iam_user_made_admin) "
+        "change inventory: every CreateUser; a new user made admin (correlations/iam_user_created_temporal_ordered) "
         "and keys or passwords for another user alert"),
     "AWS.IAM.CredentialsUpdated": "change inventory: a user changing their own password (ChangePassword)",
     "AWS.IAM.Group.Read.Only.Events": (
@@ -288,7 +288,7 @@ NOT_COVERED: Final[dict[str, str]] = {
     "AWS.SecretsManager.RetrieveSecretsMultiRegion": _STATEFUL,
     "AWS.Software.Discovery": (
         "DescribeSecurityGroups one at a time is the EC2 console page; bursts by an instance role alert "
-        "(correlations/instance_role_discovery_burst)"),
+        "(correlations/instance_role_discovery_call_value_count)"),
     "Role.Assumed.by.AWS.Service": "change inventory: an AWS service assuming its own role - happens constantly",
     "Role.Assumed.by.User": "change inventory: a user assuming a role - the normal way to work (no positive sample)",
     "Sign-in.with.AWS.CLI.prompt": (
