@@ -280,8 +280,9 @@ NOT_COVERED: Final[dict[str, str]] = {
     "AWS.S3.DeleteObject": _STATEFUL,
     "AWS.S3.DeleteObjects": _STATEFUL,
     "AWS.SSM.DistributedCommand": (
-        f"{_STATEFUL} - Panther caches instance ids across calls; every SendCommand to any number of instances "
-        "is already reported by execution/ssm_send_command"),
+        f"{_STATEFUL} - Panther caches instance ids across calls; the pack sums the instances a principal's "
+        "commands reach in 10 minutes (correlations/ssm_command_sent_value_sum, >= 10, tag selectors included), "
+        "and every SendCommand is reported by execution/ssm_send_command"),
     "AWS.STS.GetSessionToken.Misuse": (
         f"{_STATEFUL} - a session token, then its use from elsewhere; GetSessionToken alone is what "
         "every MFA-enforcing CLI setup calls"),

@@ -61,6 +61,7 @@ SHIPPED_CORRELATIONS = {
     "ssm_parameter_batch_decrypted_value_count": ("value_count", True),
     "ec2_user_data_read_value_count": ("value_count", True),
     "ec2_password_data_requested_value_count": ("value_count", True),
+    "ssm_command_sent_value_sum": ("value_sum", True),
 }
 #: The ``new_terms`` (first-seen) correlations the pack ships (file stems; s12a, issue 12 precision).
 SHIPPED_NEW_TERMS = {"secret_read_by_non_creator_new_terms", "ssm_parameter_decrypted_by_non_creator_new_terms",
