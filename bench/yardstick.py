@@ -284,8 +284,9 @@ NOT_COVERED: Final[dict[str, str]] = {
         "commands reach in 10 minutes (correlations/ssm_command_sent_value_sum, >= 10, tag selectors included), "
         "and every SendCommand is reported by execution/ssm_send_command"),
     "AWS.STS.GetSessionToken.Misuse": (
-        f"{_STATEFUL} - a session token, then its use from elsewhere; GetSessionToken alone is what "
-        "every MFA-enforcing CLI setup calls"),
+        f"{_STATEFUL} - GetSessionToken alone is what every MFA-enforcing CLI setup calls; the pack alerts on "
+        "the token then used from another address within the hour "
+        "(correlations/session_token_minted_by_iam_user_temporal_ordered)"),
     "AWS.SecretsManager.RetrieveSecretsMultiRegion": _STATEFUL,
     "AWS.Software.Discovery": (
         "DescribeSecurityGroups one at a time is the EC2 console page; bursts by an instance role alert "

@@ -62,6 +62,8 @@ SHIPPED_CORRELATIONS = {
     "ec2_user_data_read_value_count": ("value_count", True),
     "ec2_password_data_requested_value_count": ("value_count", True),
     "ssm_command_sent_value_sum": ("value_sum", True),
+    "session_token_call_value_count": ("value_count", False),
+    "session_token_minted_by_iam_user_temporal_ordered": ("temporal_ordered", True),
 }
 #: The ``new_terms`` (first-seen) correlations the pack ships (file stems; s12a, issue 12 precision).
 SHIPPED_NEW_TERMS = {"secret_read_by_non_creator_new_terms", "ssm_parameter_decrypted_by_non_creator_new_terms",
@@ -197,14 +199,16 @@ def test_sidecars_belong_to_their_rule_and_are_real_cloudtrail_records() -> None
 
 def test_no_rule_needs_every_event() -> None:
     """The index keeps every rule off events it cannot match: rules require an eventName or an
-    eventSource, and the root rules (root can call any API) are indexed by ``userIdentity.type``."""
+    eventSource; the root rules (root can call any API) are indexed by ``userIdentity.type`` root,
+    and the one base rule that follows a stolen session token to any API by ``IAMUser``."""
     rules = pack()
     assert rules.always_checked == ()
-    identity_indexed = {stem(rule.path) for rule in rules.rules
+    identity_indexed = {stem(rule.path): rule.required_identity_types for rule in rules.rules
                         if rule.required_names is None and rule.required_sources is None}
-    assert identity_indexed and all(name.startswith("root_usage/") for name in identity_indexed)
-    assert all(rule.required_identity_types == frozenset({"root"}) for rule in rules.rules
-               if stem(rule.path) in identity_indexed)
+    roots = {name for name in identity_indexed if name.startswith("root_usage/")}
+    assert roots and all(identity_indexed[name] == frozenset({"root"}) for name in roots)
+    assert {name: kinds for name, kinds in identity_indexed.items() if name not in roots} == {
+        "correlations/session_token_call": frozenset({"iamuser"})}
 
 
 # -- no duplicate of a default Python detector; the optional console sign-in correlations ----------
