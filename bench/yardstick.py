@@ -200,8 +200,11 @@ _PER_CALL = ("one read is not an incident: the pack alerts on bulk reads by one 
 NOT_COVERED: Final[dict[str, str]] = {
     "AWS.CloudTrail.IMDSCredentialExfiltration": (
         f"{_STATEFUL} - answered by the credential_exfiltration detector (compute credentials used outside AWS's "
-        "ranges): on these samples 1 of 2 positives (not the attacker on an AWS address), 2 of 8 negatives noisy "
-        "(instance sessions from a non-AWS address that Panther trusts for invokedBy/ssmmessages)"),
+        "ranges): on these samples 1 of 2 positives (not the attacker on an AWS address: GuardDuty's InsideAWS "
+        "variant needs the account's own addresses), 1 of 8 negatives noisy (ssmmessages called with an instance "
+        "credential from a non-AWS address, which Panther trusts; an instance credential outside AWS is the "
+        "finding whatever the API - allowlist a known non-AWS egress); calls an AWS service makes on the "
+        "instance's behalf (invokedBy) are not sightings since issue 12"),
     "AWS.CloudTrail.Account.Discovery": (
         "DescribeAccount / GetContactInformation / GetAlternateContact one at a time are console page "
         "views; a burst of discovery calls is left to the stateful burst rules"),
