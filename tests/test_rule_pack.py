@@ -600,3 +600,23 @@ def test_alert_summaries_use_only_the_agreed_placeholders() -> None:
         assert summary.count("{") == summary.count("}"), path
         for placeholder in re.findall(r"\{([^{}]*)\}", summary):
             assert placeholder in named or re.fullmatch(r"[A-Za-z][\w-]*(\.[\w-]+)+", placeholder), (path, placeholder)
+
+
+def test_the_fan_out_and_session_token_correlations_declare_their_incident_grouping() -> None:
+    """The SSM fan-out alert folds per counted principal (its window closes with no event, so the
+    alert's own principal is empty: ``entity`` carries the group); the session-token alert folds per
+    IAM user, so a user's several tokens used elsewhere are one incident, over a 4 h window."""
+    from daemon.delivery.incidents import Incidents, known_detections, rule_incident_specs
+
+    detector = pack_detector()
+    specs, problems = rule_incident_specs([detector])
+    assert problems == []
+    incidents = Incidents(detections=known_detections([detector]), rule_specs=specs)
+    fan_out = incidents.policy("sigma", "c6b2c765-30b7-459a-a8ea-c5777c1f348c")
+    assert (fan_out.group_by, fan_out.window) == (("entity",), 3600)
+    token = incidents.policy("sigma", "0f6b8d7e-3c1a-4b6e-8a0d-2e5f9c4b1a77")
+    assert (token.group_by, token.window) == (("principal", "account_id"), 4 * 3600)
+    # and a delivery.incidents override may name a correlation rule by id or title
+    known = known_detections([detector])
+    assert known["SSM Command Run On Many Instances By One Principal"] == (
+        "sigma", "c6b2c765-30b7-459a-a8ea-c5777c1f348c")
