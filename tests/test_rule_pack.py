@@ -620,3 +620,32 @@ def test_the_fan_out_and_session_token_correlations_declare_their_incident_group
     known = known_detections([detector])
     assert known["SSM Command Run On Many Instances By One Principal"] == (
         "sigma", "c6b2c765-30b7-459a-a8ea-c5777c1f348c")
+
+
+def test_a_correlation_alert_carries_its_rules_summary_and_runbook() -> None:
+    """A token minted at 203.0.113.50 and used from 198.51.100.23: the alert reads as the rule's
+    ``alert_summary`` on the use from elsewhere (plus what was met) and carries the rule's runbook."""
+    from datetime import UTC, datetime, timedelta
+
+    from detectors.engine import DetectionEngine
+
+    sidecar = orjson.loads((CORRELATIONS / "session_token_minted_by_iam_user_temporal_ordered.tests.json").read_bytes())
+    wanted = "minted at 203.0.113.50, used only from 198.51.100.23"
+    timeline = next(t for t in sidecar["timelines"] if t["name"] == wanted)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    events = []
+    for step in timeline["events"]:
+        for n in range(step.get("repeat", 1)):
+            raw = dict(step["event"])
+            raw["eventTime"] = (start + timedelta(seconds=step["at"] + n * step.get("every", 0))).strftime(
+                "%Y-%m-%dT%H:%M:%SZ")
+            raw["eventID"] = f"{raw['eventID']}#{n}"
+            events.append(Event(raw))
+    alerts = [a for a in DetectionEngine([pack_detector()]).process_many(events)
+              if a.rule_id == "0f6b8d7e-3c1a-4b6e-8a0d-2e5f9c4b1a77"]
+    assert len(alerts) == 1
+    [alert] = alerts
+    assert alert.summary.startswith("Session token of arn:aws:iam::123456789012:user/example-user, minted by "
+                                    "GetSessionToken, then used from another address: 198.51.100.23 (SearchInsights) (")
+    assert alert.principal == "arn:aws:iam::123456789012:user/example-user"
+    assert alert.runbook is not None and alert.runbook.startswith("1. Which IAM user")
