@@ -649,3 +649,15 @@ def test_a_correlation_alert_carries_its_rules_summary_and_runbook() -> None:
                                     "GetSessionToken, then used from another address: 198.51.100.23 (SearchInsights) (")
     assert alert.principal == "arn:aws:iam::123456789012:user/example-user"
     assert alert.runbook is not None and alert.runbook.startswith("1. Which IAM user")
+
+
+def test_a_correlation_with_a_broken_alert_summary_is_a_load_error(tmp_path: Path) -> None:
+    for name in ("ssm_command_sent.yml", "ssm_command_sent_value_sum.yml"):
+        text = (CORRELATIONS / name).read_text()
+        if name.endswith("_value_sum.yml"):
+            text = text.replace("runbook: |", "alert_summary: 'fan-out by {principal'\nrunbook: |", 1)
+        (tmp_path / name).write_text(text)
+    detector = SigmaDetector(SigmaConfig(paths=[str(tmp_path)]))
+    assert [(Path(e.path).name, e.rule_id) for e in detector.load_errors] == [
+        ("ssm_command_sent_value_sum.yml", "c6b2c765-30b7-459a-a8ea-c5777c1f348c")]
+    assert "alert_summary" in detector.load_errors[0].reason
