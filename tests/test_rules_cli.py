@@ -168,7 +168,7 @@ def test_the_shipped_correlations_pass_with_their_timelines() -> None:
     base = next(line for line in lines if "iam_user_created.yml" in line)
     assert base.startswith("PASS") and "timeline" not in base
     assert not any("console_" in line for line in lines), text
-    assert lines[-1] == "32 rule(s) tested: 32 passed, 0 failed"
+    assert lines[-1] == "38 rule(s) tested: 38 passed, 0 failed"
 
 
 def test_the_optional_sign_in_correlations_pass_and_validate() -> None:
@@ -201,7 +201,7 @@ def test_a_failing_correlation_timeline_fails_rules_test(tmp_path: Path) -> None
     assert any(line.startswith("FAIL") and NEW_ADMIN.name in line for line in text.splitlines()), text
     assert "positive timeline 'admin attached to a different user': correlation did not fire" in text
     assert "negative timeline 'claimed quiet': correlation fired 1 time(s)" in text
-    assert "32 rule(s) tested: 31 passed, 1 failed" in text
+    assert "38 rule(s) tested: 37 passed, 1 failed" in text
 
 
 def test_a_correlation_given_alone_is_run_with_the_base_rules_next_to_it() -> None:
@@ -239,7 +239,7 @@ def test_a_detection_rule_tested_with_timelines_fails(tmp_path: Path) -> None:
 def test_validate_counts_correlations_and_reports_a_dangling_reference(tmp_path: Path) -> None:
     result = run_cli("rules", "validate", "--strict", str(CORRELATIONS))
     assert result.returncode == 0, output(result)
-    assert "32 rule(s) loaded (16 correlation), 0 with errors, 0 skipped" in output(result)
+    assert "38 rule(s) loaded (19 correlation), 0 with errors, 0 skipped" in output(result)
     rules = copy_correlations(tmp_path)
     (rules / "iam_user_created.yml").unlink()
     out = io.StringIO()
