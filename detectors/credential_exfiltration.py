@@ -37,7 +37,9 @@ Two findings:
   do not count as inside for credentials not known as compute: services call on a human's behalf with
   the human's own credential.
 
-Both are judged order-independently: outside uses that do not qualify yet are kept (the latest
+Calls an AWS service makes with the credential on its holder's behalf (``userIdentity.invokedBy``
+set, e.g. EKS) are not sightings: their address is not where the credential is.  Both findings are
+judged order-independently: outside uses that do not qualify yet are kept (the latest
 four per credential) and re-judged when an earlier inside sighting or a compute reason arrives late.
 Events older than the watermark are counted as late (``on_late``) and still judged.
 
@@ -274,6 +276,11 @@ class CredentialExfiltration(Detector):
             credential.agent = agent
             if "compute_user_agent" not in credential.reasons and _COMPUTE_AGENT.search(agent):
                 self._add_reason(credential, "compute_user_agent")
+        if event.get("userIdentity.invokedBy"):
+            # an AWS service (EKS, Athena, CloudFormation ...) made this call with the credential on
+            # the holder's behalf: its sourceIPAddress says where the service saw the request come
+            # from, not where the credential is - never a sighting of its own
+            return None
         ip = event.source_ip
         if ip and ip == credential.ip:
             network = credential.network  # enrichment is static: the same address, the same answer

@@ -87,7 +87,9 @@ def test_every_alert_of_the_pack_tests_names_a_resource_and_encodes() -> None:
         # calls without request parameters (discovery, caller identity, sign-in token, model-access
         # use case): the account, beside the acting identity, is what they touch
         "ListUsers", "GetAccountAuthorizationDetails", "GetAccountSendingEnabled", "GetSendQuota",
-        "GetCallerIdentity", "PutUseCaseForModelAccess", "GetSigninToken",
+        "GetCallerIdentity", "PutUseCaseForModelAccess", "GetSigninToken", "GetSessionToken",
+        # the service event that reports a new member account: the account is the resource
+        "CreateAccountResult",
         # the filter's id exists only in the response (trafficMirrorFilter.trafficMirrorFilterId)
         "CreateTrafficMirrorFilter"}, account_only
 

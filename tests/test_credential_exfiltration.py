@@ -149,6 +149,18 @@ def test_instance_credential_used_outside_alerts_at_once_with_evidence() -> None
     assert len(alert.event_ids) == 2
 
 
+def test_a_call_an_aws_service_makes_on_the_instances_behalf_is_no_sighting() -> None:
+    """Panther's IMDS negative "AWS Service InvokedBy on behalf of instance": EKS calling with an
+    instance credential from an outside address stays silent; the same credential then called
+    directly from that address alerts."""
+    session = "i-0123456789abcdef0"
+    on_behalf = use(0, OUTSIDE, session=session, name="DescribeInstances", invokedBy="eks.amazonaws.com")
+    assert run(make(), [on_behalf]) == []
+    alerts = run(make(), [on_behalf], [use(60, OUTSIDE, session=session, name="DescribeInstances")])
+    assert findings(alerts) == [("compute_credential_outside_aws", "high", 60)]
+    assert alerts[0].evidence["outside_ip"] == OUTSIDE
+
+
 def test_compute_credential_whose_first_use_is_outside_still_alerts() -> None:
     alerts = run(make(), [use(0, OUTSIDE, ua="Boto3/1.26 exec-env/AWS_ECS_FARGATE")])
     assert findings(alerts) == [("compute_credential_outside_aws", "high", 0)]

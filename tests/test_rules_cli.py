@@ -141,7 +141,7 @@ def test_sidecar_format_errors(tmp_path: Path) -> None:
 
 # -- correlation rules and their timelines ---------------------------------------------------------
 CORRELATIONS = PACK / "correlations"
-NEW_ADMIN = CORRELATIONS / "new_iam_user_made_admin.yml"
+NEW_ADMIN = CORRELATIONS / "iam_user_created_temporal_ordered.yml"
 #: The console sign-in correlations, kept out of the default pack (``console_login_bruteforce`` owns them).
 SIGN_IN_CORRELATIONS = ROOT / "config" / "rules-optional" / "sign_in_correlations"
 
@@ -163,12 +163,12 @@ def test_the_shipped_correlations_pass_with_their_timelines() -> None:
     code, text = run_test_command(CORRELATIONS)
     assert code == 0, text
     lines = text.splitlines()
-    chain = next(line for line in lines if "new_iam_user_made_admin.yml" in line)
+    chain = next(line for line in lines if "iam_user_created_temporal_ordered.yml" in line)
     assert chain.startswith("PASS") and "positive" in chain and "timeline(s)" in chain
     base = next(line for line in lines if "iam_user_created.yml" in line)
     assert base.startswith("PASS") and "timeline" not in base
     assert not any("console_" in line for line in lines), text
-    assert lines[-1] == "24 rule(s) tested: 24 passed, 0 failed"
+    assert lines[-1] == "38 rule(s) tested: 38 passed, 0 failed"
 
 
 def test_the_optional_sign_in_correlations_pass_and_validate() -> None:
@@ -201,7 +201,7 @@ def test_a_failing_correlation_timeline_fails_rules_test(tmp_path: Path) -> None
     assert any(line.startswith("FAIL") and NEW_ADMIN.name in line for line in text.splitlines()), text
     assert "positive timeline 'admin attached to a different user': correlation did not fire" in text
     assert "negative timeline 'claimed quiet': correlation fired 1 time(s)" in text
-    assert "24 rule(s) tested: 23 passed, 1 failed" in text
+    assert "38 rule(s) tested: 37 passed, 1 failed" in text
 
 
 def test_a_correlation_given_alone_is_run_with_the_base_rules_next_to_it() -> None:
@@ -224,7 +224,7 @@ def test_a_correlation_without_both_kinds_of_timeline_or_with_events_fails(tmp_p
     assert code == 1 and "tested with 'timelines'" in text, text
     sidecar.unlink()
     code, text = run_test_command(rules / NEW_ADMIN.name)
-    assert code == 1 and "no tests (expected new_iam_user_made_admin.tests.json)" in text, text
+    assert code == 1 and "no tests (expected iam_user_created_temporal_ordered.tests.json)" in text, text
 
 
 def test_a_detection_rule_tested_with_timelines_fails(tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_a_detection_rule_tested_with_timelines_fails(tmp_path: Path) -> None:
 def test_validate_counts_correlations_and_reports_a_dangling_reference(tmp_path: Path) -> None:
     result = run_cli("rules", "validate", "--strict", str(CORRELATIONS))
     assert result.returncode == 0, output(result)
-    assert "24 rule(s) loaded (11 correlation), 0 with errors, 0 skipped" in output(result)
+    assert "38 rule(s) loaded (19 correlation), 0 with errors, 0 skipped" in output(result)
     rules = copy_correlations(tmp_path)
     (rules / "iam_user_created.yml").unlink()
     out = io.StringIO()

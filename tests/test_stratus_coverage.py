@@ -46,8 +46,9 @@ def test_all_44_techniques_raise_an_alert_naming_one_of_their_own_calls() -> Non
 def test_the_ransomware_techniques_are_caught_by_the_object_and_sequence_rules() -> None:
     """Counting objects and the listing-then-batch-delete sequence, not only the ransom note."""
     by_technique = {result.technique: {by for by, _ in result.hits} for result in results()}
-    assert "correlations/s3_mass_object_deletion" in by_technique["impact.s3-ransomware-individual-deletion"]
-    assert "correlations/s3_bucket_emptied_after_version_listing" in by_technique["impact.s3-ransomware-batch-deletion"]
+    assert "correlations/s3_object_deleted_value_count" in by_technique["impact.s3-ransomware-individual-deletion"]
+    assert "correlations/s3_object_versions_listed_temporal_ordered" in by_technique[
+        "impact.s3-ransomware-batch-deletion"]
     assert "destruction/s3_object_rewritten_with_customer_key" in by_technique[
         "impact.s3-ransomware-client-side-encryption"]
 

@@ -152,17 +152,20 @@ def rule_incident_specs(detectors: Iterable[Any]) -> tuple[dict[str, IncidentOve
     specs: dict[str, IncidentOverride] = {}
     problems: list[str] = []
     for rule in _rules(detectors):
-        sigma = getattr(rule, "rule", None)
+        # a detection rule is a compiled wrapper (.rule, .rule_id, .path); a correlation rule is
+        # pySigma's SigmaCorrelationRule itself (.custom_attributes, .id, .source)
+        sigma = getattr(rule, "rule", rule)
         raw = (getattr(sigma, "custom_attributes", None) or {}).get("incident")
         if raw is None:
             continue
-        where = getattr(rule, "path", "") or rule.rule_id
+        rule_id = _rule_id(rule)
+        where = getattr(rule, "path", "") or str(getattr(getattr(rule, "source", None), "path", "") or "") or rule_id
         if not isinstance(raw, Mapping):
             problems.append(f"{where}: incident: must be a mapping (group_by, window); fix: write e.g. "
                             "'incident: {group_by: [principal], window: 1h}'")
             continue
         try:
-            specs[rule.rule_id] = IncidentOverride.model_validate(dict(raw))
+            specs[rule_id] = IncidentOverride.model_validate(dict(raw))
         except ValidationError as error:
             problems.extend(format_validation_error(where, "incident", error))
     return specs, problems
@@ -176,7 +179,17 @@ def _rules(detectors: Iterable[Any]) -> list[Any]:
             continue
         found.extend(getattr(ruleset, "rules", ()) or ())
         found.extend(getattr(ruleset, "correlation_rules", ()) or ())
-    return [r for r in found if getattr(r, "rule_id", None)]
+    return [r for r in found if _rule_id(r)]
+
+
+def _rule_id(rule: Any) -> str:
+    """A loaded rule's id as its alerts carry it: ``rule_id`` of a compiled detection rule; ``id``,
+    else ``name``, of a correlation rule (as the correlation planner names its alerts)."""
+    rule_id = getattr(rule, "rule_id", None)
+    if rule_id:
+        return str(rule_id)
+    correlation_id = getattr(rule, "id", None) or getattr(rule, "name", None)
+    return str(correlation_id) if correlation_id else ""
 
 
 def known_detections(detectors: Iterable[Any]) -> dict[str, tuple[str, str | None]]:
@@ -188,10 +201,11 @@ def known_detections(detectors: Iterable[Any]) -> dict[str, tuple[str, str | Non
         if ruleset is None:
             continue
         for rule in _rules([detector]):
-            names.setdefault(rule.rule_id, (detector.name, rule.rule_id))
+            rule_id = _rule_id(rule)
+            names.setdefault(rule_id, (detector.name, rule_id))
             title = getattr(rule, "title", None)
             if title:
-                names.setdefault(title, (detector.name, rule.rule_id))
+                names.setdefault(title, (detector.name, rule_id))
     return names
 
 

@@ -41,6 +41,7 @@ from detectors.sigma.correlation_closing import ClosingWindows
 from detectors.sigma.correlation_evidence import EvidenceLog
 from detectors.sigma.correlation_plan import Input, Plan, compare
 from detectors.sigma.values import as_number
+from detectors.summary_template import render_summary
 from detectors.windows import CountWindow, DistinctCountWindow, SequenceWindow
 
 __all__ = ["SNAPSHOT_VERSION", "CorrelationSet", "Firing"]
@@ -332,6 +333,7 @@ class CorrelationSet:
             severity=self.severity_of(plan.rule_id, plan.level),
             time=firing.end,
             summary=f"Sigma correlation '{plan.title}' still met for {group_text} (one more matching event).",
+            runbook=plan.runbook,
             account_id=event.account_id if event is not None else "",
             region=event.region if event is not None else "",
             principal=event.principal if event is not None else "",
@@ -367,12 +369,18 @@ class CorrelationSet:
         }
         event = firing.event
         ip = event.source_ip if event is not None else None
+        what = _what(plan, firing)
+        if plan.summary_template is not None and event is not None:  # the rule's own words, on its last event
+            summary = f"{render_summary(plan.summary_template, event)} ({what})"
+        else:
+            summary = f"Sigma correlation '{plan.title}' met for {group_text}: {what}"
         return Alert(
             detector=DETECTOR,
             title=plan.title,
             severity=self.severity_of(plan.rule_id, plan.level),
             time=firing.end,
-            summary=f"Sigma correlation '{plan.title}' met for {group_text}: {_what(plan, firing)}",
+            summary=summary,
+            runbook=plan.runbook,
             account_id=event.account_id if event is not None else "",
             region=event.region if event is not None else "",
             principal=event.principal if event is not None else "",

@@ -38,7 +38,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from sigma.correlations import (
@@ -50,6 +50,7 @@ from sigma.correlations import (
 from sigma.rule import SigmaRule
 
 from detectors.sigma.ruleset import LoadIssue, RuleSet
+from detectors.summary_template import template_problems
 
 __all__ = ["AT_MOST", "Input", "Plan", "Strategy", "Unsupported", "compare", "compile_correlations", "identity"]
 
@@ -134,6 +135,9 @@ class Plan:
     generate: bool
     #: Digest of everything that shapes the window state; equal digests may share state.
     fingerprint: str
+    #: The rule's ``runbook:`` and ``alert_summary:`` (trailguard extensions), carried onto its alerts.
+    runbook: str | None = None
+    summary_template: str | None = None
 
     @property
     def condition(self) -> dict[str, float]:
@@ -253,6 +257,9 @@ def _plan(rule: SigmaCorrelationRule, rule_id: str, rules: RuleSet, correlation_
     strategy, threshold, aggregate = _strategy(rule, len(inputs), op, count)
     percentile = _percentile(rule, condition)
     kind = rule.type.name.lower()
+    custom = rule.custom_attributes or {}
+    if "alert_summary" in custom and (problems := template_problems(custom["alert_summary"])):
+        raise Unsupported(f"alert_summary: {'; '.join(problems)}")
     seconds = float(rule.timespan.seconds)
     fingerprint = _fingerprint(kind, seconds, group_by, [[i.rule_id, i.group_fields, i.value_field] for i in inputs],
                                op, count, percentile)
@@ -279,7 +286,14 @@ def _plan(rule: SigmaCorrelationRule, rule_id: str, rules: RuleSet, correlation_
         percentile=percentile,
         generate=bool(rule._output),
         fingerprint=fingerprint,
+        runbook=_text(custom.get("runbook")),
+        summary_template=_text(custom.get("alert_summary")),
     )
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string attribute, stripped of surrounding blank lines; else ``None``."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _issue(rule: SigmaCorrelationRule, reason: str) -> LoadIssue:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["SNAPSHOT_VERSION", "CreatorRecord"]
+__all__ = ["SNAPSHOT_VERSION", "WRITE_EVENT_NAMES", "WRITE_EVENT_SOURCES", "CreatorRecord"]
 
 SNAPSHOT_VERSION: Final = 1
 MAX_WRITERS: Final = 4
 #: Longest resource name or principal kept (longer ones are cut: state is bounded by bytes too).
 MAX_TEXT: Final = 512
 
-#: eventName (exact, or a prefix ending in ``*``) → (kind, request fields naming the resource).
+#: eventName (exact, or a prefix ending in ``*``) → (kind, request fields naming the resource); a field
+#: written ``response:<name>`` is read from ``responseElements`` (an AMI's id exists only there).
 _WRITES: Final = {
     "CreateSecret": ("secret", ("name",)),
     "PutSecretValue": ("secret", ("secretId",)),
@@ -34,7 +35,16 @@ _WRITES: Final = {
     "PutParameter": ("parameter", ("name",)),
     "CreateFunction*": ("function", ("functionName",)),
     "UpdateFunctionCode*": ("function", ("functionName",)),
+    "CreateBucket": ("bucket", ("bucketName",)),
+    "CreateDBInstance": ("db_instance", ("dBInstanceIdentifier",)),
+    "CreateDBSnapshot": ("db_snapshot", ("dBSnapshotIdentifier",)),
+    "CreateDBClusterSnapshot": ("db_snapshot", ("dBClusterSnapshotIdentifier",)),
+    "RegisterImage": ("image", ("response:imageId",)),
+    "CreateImage": ("image", ("response:imageId",)),
+    "CopyImage": ("image", ("response:imageId",)),
+    "CreateLogGroup": ("log_group", ("logGroupName",)),
 }
+#: Events that read - or tear down - a tracked resource: "the caller created it" is asked on these.
 _READS: Final = {
     "GetSecretValue": ("secret", ("secretId",)),
     "DescribeSecret": ("secret", ("secretId",)),
@@ -44,18 +54,40 @@ _READS: Final = {
     "GetParameterHistory": ("parameter", ("name",)),
     "GetFunction*": ("function", ("functionName",)),
     "GetFunctionConfiguration*": ("function", ("functionName",)),
+    "DeleteBucket": ("bucket", ("bucketName",)),
+    "DeleteDBInstance": ("db_instance", ("dBInstanceIdentifier",)),
+    "DeleteDBSnapshot": ("db_snapshot", ("dBSnapshotIdentifier",)),
+    "DeleteDBClusterSnapshot": ("db_snapshot", ("dBClusterSnapshotIdentifier",)),
+    "DeregisterImage": ("image", ("imageId",)),
+    "DeleteLogGroup": ("log_group", ("logGroupName",)),
 }
+#: The eventNames and eventSources of :data:`_WRITES`, for the Sigma detector's index: the record must
+#: see every write even when no rule matches it (Lambda's API versions spelled out: the index is exact).
+WRITE_EVENT_NAMES: Final = frozenset(
+    [name for name in _WRITES if not name.endswith("*")]
+    + ["CreateFunction", "CreateFunction20150331", "UpdateFunctionCode", "UpdateFunctionCode20150331v2"])
+WRITE_EVENT_SOURCES: Final = frozenset({
+    "secretsmanager.amazonaws.com", "ssm.amazonaws.com", "lambda.amazonaws.com", "s3.amazonaws.com",
+    "rds.amazonaws.com", "ec2.amazonaws.com", "logs.amazonaws.com"})
 _SECRET_SUFFIX: Final = re.compile(r"-[A-Za-z0-9]{6}$")
 
 
-def _lookup(table: dict[str, tuple[str, tuple[str, ...]]], name: str) -> tuple[str, tuple[str, ...]] | None:
+_Entry = tuple[str, tuple[str, ...]]
+#: The ``*`` patterns of each table as a tuple of prefixes (startswith takes a tuple: one C call).
+_PREFIXES: Final[dict[int, tuple[tuple[str, ...], tuple[_Entry, ...]]]] = {
+    id(table): (tuple(p[:-1] for p in table if p.endswith("*")), tuple(e for p, e in table.items() if p.endswith("*")))
+    for table in (_WRITES, _READS)}
+
+
+def _lookup(table: dict[str, _Entry], name: str) -> _Entry | None:
+    """The entry for ``name``: exact, else the first ``*`` pattern it starts with (every event asks)."""
     found = table.get(name)
     if found is not None:
         return found
-    for pattern, entry in table.items():
-        if pattern.endswith("*") and name.startswith(pattern[:-1]):
-            return entry
-    return None
+    prefixes, entries = _PREFIXES[id(table)]
+    if not name.startswith(prefixes):
+        return None
+    return next(entry for prefix, entry in zip(prefixes, entries, strict=True) if name.startswith(prefix))
 
 
 def _name(kind: str, value: str) -> str:
@@ -88,10 +120,14 @@ def principal_of(raw: dict[str, Any]) -> str | None:
     return arn[:MAX_TEXT] if isinstance(arn, str) and arn else None
 
 
-def _names(params: dict[str, Any], fields: tuple[str, ...], kind: str) -> list[str]:
+def _names(raw: dict[str, Any], fields: tuple[str, ...], kind: str) -> list[str]:
+    params, response = raw.get("requestParameters"), raw.get("responseElements")
     names: list[str] = []
     for field in fields:
-        value = params.get(field)
+        source = params
+        if field.startswith("response:"):
+            source, field = response, field.removeprefix("response:")
+        value = source.get(field) if isinstance(source, dict) else None
         values = value if isinstance(value, list) else [value]
         names.extend(_name(kind, item) for item in values if isinstance(item, str) and item)
     return names
@@ -123,13 +159,12 @@ class CreatorRecord:
         entry = _lookup(_WRITES, name)
         if entry is None:
             return
-        params = raw.get("requestParameters")
         principal = principal_of(raw)
-        if not isinstance(params, dict) or principal is None:
+        if principal is None:
             return
         kind, fields = entry
         account, region = self._scope(raw)
-        for resource in _names(params, fields, kind):
+        for resource in _names(raw, fields, kind):
             key = (account, region, kind, resource)
             writers = self._writers.pop(key, [])
             if principal in writers:
@@ -148,18 +183,31 @@ class CreatorRecord:
         """
         name = raw.get("eventName")
         entry = _lookup(_READS, name) if isinstance(name, str) else None
-        params = raw.get("requestParameters")
-        if entry is None or not isinstance(params, dict):
+        if entry is None:
             return None
         kind, fields = entry
         account, region = self._scope(raw)
         common: list[str] | None = None
-        for resource in _names(params, fields, kind):
+        for resource in _names(raw, fields, kind):
             writers = self._writers.get((account, region, kind, resource))
             if writers is None:
                 return None
             common = list(writers) if common is None else [w for w in common if w in writers]
         return common
+
+    @staticmethod
+    def names_of_read(raw: dict[str, Any]) -> list[str] | None:
+        """The normalised names of the resources a read event names (sorted), or ``None``.
+
+        The same secret read by ARN and by name gives the same name, so a first-read rule does not
+        take the second spelling for a new secret.
+        """
+        name = raw.get("eventName")
+        entry = _lookup(_READS, name) if isinstance(name, str) else None
+        if entry is None:
+            return None
+        names = sorted(set(_names(raw, entry[1], entry[0])))
+        return names or None
 
     @staticmethod
     def caller_wrote(raw: dict[str, Any], writers: list[str]) -> bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sigma.rule import SigmaDetection, SigmaDetectionItem
 
 from detectors.sigma.creators import CreatorRecord
+from detectors.sigma.external_accounts import REQUEST_FIELDS, request_resolver
 from detectors.sigma.policy import PolicyVerdict, evaluate_policy
 from detectors.sigma.values import MISSING, Resolver, Unsupported
 
@@ -69,7 +70,7 @@ POLICY_FIELDS: Final[dict[str, Callable[[str, PolicyVerdict], Any]]] = {
     "service_principals": lambda _kind, v: v.service_principals,
     "conditions": lambda _kind, v: v.conditions,
 }
-RESOURCE_FIELDS: Final = ("created_by_caller", "creators")
+RESOURCE_FIELDS: Final = ("created_by_caller", "creators", "name")
 
 
 def _lambda_permission(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -163,7 +164,17 @@ def bind_creators(creators: CreatorRecord | None) -> None:
     _BOUND.creators = creators
 
 
+def _resource_name(raw: dict[str, Any]) -> Any:
+    names = CreatorRecord.names_of_read(raw)
+    if names is None:
+        return MISSING
+    return names[0] if len(names) == 1 else names
+
+
 def _resource_resolver(name: str) -> Resolver:
+    if name == "name":
+        return _resource_name
+
     def resolve(raw: dict[str, Any]) -> Any:
         creators = _BOUND.creators
         if creators is None:
@@ -193,8 +204,11 @@ def derived_resolver(field: str) -> Resolver:
         return resolve_policy
     if len(parts) == 3 and parts[1] == "resource" and parts[2] in RESOURCE_FIELDS:
         return _resource_resolver(parts[2])
+    if len(parts) == 3 and parts[1] == "request" and parts[2] in REQUEST_FIELDS:
+        return request_resolver(parts[2])
     known = [f"trailguard.policy.{name}" for name in POLICY_FIELDS] + [
-        f"trailguard.resource.{name}" for name in RESOURCE_FIELDS]
+        f"trailguard.resource.{name}" for name in RESOURCE_FIELDS] + [
+        f"trailguard.request.{name}" for name in REQUEST_FIELDS]
     raise Unsupported(f"unknown derived field '{field}'; known: {', '.join(known)} (see docs/rule-types.md)")
 
 

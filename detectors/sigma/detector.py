@@ -33,7 +33,7 @@ from detectors.event import Event
 from detectors.sigma.alert_content import content_of, describe_match
 from detectors.sigma.correlation import CorrelationSet
 from detectors.sigma.correlation_plan import Plan, compile_correlations
-from detectors.sigma.creators import CreatorRecord
+from detectors.sigma.creators import WRITE_EVENT_NAMES, WRITE_EVENT_SOURCES, CreatorRecord
 from detectors.sigma.derived import bind_creators, uses_creators
 from detectors.sigma.loader import Logsource, load_rules
 from detectors.sigma.new_terms import NewTermsSet
@@ -238,12 +238,21 @@ class SigmaDetector(Detector):
         return rule_set_key(group_bys, tracks_creators=self._track_creators)
 
     def index_names(self) -> frozenset[str] | None:
-        """The union of the eventNames the rules require, or ``None`` if some rule needs all events."""
-        return self.rules.index_names()
+        """The union of the eventNames the rules require, or ``None`` if some rule needs all events.
+
+        With a rule that asks who created a resource, the creator record's write events too: the
+        record must see every ``CreateSecret``/``PutParameter``/… even when no rule matches it."""
+        names = self.rules.index_names()
+        if names is not None and self._track_creators:
+            names = names | {name.lower() for name in WRITE_EVENT_NAMES}
+        return names
 
     def index_sources(self) -> frozenset[str] | None:
-        """The union of the eventSources the rules require, or ``None``."""
-        return self.rules.index_sources()
+        """The union of the eventSources the rules require, or ``None`` (creator writes included)."""
+        sources = self.rules.index_sources()
+        if sources is not None and self._track_creators:
+            sources = sources | WRITE_EVENT_SOURCES
+        return sources
 
     def severity_of(self, rule: CompiledRule) -> str:
         """Per-rule override, else the detector-wide override, else the rule's level."""

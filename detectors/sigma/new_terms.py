@@ -28,6 +28,8 @@ from sigma.exceptions import SigmaError
 
 from detectors.alert import Alert
 from detectors.event import Event, format_time
+from detectors.sigma.derived import derived_resolver
+from detectors.sigma.values import MISSING, Unsupported
 from detectors.windows import FirstSeen
 
 __all__ = ["NORMALISED", "SNAPSHOT_VERSION", "NewTermsError", "NewTermsRule", "NewTermsSet", "is_new_terms",
@@ -41,6 +43,7 @@ _TOP: Final = frozenset({"title", "id", "name", "status", "description", "refere
 #: Normalised names usable in ``group-by``/``terms`` instead of dotted fields.
 NORMALISED: Final[dict[str, Callable[[Event], Any]]] = {
     "principal": lambda event: event.principal,
+    "principal_role": lambda event: event.role_arn or event.principal,
     "account_id": lambda event: event.account_id or None,
     "region": lambda event: event.region or None,
     "source_ip": lambda event: event.source_ip or None,
@@ -131,6 +134,12 @@ def parse_new_terms(document: dict[str, Any], path: str) -> NewTermsRule:
         raise NewTermsError("correlation rule has no title")
     rules = _names(correlation, "rules")
     group_by, terms = _names(correlation, "group-by"), _names(correlation, "terms")
+    for field in (*group_by, *terms):
+        if field.startswith("trailguard."):
+            try:
+                derived_resolver(field)
+            except Unsupported as error:
+                raise NewTermsError(f"correlation group-by/terms: {error}") from None
     history, history_spec = _span(correlation, "history")
     learning, learning_spec = _span(correlation, "learning")
     if history <= 0:
@@ -154,6 +163,14 @@ def _reader(name: str) -> Callable[[Event], Any]:
     normalised = NORMALISED.get(name)
     if normalised is not None:
         return normalised
+    if name.startswith("trailguard."):
+        resolve = derived_resolver(name)
+
+        def read_derived(event: Event) -> Any:
+            value = resolve(event.raw)
+            return None if value is MISSING else value
+
+        return read_derived
     return lambda event: event.get(name)
 
 
