@@ -3,7 +3,7 @@
 Marks from each input partition (origin) drive an internal partition's engine: nothing is
 released before every origin reported, events come out in event-time order once every active
 origin has passed them, an origin read to its end does not hold the others back, and held events
-survive a snapshot.
+survive a snapshot, as does the origins' progress.
 """
 
 from __future__ import annotations
@@ -75,3 +75,16 @@ def test_held_events_are_part_of_the_snapshot() -> None:
     restored.restore(state)
     restored.observe_marks([(0, 1, T0 + 5, False)])
     assert _released(restored) == ["held"]
+
+
+def test_the_origins_progress_survives_a_snapshot() -> None:
+    # every input partition was read to its end and then moved: its new owner read no event, so its
+    # marks say only "idle" (time -inf); the restored engine still knows how far each origin got
+    engine = MergedWatermarkEngine([], allowed_lateness=0)
+    engine.held.push(_event(5, "held"))
+    engine.observe_marks([(0, 2, T0 + 10, False), (1, 2, T0 + 20, False)])
+    restored = MergedWatermarkEngine([], allowed_lateness=0)
+    restored.restore(engine.snapshot())
+    assert restored.merged_time == T0 + 10
+    restored.observe_marks([(0, 2, float("-inf"), True), (1, 2, float("-inf"), True)])
+    assert restored.merged_time == T0 + 20 and _released(restored) == ["held"]

@@ -22,8 +22,12 @@ partitions were interleaved on the way — a threshold crossed by the fifth of s
 accounts names the same five events as the replay.  The held events are part of the engine's
 snapshot (its changelogged state), so acknowledging the internal topic's offsets never loses them.
 
-Marks are not state: after a restart the engine waits (watermark ``-inf``) for the next mark of
-every origin, which the owners send at least every probe interval.
+The origins' progress is part of the snapshot too: an input partition that moved to a new owner
+after it was read to its end gives that owner no event to learn its time from, so the new owner's
+marks say only ``idle`` (time ``-inf``) and the restored engine keeps the time it had (a mark never
+moves an origin back).  Without it a rebalance after the backlog would hold every event forever.
+Until every origin reported (to this engine or the one it was restored from) the watermark is
+``-inf``; the owners send a mark at least every probe interval.
 """
 
 from __future__ import annotations
@@ -92,17 +96,25 @@ class MergedWatermarkEngine(DetectionEngine):
         self.held: ReorderBuffer = _MergedOrder(self)
 
     def snapshot(self) -> dict[str, object]:
-        """The engine's state plus the held events."""
+        """The engine's state plus the held events and the origins' progress."""
         state = super().snapshot()
         state["held"] = self.held.snapshot()
+        state["origins"] = [[origin, None if time == _NEG_INF else time, idle]
+                            for origin, (time, idle) in sorted(self.origins.items())]
+        state["origin_count"] = self.origin_count
         return state
 
     def restore(self, state: dict[str, object]) -> None:
-        """Load :meth:`snapshot` (held events are held again)."""
+        """Load :meth:`snapshot` (held events are held again, the origins' progress is known again)."""
         super().restore(state)
         held = state.get("held")
         if isinstance(held, list):
             self.held.restore(held)
+        count, origins = state.get("origin_count"), state.get("origins")
+        if isinstance(count, int) and isinstance(origins, list):
+            self.origin_count = count
+            self.origins = {int(origin): (_NEG_INF if time is None else float(time), bool(idle))
+                            for origin, time, idle in origins if int(origin) < count}
 
     def observe_marks(self, marks: Iterable[Mark]) -> None:
         """Record marks read from this partition (in order)."""
