@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from detectors.event import Event
 
 __all__ = ["NO_EXCEPTIONS", "DetectorException", "DetectorExceptions", "compile_exceptions", "expired_lines",
-           "principal_globs", "source_networks"]
+           "expiry_epoch", "principal_globs", "source_networks"]
 
 
 class DetectorException(BaseModel):
@@ -64,9 +64,16 @@ class DetectorException(BaseModel):
     @property
     def expires_at(self) -> float | None:
         """Epoch seconds from which the exception no longer applies (the day after ``expires``)."""
-        if self.expires is None:
-            return None
-        return datetime(self.expires.year, self.expires.month, self.expires.day, tzinfo=UTC).timestamp() + 86400.0
+        return expiry_epoch(self.expires)
+
+
+
+def expiry_epoch(expires: date | None) -> float | None:
+    """Epoch seconds from which an exception dated ``expires`` no longer applies: the day after it
+    (UTC), so an exception is in force through the whole of its last day.  ``None``: never expires."""
+    if expires is None:
+        return None
+    return datetime(expires.year, expires.month, expires.day, tzinfo=UTC).timestamp() + 86400.0
 
 
 class DetectorExceptions:

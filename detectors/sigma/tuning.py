@@ -20,13 +20,14 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from fnmatch import translate
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from detectors.event import Event
+from detectors.exceptions import expiry_epoch
 
 __all__ = ["ExceptionConfig", "Exceptions", "compile_selection", "expired_exceptions", "resolve_tuning",
            "rule_references"]
@@ -79,9 +80,7 @@ class ExceptionConfig(BaseModel):
     @property
     def expires_at(self) -> float | None:
         """Epoch seconds from which the exception no longer applies (the day after ``expires``)."""
-        if self.expires is None:
-            return None
-        return datetime(self.expires.year, self.expires.month, self.expires.day, tzinfo=UTC).timestamp() + 86400.0
+        return expiry_epoch(self.expires)
 
 
 def compile_selection(selection: Any) -> Callable[[dict[str, Any]], bool]:
