@@ -324,28 +324,39 @@ class CorrelationSet:
                 self._emit(runtime.plan, chained, out)
 
     def _continuation(self, plan: Plan, firing: Firing) -> Alert:
+        group_text = _group_text(plan, firing.key)
+        return self._alert_of(
+            plan, firing, group_text,
+            summary=f"Sigma correlation '{plan.title}' still met for {group_text} (one more matching event).",
+            evidence={"correlation_type": plan.kind, "group_by": dict(zip(plan.group_by, firing.key, strict=True)),
+                      "continues": True},
+            event_total=1,
+            continues=True,
+        )
+
+    def _alert_of(self, plan: Plan, firing: Firing, group_text: str, *, summary: str, evidence: dict[str, Any],
+                  event_total: int, continues: bool = False) -> Alert:
+        """The alert of a firing: who and where from its last event, the rule's identity and tags."""
         event = firing.event
         ip = event.source_ip if event is not None else None
-        group_text = _group_text(plan, firing.key)
         return Alert(
             detector=DETECTOR,
             title=plan.title,
             severity=self.severity_of(plan.rule_id, plan.level),
             time=firing.end,
-            summary=f"Sigma correlation '{plan.title}' still met for {group_text} (one more matching event).",
+            summary=summary,
             runbook=plan.runbook,
             account_id=event.account_id if event is not None else "",
             region=event.region if event is not None else "",
             principal=event.principal if event is not None else "",
             source_ips=[ip] if ip else [],
             event_ids=list(firing.event_ids),
-            evidence={"correlation_type": plan.kind, "group_by": dict(zip(plan.group_by, firing.key, strict=True)),
-                      "continues": True},
+            evidence=evidence,
             tags=list(plan.tags),
             rule_id=plan.rule_id,
             entity=f"{plan.rule_id}|{group_text}",
-            event_total=1,
-            continues=True,
+            event_total=event_total,
+            continues=continues,
         )
 
     def _alert(self, plan: Plan, firing: Firing) -> Alert:
@@ -368,30 +379,13 @@ class CorrelationSet:
             "falsepositives": list(plan.falsepositives),
         }
         event = firing.event
-        ip = event.source_ip if event is not None else None
         what = _what(plan, firing)
         if plan.summary_template is not None and event is not None:  # the rule's own words, on its last event
             summary = f"{render_summary(plan.summary_template, event)} ({what})"
         else:
             summary = f"Sigma correlation '{plan.title}' met for {group_text}: {what}"
-        return Alert(
-            detector=DETECTOR,
-            title=plan.title,
-            severity=self.severity_of(plan.rule_id, plan.level),
-            time=firing.end,
-            summary=summary,
-            runbook=plan.runbook,
-            account_id=event.account_id if event is not None else "",
-            region=event.region if event is not None else "",
-            principal=event.principal if event is not None else "",
-            source_ips=[ip] if ip else [],
-            event_ids=list(firing.event_ids),
-            evidence=evidence,
-            tags=list(plan.tags),
-            rule_id=plan.rule_id,
-            entity=f"{plan.rule_id}|{group_text}",
-            event_total=max(len(firing.event_ids), _count_of(firing.detail)),
-        )
+        return self._alert_of(plan, firing, group_text, summary=summary, evidence=evidence,
+                              event_total=max(len(firing.event_ids), _count_of(firing.detail)))
 
     # -- state -----------------------------------------------------------------------------------
     def state_keys(self) -> int:
