@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import structlog
 
-from daemon import __version__
+from daemon import __version__, early_signals
 from daemon.components import Built, build_detectors, build_sinks, build_sources
 from daemon.config import Config
 from daemon.deadletter import REASONS, InvalidReporter
@@ -200,6 +200,8 @@ class Daemon:
             loop.add_signal_handler(signum, self.request_stop, signum)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._reload_requests.append(
             loop.create_task(self.reload_rules())))
+        if (early := early_signals.pending()) is not None:  # asked to stop while still starting
+            self.request_stop(early)
 
     def log_rule_problems(self) -> None:
         """Rules that could not be loaded are reported one by one; the others run."""

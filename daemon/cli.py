@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from daemon import __version__
+from daemon import __version__, early_signals
 from daemon.components import Built, check
 from daemon.config import Config, ConfigError, load_config
 from daemon.logs import configure_logging
@@ -119,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    early_signals.catch()  # a stop asked for while starting is honoured once the loop runs
     path = _config_path(args.config)
     try:
         config, built = _load(path)
@@ -155,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     """Drain SQS into Kafka until SIGTERM/SIGINT (see :mod:`daemon.relay`)."""
+    early_signals.catch()
     path = _config_path(args.config)
     if not args.bootstrap_servers or not args.topic:
         return _fail(["relay: --bootstrap-servers and --topic are required (or TRAILGUARD_RELAY_BOOTSTRAP and "

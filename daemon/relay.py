@@ -24,6 +24,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from daemon import early_signals
 from daemon.components import Built, build_sources
 from daemon.config import Config
 from daemon.deadletter import InvalidReporter
@@ -86,6 +87,8 @@ class Relay:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_requested.set)
+        if early_signals.pending() is not None:  # asked to stop while still starting
+            self.stop_requested.set()
         if self.server is not None:
             await self.server.start()
         await self.producer.start()
