@@ -20,7 +20,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -62,9 +61,7 @@ async def test_a_frozen_owner_resumed_after_a_take_over_is_fenced(kafka_broker: 
     group = "fencing-0"
     a, b = (Instance(tmp_path, name, bootstrap, topic, group) for name in ("a", "b"))
     for instance in (a, b):  # input partitions only: the hand-over of their state is what is fenced
-        config = orjson.loads(instance.config.read_bytes())
-        config["sources"][0]["repartition"] = "off"
-        instance.config.write_bytes(orjson.dumps(config))
+        instance.configure({"repartition": "off"})
     try:
         start_in_turn(a, b)
         await produce(bootstrap, topic, records)

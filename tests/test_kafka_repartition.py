@@ -33,7 +33,7 @@ from detectors.registry import DETECTORS
 from tests.brokers import Tansu
 from tests.conftest import wait_for
 from tests.test_kafka_scale_out import ACCOUNTS, T0, Instance, start_in_turn, trail, union
-from tests.test_restart_kill9 import _records
+from tests.test_restart_kill9 import RECON_APIS, _records
 from tests.test_source_kafka import create_topic
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -69,9 +69,7 @@ def _ip_spray() -> list[dict[str, Any]]:
 def _cross_account_spray() -> list[dict[str, Any]]:
     """One role session enumerating six accounts, denied everywhere: only the principal key sees it."""
     template = _records("invictus_get_password_data.json")["Records"][0]
-    apis = [("ec2.amazonaws.com", "DescribeInstances"), ("s3.amazonaws.com", "ListBuckets"),
-            ("iam.amazonaws.com", "ListUsers"), ("secretsmanager.amazonaws.com", "ListSecrets"),
-            ("lambda.amazonaws.com", "ListFunctions20150331"), ("ssm.amazonaws.com", "DescribeParameters")]
+    apis = RECON_APIS
     out = []
     for i in range(12):
         record = _at(template, 4800 + 4 * i, f"xspray-{i}")
@@ -115,11 +113,8 @@ class RepartitionInstance(Instance):
 
     def __init__(self, root: Path, name: str, bootstrap: str, topic: str, group: str, **source: Any) -> None:
         super().__init__(root, name, bootstrap, topic, group)
-        config = orjson.loads(self.config.read_bytes())
-        config["detectors"] = _detectors()
-        config["delivery"] = {"incidents": {"enabled": False}}  # per-event alerts, as the replay compared
-        config["sources"][0].update(source)
-        self.config.write_bytes(orjson.dumps(config))
+        # per-event alerts, as the replay compared
+        self.configure(source, detectors=_detectors(), delivery={"incidents": {"enabled": False}})
 
 
 def _key(record: dict[str, Any], keying: str) -> bytes | None:

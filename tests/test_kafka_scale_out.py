@@ -116,6 +116,15 @@ class Instance:
         self.process: DaemonProcess | None = None
         self.runs = 0
 
+    def configure(self, source: dict[str, Any] | None = None, **sections: Any) -> Instance:
+        """Change the config before the next start: ``source`` settings merge into the Kafka source,
+        each of ``sections`` replaces that top-level section."""
+        config = orjson.loads(self.config.read_bytes())
+        config["sources"][0].update(source or {})
+        config.update(sections)
+        self.config.write_bytes(orjson.dumps(config))
+        return self
+
     def start(self) -> Instance:
         self.runs += 1
         run_dir = self.workdir / f"run{self.runs}"

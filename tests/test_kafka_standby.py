@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -123,12 +122,9 @@ async def test_killed_owner_is_taken_over_from_warm_copies(kafka_broker: Tansu, 
     records, want = expected
     topic, (a, b) = await setup(kafka_broker.bootstrap, tmp_path, 2)
     for instance in (a, b):
-        config = orjson.loads(instance.config.read_bytes())
-        config["sources"][0]["standby_replicas"] = 5
         # input partitions only: standby copies are placed within a topic, and the assignor may give
         # one instance a whole internal topic (docs/production.md, standby replicas)
-        config["sources"][0]["repartition"] = "off"
-        instance.config.write_bytes(orjson.dumps(config))
+        instance.configure({"standby_replicas": 5, "repartition": "off"})
     first, second = halves(records)
     try:
         start_in_turn(a, b)

@@ -58,11 +58,15 @@ def _brute_force(start: float, tag: str, ip: str, user: str) -> list[dict[str, A
     return out
 
 
+#: The listing calls of a recon sweep, one per service (eventSource, eventName).
+RECON_APIS = [("ec2.amazonaws.com", "DescribeInstances"), ("s3.amazonaws.com", "ListBuckets"),
+              ("iam.amazonaws.com", "ListUsers"), ("secretsmanager.amazonaws.com", "ListSecrets"),
+              ("lambda.amazonaws.com", "ListFunctions20150331"), ("ssm.amazonaws.com", "DescribeParameters")]
+
+
 def _enumeration(start: float) -> list[dict[str, Any]]:
     template = _records("invictus_get_password_data.json")["Records"][0]
-    apis = [("ec2.amazonaws.com", "DescribeInstances"), ("s3.amazonaws.com", "ListBuckets"),
-            ("iam.amazonaws.com", "ListUsers"), ("secretsmanager.amazonaws.com", "ListSecrets"),
-            ("lambda.amazonaws.com", "ListFunctions20150331"), ("ssm.amazonaws.com", "DescribeParameters")]
+    apis = RECON_APIS
     out = []
     for i in range(12):
         record = _retimed(template, start + 5 * i, f"enum-{i}")
