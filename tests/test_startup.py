@@ -139,3 +139,11 @@ def test_run_with_the_shipped_configuration_never_imports_aiohttp_kafka_or_rich(
     report = _imports_of_run(tmp_path, ["aiohttp", "aiokafka", "rich", "structlog"])
     assert report == {"code": 0, "imported": ["structlog"]}
 
+
+
+def test_the_startup_comparison_starts_both_trees_in_turns() -> None:
+    from bench.scenarios.startup import compare
+
+    result = compare(ROOT, ROOT, reps=1)
+    for name in ("A", "B"):
+        assert len(result[name]["wall"]) == 1 and 0 < result[name]["wall_median"] < 60
