@@ -119,8 +119,8 @@ class _Connection(asyncio.Protocol):
                 self._reply(400, _TEXT, b"bad header\n", version, close=True)
                 return
             headers[name.strip().lower()] = value.strip().lower()
-        connection = headers.get(b"connection", b"")
-        close = connection == b"close" if version == "HTTP/1.1" else connection != b"keep-alive"
+        tokens = {token.strip() for token in headers.get(b"connection", b"").split(b",")}
+        close = b"close" in tokens if version == "HTTP/1.1" else b"keep-alive" not in tokens
         if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
             close = True  # a body is never read: answer, then close rather than parse it as a request
         if method not in (b"GET", b"HEAD"):

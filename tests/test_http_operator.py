@@ -72,7 +72,7 @@ async def test_keep_alive_answers_pipelined_requests_in_order_on_one_connection(
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         first = await asyncio.wait_for(reader.readuntil(b"progress\n"), 10)
         second = await asyncio.wait_for(reader.readuntil(b"state\n"), 10)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: TE, close\r\n\r\n")
         third = await asyncio.wait_for(reader.read(), 10)  # then closed, as asked
     finally:
         writer.close()
