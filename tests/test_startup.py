@@ -147,3 +147,21 @@ def test_the_startup_comparison_starts_both_trees_in_turns() -> None:
     result = compare(ROOT, ROOT, reps=1)
     for name in ("A", "B"):
         assert len(result[name]["wall"]) == 1 and 0 < result[name]["wall_median"] < 60
+
+
+def test_each_rule_condition_is_parsed_once_while_the_pack_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pySigma deep-copies a condition's tree on every parse: the compiler and the index's three
+    requirements share one parse per condition (four before)."""
+    from sigma.conditions import SigmaCondition
+
+    parses: list[str] = []
+    original = SigmaCondition.parse
+
+    def counting(self: SigmaCondition, postprocess: bool = True) -> object:
+        parses.append(self.condition)
+        return original(self, postprocess)
+
+    monkeypatch.setattr(SigmaCondition, "parse", counting)
+    rules, _ = load_rules([PACK])
+    conditions = sum(len(rule.rule.detection.condition) for rule in rules.rules if rule.rule is not None)
+    assert rules.rules and len(parses) == conditions

@@ -26,7 +26,7 @@ from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
-from detectors.sigma.compiler import compile_rule
+from detectors.sigma.compiler import compile_rule_and_trees
 from detectors.sigma.new_terms import NewTermsError, NewTermsRule, is_new_terms, parse_new_terms
 from detectors.sigma.requirements import required_values, spellings
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
@@ -213,8 +213,8 @@ def _combine(
 
 
 def _compile(rule: SigmaRule, rule_id: str, path: str) -> CompiledRule:
-    predicate = compile_rule(rule)
-    names = required_values(rule, "eventName")
+    predicate, trees = compile_rule_and_trees(rule)  # each condition parsed once for all of this
+    names = required_values(rule, "eventName", trees)
     return CompiledRule(
         rule_id=rule_id,
         title=rule.title,
@@ -227,8 +227,8 @@ def _compile(rule: SigmaRule, rule_id: str, path: str) -> CompiledRule:
         generate=bool(rule._output),
         predicate=predicate,
         required_names=names,
-        required_sources=required_values(rule, "eventSource"),
-        required_identity_types=required_values(rule, "userIdentity.type"),
+        required_sources=required_values(rule, "eventSource", trees),
+        required_identity_types=required_values(rule, "userIdentity.type", trees),
         name_spellings=spellings(rule, "eventName") if names is not None else frozenset(),
         rule=rule,
     )
