@@ -120,14 +120,16 @@ print(orjson.dumps({"code": code, "imported": sorted(m for m in watched if m in 
 
 
 def _imports_of_run(tmp_path: Path, watched: list[str], extra: dict[str, object] | None = None) -> dict[str, object]:
+    import os
     import subprocess
     import sys
 
     import orjson
 
     script = f"watched = {watched!r}\nextra = {extra or {}!r}\n{_RUN_AND_REPORT_IMPORTS}"
+    env = {**os.environ, "TRAILGUARD_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True,
-                            timeout=120)
+                            timeout=120, env=env)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     return orjson.loads(result.stdout.splitlines()[-1])
 
@@ -165,3 +167,27 @@ def test_each_rule_condition_is_parsed_once_while_the_pack_loads(monkeypatch: py
     rules, _ = load_rules([PACK])
     conditions = sum(len(rule.rule.detection.condition) for rule in rules.rules if rule.rule is not None)
     assert rules.rules and len(parses) == conditions
+
+
+def test_console_logs_print_plain_tracebacks_without_frame_locals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With rich out of structlog, console logs use plain tracebacks (rich's default showed locals)."""
+    import io
+    import sys
+
+    from daemon.logs import configure_logging, structlog
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    configure_logging("info", "console")
+    webhook = "https://hooks.example/T0/B0/secret-token-in-a-local"
+
+    def deliver(url: str) -> None:
+        raise ConnectionError("refused")
+
+    try:
+        deliver(webhook)
+    except ConnectionError:
+        structlog.get_logger("t").error("delivery failed", exc_info=True)
+    output = err.getvalue()
+    assert "Traceback (most recent call last)" in output and "ConnectionError: refused" in output
+    assert webhook not in output, output
