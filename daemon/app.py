@@ -270,7 +270,9 @@ class Daemon:
             self.log.info("operator endpoint listening", host=self.server.host, port=self.server.port)
         self.log_rule_problems()
         # Rules, GeoIP tables and imports are long-lived: keep them out of every future GC pass.
-        gc.collect()
+        # No gc.collect() first: a full pass over the start-up heap costs 60-130 ms of start-up CPU
+        # to reclaim ~1.7 MB of parse-time cycles (pyparsing frames and tracebacks), which are frozen
+        # with the rest instead (docs/performance.md, round 4).
         gc.freeze()
         gc.enable()  # ``trailguard run`` starts with it off (see daemon.cli.cmd_run)
         gc.set_threshold(*GC_THRESHOLDS)

@@ -17,8 +17,11 @@ import sys
 from typing import Any, TextIO
 
 import orjson
-import structlog
-from structlog.tracebacks import ExceptionDictTransformer
+
+from daemon.structlog_import import import_structlog
+
+#: Imported without rich (its console tracebacks are not used here): see :mod:`daemon.structlog_import`.
+structlog = import_structlog()
 
 __all__ = ["SafePrintLogger", "configure_logging"]
 
@@ -66,11 +69,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
-        processors += [structlog.dev.ConsoleRenderer(colors=True)]
+        # plain tracebacks: rich's (structlog's default when rich is installed) print frame locals
+        processors += [structlog.dev.ConsoleRenderer(colors=True, exception_formatter=structlog.dev.plain_traceback)]
     else:
         processors += [
             # Frame locals may hold secrets: tracebacks carry frames and code, never variables.
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
     structlog.configure(

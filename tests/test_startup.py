@@ -97,3 +97,97 @@ def test_the_rule_scaling_scenario_loads_its_new_terms_correlations(tmp_path: Pa
     detector = sigma_with(100, tmp_path / "rules", [f"Call{n}" for n in range(10)])
     assert len(detector.rules.new_terms) == 100 // NEW_TERMS_EVERY
     assert not detector.load_errors
+
+
+# -- what `trailguard run` imports ------------------------------------------------------------
+#: Runs the shipped configuration (finite input, endpoint on a free port) through ``cli.main`` in a
+#: fresh interpreter, then prints which optional packages the whole run imported.
+_RUN_AND_REPORT_IMPORTS = """
+import sys
+from pathlib import Path
+import orjson
+from bench.scenarios.startup import default_config
+from tests.conftest import free_port
+config = default_config(free_port())
+config["sources"][0]["follow"] = False
+config.update(extra)
+path = Path(sys.argv[1]) / "trailguard.yaml"
+path.write_bytes(orjson.dumps(config))
+from daemon import cli
+code = cli.main(["run", "--config", str(path)])
+print(orjson.dumps({"code": code, "imported": sorted(m for m in watched if m in sys.modules)}).decode())
+"""
+
+
+def _imports_of_run(tmp_path: Path, watched: list[str], extra: dict[str, object] | None = None) -> dict[str, object]:
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    script = f"watched = {watched!r}\nextra = {extra or {}!r}\n{_RUN_AND_REPORT_IMPORTS}"
+    env = {**os.environ, "TRAILGUARD_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return orjson.loads(result.stdout.splitlines()[-1])
+
+
+def test_run_with_the_shipped_configuration_never_imports_aiohttp_kafka_or_rich(tmp_path: Path) -> None:
+    """aiohttp (~0.15 s: the operator endpoint is served without it), aiokafka (~0.07 s) and rich
+    (~0.1 s, pulled in by ``import structlog``) are not start-up costs of a daemon that has no HTTP
+    sink, no Kafka source, sink or changelog, and prints no console."""
+    report = _imports_of_run(tmp_path, ["aiohttp", "aiokafka", "rich", "structlog"])
+    assert report == {"code": 0, "imported": ["structlog"]}
+
+
+
+def test_the_startup_comparison_starts_both_trees_in_turns() -> None:
+    from bench.scenarios.startup import compare
+
+    result = compare(ROOT, ROOT, reps=1)
+    for name in ("A", "B"):
+        assert len(result[name]["wall"]) == 1 and 0 < result[name]["wall_median"] < 60
+
+
+def test_each_rule_condition_is_parsed_once_while_the_pack_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pySigma deep-copies a condition's tree on every parse: the compiler and the index's three
+    requirements share one parse per condition (four before)."""
+    from sigma.conditions import SigmaCondition
+
+    parses: list[str] = []
+    original = SigmaCondition.parse
+
+    def counting(self: SigmaCondition, postprocess: bool = True) -> object:
+        parses.append(self.condition)
+        return original(self, postprocess)
+
+    monkeypatch.setattr(SigmaCondition, "parse", counting)
+    rules, _ = load_rules([PACK])
+    conditions = sum(len(rule.rule.detection.condition) for rule in rules.rules if rule.rule is not None)
+    assert rules.rules and len(parses) == conditions
+
+
+def test_console_logs_print_plain_tracebacks_without_frame_locals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With rich out of structlog, console logs use plain tracebacks (rich's default showed locals)."""
+    import io
+    import sys
+
+    from daemon.logs import configure_logging, structlog
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    configure_logging("info", "console")
+    webhook = "https://hooks.example/T0/B0/secret-token-in-a-local"
+
+    def deliver(url: str) -> None:
+        raise ConnectionError("refused")
+
+    try:
+        deliver(webhook)
+    except ConnectionError:
+        structlog.get_logger("t").error("delivery failed", exc_info=True)
+    output = err.getvalue()
+    assert "Traceback (most recent call last)" in output and "ConnectionError: refused" in output
+    assert webhook not in output, output

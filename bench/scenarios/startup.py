@@ -8,6 +8,9 @@ port and relative paths made absolute.  The clock starts before the process is s
 at the first ``/readyz`` 200 (polled every 5 ms), so it includes the interpreter, every import,
 config validation, rule loading, enrichment and the endpoint binding.
 
+``python -m bench.scenarios.startup OTHER_TREE [--reps N]`` compares two source trees (e.g. a
+``git worktree`` of main as A, this tree as B), starting them in turns, A/B/A/B.
+
 Bytecode is compiled first (``compileall``), as ``pip install`` and the container image do: this
 machine's environment sets ``PYTHONDONTWRITEBYTECODE``, and without ``.pyc`` files every run
 would also pay for compiling the project's sources.  A is a bare interpreter start
@@ -35,7 +38,7 @@ import yaml
 
 from bench.scenarios.kafka import free_port
 
-__all__ = ["default_config", "run", "seconds_to_ready"]
+__all__ = ["compare", "default_config", "run", "seconds_to_ready"]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 CONFIG: Final = ROOT / "config" / "trailguard.yaml"
@@ -139,3 +142,33 @@ def run(quick: bool = False, reps: int = 3) -> list[dict[str, Any]]:
                  f"{statistics.median(bare):.2f} s; load {load:.1f}); target ≤ 1 s"
                  f" — {'met' if seconds <= 1.0 else 'MISSED'}"),
     }]
+
+
+def compare(before: Path, after: Path = ROOT, reps: int = 5) -> dict[str, Any]:
+    """Start the shipped configuration of two source trees in turns (A = ``before``, B = ``after``):
+    per tree the wall and CPU seconds to ready of every start, and their medians."""
+    for root in (before, after):
+        for package in ("daemon", "detectors"):
+            compileall.compile_dir(str(root / package), quiet=1)
+    runs: dict[str, list[tuple[float, float | None]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="tg-startup-") as tmp:
+        for _ in range(reps):
+            for name, root in (("A", before), ("B", after)):
+                runs[name].append(seconds_to_ready(Path(tmp), root))
+    out: dict[str, Any] = {"load_average": round(os.getloadavg()[0], 2)}
+    for name, measured in runs.items():
+        cpu = [c for _, c in measured if c is not None]
+        out[name] = {"wall": [round(w, 3) for w, _ in measured], "cpu": [round(c, 3) for c in cpu],
+                     "wall_median": round(statistics.median(w for w, _ in measured), 3),
+                     "cpu_median": round(statistics.median(cpu), 3) if cpu else None}
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="start-up to /readyz: another source tree (A) vs this one (B)")
+    parser.add_argument("before", type=Path, help="the other tree, e.g. a git worktree of main")
+    parser.add_argument("--reps", type=int, default=5)
+    arguments = parser.parse_args()
+    print(orjson.dumps(compare(arguments.before.resolve(), reps=arguments.reps), option=orjson.OPT_INDENT_2).decode())

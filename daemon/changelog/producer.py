@@ -13,15 +13,15 @@ would land on the wrong partition.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from daemon.changelog.codec import EncodedWrite, claim_record
 from daemon.metrics import Metrics
+
+if TYPE_CHECKING:  # aiokafka is imported where it is used: a daemon without Kafka never loads it
+    from aiokafka import AIOKafkaProducer
 
 __all__ = ["ChangelogError", "ChangelogProducer", "changelog_topic", "split_partition"]
 
@@ -59,6 +59,8 @@ class ChangelogProducer:
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
+            from aiokafka import AIOKafkaProducer
+
             producer = AIOKafkaProducer(**self.connection, acks="all", linger_ms=0,
                                         max_request_size=max(1 << 20, self.chunk_bytes + (64 << 10)))
             await asyncio.wait_for(producer.start(), self.timeout)
@@ -73,6 +75,9 @@ class ChangelogProducer:
 
     async def ensure_topic(self, topic: str, partitions: int) -> str:
         """Create the changelog of ``topic`` if missing; check its partition count; return its name."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
         name = changelog_topic(self.group_id, topic)
         if name in self._ready_topics:
             return name

@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from daemon.changelog.codec import Restored, assemble
 from daemon.changelog.producer import changelog_topic, split_partition
 from daemon.changelog.replica import Replica
 from daemon.metrics import Metrics
+
+if TYPE_CHECKING:  # aiokafka is imported where it is used: a daemon without Kafka never loads it
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = ["CachedState", "RecoveryManager"]
 
@@ -74,6 +76,8 @@ class RecoveryManager:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
+            from aiokafka import AIOKafkaConsumer
+
             consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
                                         auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
                                         fetch_max_bytes=64 << 20, fetch_max_wait_ms=20)
@@ -89,6 +93,8 @@ class RecoveryManager:
 
     async def end_offset(self, key: str) -> int:
         """The changelog end offset of partition ``key`` now (the writer's fencing check)."""
+        from aiokafka import TopicPartition
+
         topic, partition = split_partition(key)
         tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
         async with self._lock:
@@ -100,6 +106,8 @@ class RecoveryManager:
         """The state of partition ``key``, the changelog end offset it matches, and where it came from
         (``"cache"``, ``"standby"``, ``"changelog"`` or ``"empty"``).  ``warm``: a standby copy, of
         which only the records written since it was last read are read."""
+        from aiokafka import TopicPartition
+
         topic, partition = split_partition(key)
         tp = TopicPartition(changelog_topic(self.group_id, topic), partition)
         async with self._lock:

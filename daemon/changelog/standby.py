@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from daemon.changelog.producer import changelog_topic, split_partition
 from daemon.changelog.replica import Replica
 from daemon.metrics import Metrics
+
+if TYPE_CHECKING:  # aiokafka is imported where it is used: a daemon without Kafka never loads it
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = ["StandbyReplicas", "standby_placement"]
 
@@ -57,6 +58,8 @@ class StandbyReplicas:
         self._lock = asyncio.Lock()
 
     def _tp(self, key: str) -> TopicPartition:
+        from aiokafka import TopicPartition
+
         topic, partition = split_partition(key)
         return TopicPartition(changelog_topic(self.group_id, topic), partition)
 
@@ -71,6 +74,8 @@ class StandbyReplicas:
                 del self._copies[key]
             added = [key for key in sorted(wanted) if key not in self._copies]
             if self._consumer is None and wanted:
+                from aiokafka import AIOKafkaConsumer
+
                 consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
                                             auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
                                             fetch_max_wait_ms=100)
@@ -100,6 +105,8 @@ class StandbyReplicas:
         return copy
 
     async def _tail(self) -> None:
+        from aiokafka.errors import KafkaError
+
         by_tp: dict[TopicPartition, str] = {}
         while True:
             try:

@@ -43,7 +43,8 @@ from detectors.sigma.values import (
     to_text,
 )
 
-__all__ = ["Predicate", "compile_rule", "condition_trees", "detection_node", "resolve_selector"]
+__all__ = ["Predicate", "compile_rule", "compile_rule_and_trees", "condition_trees", "detection_node",
+           "resolve_selector"]
 
 #: ``predicate(raw_record) -> bool``
 Predicate = Callable[[dict[str, Any]], bool]
@@ -226,10 +227,17 @@ def condition_trees(rule: SigmaRule) -> list[ConditionItem]:
 
 def compile_rule(rule: SigmaRule) -> Predicate:
     """Compile a parsed detection rule; raise :class:`Unsupported` with the reason if it cannot be."""
+    return compile_rule_and_trees(rule)[0]
+
+
+def compile_rule_and_trees(rule: SigmaRule) -> tuple[Predicate, list[ConditionItem]]:
+    """:func:`compile_rule`, plus the :func:`condition_trees` it compiled (for the index's
+    requirements, so that each condition is parsed once: pySigma deep-copies a tree per parse)."""
     detections = rule.detection
     for key in _LEGACY_AGGREGATION_KEYS:
         if key in detections.detections:
             raise Unsupported(f"'{key}' in detection (legacy aggregation): use a correlation rule")
     compiled = {name: _detection(detection) for name, detection in detections.detections.items()}
-    return _any_of([_condition(tree, detections, compiled) for tree in condition_trees(rule)])
+    trees = condition_trees(rule)
+    return _any_of([_condition(tree, detections, compiled) for tree in trees]), trees
 

@@ -15,10 +15,10 @@ The only I/O here is reading the files given; everything else is pure.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import yaml
 from sigma.collection import SigmaCollection
@@ -26,7 +26,7 @@ from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
-from detectors.sigma.compiler import compile_rule
+from detectors.sigma.compiler import compile_rule_and_trees
 from detectors.sigma.new_terms import NewTermsError, NewTermsRule, is_new_terms, parse_new_terms
 from detectors.sigma.requirements import required_values, spellings
 from detectors.sigma.ruleset import CompiledRule, LoadIssue, RuleSet
@@ -39,6 +39,7 @@ __all__ = [
     "load_rules",
     "load_sources",
     "rule_files",
+    "use_document_cache",
 ]
 
 CORRELATION_NOTICE: Final = "correlation rule: handled by the correlation engine"
@@ -51,6 +52,28 @@ _SAFE_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _documents(text: str) -> list[object]:
     """Every YAML document of ``text``, as ``yaml.safe_load_all`` (what pySigma's ``from_yaml`` uses)."""
     return list(yaml.load_all(text, Loader=_SAFE_LOADER))
+
+
+class DocumentCache(Protocol):
+    """Where parsed documents may come from instead of parsing (the daemon's: ``daemon.rule_documents``)."""
+
+    def documents(self, text: str, parse: Callable[[str], list[object]]) -> list[object]:
+        """``parse(text)``, or documents equal to what it returns."""
+        ...
+
+    def save(self) -> bool:
+        """Called once per load, after every file's documents were asked for."""
+        ...
+
+
+#: Installed by the daemon's command line; ``None`` (tests, libraries): every file is parsed.
+_document_cache: DocumentCache | None = None
+
+
+def use_document_cache(cache: DocumentCache | None) -> None:
+    """Take rule files' YAML documents from ``cache`` (``None``: parse every file, the default)."""
+    global _document_cache
+    _document_cache = cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +176,10 @@ def _parse(
 ) -> tuple[list[SigmaRule | SigmaCorrelationRule], list[object]]:
     parsed: list[SigmaRule | SigmaCorrelationRule] = []
     filters: list[object] = []
+    cache = _document_cache
     for path, text in sources:
         try:
-            documents = _documents(text)
+            documents = cache.documents(text, _documents) if cache is not None else _documents(text)
             others = _split_new_terms(path, documents, new_terms, issues) if "new_terms" in text else None
             collection = SigmaCollection.from_dicts(
                 documents if others is None else others,  # type: ignore[arg-type]
@@ -171,6 +195,8 @@ def _parse(
                 issues.append(LoadIssue(path, None, None, _reason(error)))
         parsed.extend(collection.rules)
         filters.extend(collection.filters)
+    if cache is not None:
+        cache.save()
     return parsed, filters
 
 
@@ -187,8 +213,8 @@ def _combine(
 
 
 def _compile(rule: SigmaRule, rule_id: str, path: str) -> CompiledRule:
-    predicate = compile_rule(rule)
-    names = required_values(rule, "eventName")
+    predicate, trees = compile_rule_and_trees(rule)  # each condition parsed once for all of this
+    names = required_values(rule, "eventName", trees)
     return CompiledRule(
         rule_id=rule_id,
         title=rule.title,
@@ -201,8 +227,8 @@ def _compile(rule: SigmaRule, rule_id: str, path: str) -> CompiledRule:
         generate=bool(rule._output),
         predicate=predicate,
         required_names=names,
-        required_sources=required_values(rule, "eventSource"),
-        required_identity_types=required_values(rule, "userIdentity.type"),
+        required_sources=required_values(rule, "eventSource", trees),
+        required_identity_types=required_values(rule, "userIdentity.type", trees),
         name_spellings=spellings(rule, "eventName") if names is not None else frozenset(),
         rule=rule,
     )

@@ -10,6 +10,7 @@ and such a rule is checked against every event.  Being wrong here would silently
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sigma.conditions import (
@@ -91,12 +92,15 @@ def _node(node: Any, detections: SigmaDetections, field: str) -> Requirement:
     return None
 
 
-def required_values(rule: SigmaRule, field: str) -> Requirement:
+def required_values(rule: SigmaRule, field: str, trees: Sequence[Any] | None = None) -> Requirement:
     """Lowercased values ``field`` must have for ``rule`` to match, or ``None`` if unknown.
 
     Only call this on a rule that :func:`~detectors.sigma.compiler.compile_rule` accepted.
+    ``trees``: the rule's :func:`~detectors.sigma.compiler.condition_trees` when the caller has them
+    (they are only read here).
     """
-    trees = condition_trees(rule)
+    if trees is None:
+        trees = condition_trees(rule)
     return _union([_node(tree, rule.detection, field) for tree in trees])
 
 

@@ -18,9 +18,9 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 import structlog
 from pydantic import Field, field_validator
 
@@ -28,6 +28,9 @@ from daemon.config import Duration
 from daemon.delivery.sinks.base import Sink, SinkConfig
 from daemon.delivery.sinks.errors import DeliveryError, PermanentError, TransientError
 from detectors.alert import Alert
+
+if TYPE_CHECKING:  # aiohttp is imported where it is used: a daemon without HTTP sinks never loads it
+    import aiohttp
 
 __all__ = [
     "HttpClient",
@@ -144,6 +147,8 @@ class HttpClient:
 
     def __init__(self, *, timeout: float, tls_verify: bool = True, ca_file: str | None = None,
                  redact: Redactor | None = None) -> None:
+        import aiohttp
+
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.tls_verify = tls_verify
         self.ca_file = ca_file
@@ -160,6 +165,8 @@ class HttpClient:
     async def start(self) -> None:
         """Create the session (needs the running loop)."""
         if self._session is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=8)
             self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector,
                                                   headers={"User-Agent": _USER_AGENT})
@@ -172,6 +179,8 @@ class HttpClient:
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """POST ``body``; return the 2xx status or raise Transient/PermanentError (sanitized)."""
+        import aiohttp
+
         if self._session is None:
             await self.start()
         assert self._session is not None
