@@ -57,7 +57,7 @@ from daemon.dedupe import Deduplicator
 from daemon.delivery.dispatch import Dispatcher
 from daemon.delivery.incidents import Incidents
 from daemon.metrics import Metrics
-from daemon.reorder import ReorderBuffer
+from daemon.reorder import SortedRunBuffer
 from daemon.repartition.watermark import MergedWatermarkEngine
 from daemon.sources.base import Source, SourceBatch
 from daemon.state import StateStore
@@ -112,7 +112,7 @@ class Pipeline:
         self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
         #: Folds alerts into incidents; checkpointed with the detector state (on by default).
         self.incidents = incidents if incidents is not None else Incidents()
-        self.reorder = ReorderBuffer(config.allowed_lateness) if reorder else None
+        self.reorder = SortedRunBuffer(config.allowed_lateness) if reorder else None
         self.ingest: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
         self.alerts: asyncio.Queue[Any] = asyncio.Queue(config.alert_queue_size)
         self.log = structlog.get_logger("trailguard.pipeline")
@@ -393,11 +393,11 @@ class Pipeline:
             self.rule_titles[key] = alert.title if alert.rule_id else alert.detector
         counts[slot] += 1
 
-    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
-        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
-        and queue the notifications."""
+    def _count_alerts(self, alerts: list[Alert]) -> None:
+        """Stamp ``alerts`` (detection time, account facts) and count them: metrics once per label set."""
         now = time.time()
         accounts = self.accounts
+        raised: dict[tuple[str, str, str], int] = defaultdict(int)
         for alert in alerts:
             if not alert.detected_at:
                 alert.detected_at = now
@@ -405,11 +405,20 @@ class Pipeline:
                 accounts.annotate(alert)
             if alert.continues:  # an already-reported match, only for its incident's totals
                 continue
-            self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity,
-                                       rule=alert.rule_id or alert.detector).inc()
-            self.alerts_by_detector[alert.detector] += 1
+            raised[alert.detector, alert.severity, alert.rule_id or alert.detector] += 1
             self._count_rule(alert, 0)
-            self.counts["alerts"] += 1
+        alerts_total = self.metrics.alerts
+        by_detector = self.alerts_by_detector
+        for (detector, severity, rule), count in raised.items():
+            alerts_total.labels(detector=detector, severity=severity, rule=rule).inc(count)
+            by_detector[detector] += count
+            self.counts["alerts"] += count
+
+    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
+        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
+        and queue the notifications."""
+        if alerts:
+            self._count_alerts(alerts)
         if partition is None:
             incidents, watermark = self.incidents, self.watermark()
         else:  # the partition's own incidents, closed by its own event time
@@ -420,10 +429,13 @@ class Pipeline:
             incidents.close_all(notifications)
         if not notifications:
             return
+        kinds: dict[tuple[str, str, str], int] = defaultdict(int)
         for alert in notifications:
-            self.metrics.incidents.labels(detector=alert.detector, rule=alert.rule_id or alert.detector,
-                                          kind=alert.kind).inc()
+            kinds[alert.detector, alert.rule_id or alert.detector, alert.kind] += 1
             self._count_rule(alert, 1 if alert.kind == "opened" else 2)
+        incidents_total = self.metrics.incidents
+        for (detector, rule, kind), count in kinds.items():
+            incidents_total.labels(detector=detector, rule=rule, kind=kind).inc(count)
         self.counts["notifications"] = self.counts.get("notifications", 0) + len(notifications)
         await self.alerts.put(notifications)
         self._emitted += 1
