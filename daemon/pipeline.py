@@ -151,6 +151,8 @@ class Pipeline:
         self.finished = asyncio.Event()
         self.restored = False
         self.started = False
+        #: ``time.monotonic()`` when :meth:`start` began (``None`` before): replay's clock for its rate.
+        self.started_at: float | None = None
         self.last_progress = time.monotonic()
         self.counts = {"received": 0, "processed": 0, "invalid": 0, "duplicate": 0, "alerts": 0}
         self.alerts_by_detector: dict[str, int] = defaultdict(int)
@@ -184,6 +186,7 @@ class Pipeline:
 
     async def start(self) -> None:
         """Restore, start sinks then sources, and launch the tasks."""
+        self.started_at = time.monotonic()
         self.restore()
         await self.dispatcher.start()
         self._processor = asyncio.create_task(self._process(), name="processor")
