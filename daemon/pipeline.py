@@ -461,6 +461,9 @@ class Pipeline:
         records = batch.records
         # Future-dated events would move the watermark (and blind every window) if accepted.
         horizon = time.time() + self.config.max_future_skew
+        # Bound once per slice, not looked up per event.
+        seen, process, lag = dedupe.seen, engine.process, lags.append
+        hold = reorder.push if reorder is not None else None
         for index in range(start, len(records) if end is None else end):
             record = records[index]
             try:
@@ -471,7 +474,8 @@ class Pipeline:
                                     location=locations[index] if locations else batch.first_index + index,
                                     detail=error.detail, payload=record)
                 continue
-            if event.time > horizon:
+            event_time = event.time
+            if event_time > horizon:
                 invalid += 1
                 self.invalid.report("future_time", origin=origin,
                                     location=locations[index] if locations else batch.first_index + index,
@@ -479,20 +483,20 @@ class Pipeline:
                                            f"{self.config.max_future_skew:.0f}s ahead of the wall clock",
                                     payload=record)
                 continue
-            if dedupe.seen(event.event_id, event.time):
+            if seen(event.event_id, event_time):
                 duplicates += 1
                 continue
             account = event.account_id
-            if (account and accounts.get(account, 0.0) < event.time
+            if (account and accounts.get(account, 0.0) < event_time
                     and (account in accounts or len(accounts) < _MAX_ACCOUNTS)):
-                accounts[account] = event.time
-            lags.append(event.time)
+                accounts[account] = event_time
+            lag(event_time)
             processed += 1
-            if reorder is not None:
-                reorder.push(event)
+            if hold is not None:
+                hold(event)
                 continue
             before = len(out)
-            engine.process(event, out)
+            process(event, out)
             if len(out) != before:
                 self._stamp(out, before, event)
         if reorder is not None:
