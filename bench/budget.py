@@ -9,7 +9,8 @@ and AWS ranges on) and is timed on its own:
 * ``Event`` — validation and event-time parsing;
 * ``normalise`` — the shared per-event fields (principal, account, region, address kind) that
   every detector reads, computed once per event;
-* ``dedupe``, ``reorder`` — the pipeline's eventID record and replay's event-time buffer;
+* ``dedupe``, ``reorder`` — the pipeline's eventID record and replay's event-time buffer (its
+  sorted-run deque, and the plain heap it replaced for comparison);
 * each detector — ``on_event`` for the events the engine's index gives it, ``on_watermark`` every
   128 events (as the pipeline's slices do);
 * ``engine`` — all detectors together through :class:`DetectionEngine` (index lookup, isolation,
@@ -81,7 +82,7 @@ def measure(count: int, reps: int, only: list[str] | None = None) -> dict[str, A
     """Every stage's µs/event over ``count`` benchmark events, plus alert and start-up figures."""
     from daemon.dedupe import Deduplicator
     from daemon.metrics import Metrics
-    from daemon.reorder import ReorderBuffer
+    from daemon.reorder import ReorderBuffer, SortedRunBuffer
     from detectors.engine import DetectionEngine
     from detectors.event import Event
 
@@ -109,8 +110,8 @@ def measure(count: int, reps: int, only: list[str] | None = None) -> dict[str, A
 
     rows["dedupe"] = _best(reps, dedupe) * per
 
-    def reorder() -> None:
-        buffer = ReorderBuffer(900.0)
+    def reorder(kind: type[ReorderBuffer]) -> None:
+        buffer = kind(900.0)
         out: list[Any] = []
         for start in range(0, count, SLICE):
             for event in events[start:start + SLICE]:
@@ -118,7 +119,8 @@ def measure(count: int, reps: int, only: list[str] | None = None) -> dict[str, A
             buffer.release(out)
         buffer.drain(out)
 
-    rows["reorder (replay only)"] = _best(reps, reorder) * per
+    rows["reorder (replay only)"] = _best(reps, lambda: reorder(SortedRunBuffer)) * per
+    rows["reorder, heap only (before the sorted run)"] = _best(reps, lambda: reorder(ReorderBuffer)) * per
 
     started = time.process_time()
     detectors = _build_detectors()

@@ -57,7 +57,7 @@ from daemon.dedupe import Deduplicator
 from daemon.delivery.dispatch import Dispatcher
 from daemon.delivery.incidents import Incidents
 from daemon.metrics import Metrics
-from daemon.reorder import ReorderBuffer
+from daemon.reorder import SortedRunBuffer
 from daemon.repartition.watermark import MergedWatermarkEngine
 from daemon.sources.base import Source, SourceBatch
 from daemon.state import StateStore
@@ -112,7 +112,7 @@ class Pipeline:
         self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
         #: Folds alerts into incidents; checkpointed with the detector state (on by default).
         self.incidents = incidents if incidents is not None else Incidents()
-        self.reorder = ReorderBuffer(config.allowed_lateness) if reorder else None
+        self.reorder = SortedRunBuffer(config.allowed_lateness) if reorder else None
         self.ingest: asyncio.Queue[Any] = asyncio.Queue(config.queue_size)
         self.alerts: asyncio.Queue[Any] = asyncio.Queue(config.alert_queue_size)
         self.log = structlog.get_logger("trailguard.pipeline")
@@ -151,6 +151,8 @@ class Pipeline:
         self.finished = asyncio.Event()
         self.restored = False
         self.started = False
+        #: ``time.monotonic()`` when :meth:`start` began (``None`` before): replay's clock for its rate.
+        self.started_at: float | None = None
         self.last_progress = time.monotonic()
         self.counts = {"received": 0, "processed": 0, "invalid": 0, "duplicate": 0, "alerts": 0}
         self.alerts_by_detector: dict[str, int] = defaultdict(int)
@@ -184,6 +186,7 @@ class Pipeline:
 
     async def start(self) -> None:
         """Restore, start sinks then sources, and launch the tasks."""
+        self.started_at = time.monotonic()
         self.restore()
         await self.dispatcher.start()
         self._processor = asyncio.create_task(self._process(), name="processor")
@@ -393,11 +396,11 @@ class Pipeline:
             self.rule_titles[key] = alert.title if alert.rule_id else alert.detector
         counts[slot] += 1
 
-    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
-        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
-        and queue the notifications."""
+    def _count_alerts(self, alerts: list[Alert]) -> None:
+        """Stamp ``alerts`` (detection time, account facts) and count them: metrics once per label set."""
         now = time.time()
         accounts = self.accounts
+        raised: dict[tuple[str, str, str], int] = defaultdict(int)
         for alert in alerts:
             if not alert.detected_at:
                 alert.detected_at = now
@@ -405,11 +408,20 @@ class Pipeline:
                 accounts.annotate(alert)
             if alert.continues:  # an already-reported match, only for its incident's totals
                 continue
-            self.metrics.alerts.labels(detector=alert.detector, severity=alert.severity,
-                                       rule=alert.rule_id or alert.detector).inc()
-            self.alerts_by_detector[alert.detector] += 1
+            raised[alert.detector, alert.severity, alert.rule_id or alert.detector] += 1
             self._count_rule(alert, 0)
-            self.counts["alerts"] += 1
+        alerts_total = self.metrics.alerts
+        by_detector = self.alerts_by_detector
+        for (detector, severity, rule), count in raised.items():
+            alerts_total.labels(detector=detector, severity=severity, rule=rule).inc(count)
+            by_detector[detector] += count
+            self.counts["alerts"] += count
+
+    async def _emit(self, alerts: list[Alert], final: bool = False, partition: str | None = None) -> None:
+        """Count ``alerts``, fold them into the incidents of ``partition`` (``None``: the process's)
+        and queue the notifications."""
+        if alerts:
+            self._count_alerts(alerts)
         if partition is None:
             incidents, watermark = self.incidents, self.watermark()
         else:  # the partition's own incidents, closed by its own event time
@@ -420,10 +432,13 @@ class Pipeline:
             incidents.close_all(notifications)
         if not notifications:
             return
+        kinds: dict[tuple[str, str, str], int] = defaultdict(int)
         for alert in notifications:
-            self.metrics.incidents.labels(detector=alert.detector, rule=alert.rule_id or alert.detector,
-                                          kind=alert.kind).inc()
+            kinds[alert.detector, alert.rule_id or alert.detector, alert.kind] += 1
             self._count_rule(alert, 1 if alert.kind == "opened" else 2)
+        incidents_total = self.metrics.incidents
+        for (detector, rule, kind), count in kinds.items():
+            incidents_total.labels(detector=detector, rule=rule, kind=kind).inc(count)
         self.counts["notifications"] = self.counts.get("notifications", 0) + len(notifications)
         await self.alerts.put(notifications)
         self._emitted += 1
@@ -446,6 +461,9 @@ class Pipeline:
         records = batch.records
         # Future-dated events would move the watermark (and blind every window) if accepted.
         horizon = time.time() + self.config.max_future_skew
+        # Bound once per slice, not looked up per event.
+        seen, process, lag = dedupe.seen, engine.process, lags.append
+        hold = reorder.push if reorder is not None else None
         for index in range(start, len(records) if end is None else end):
             record = records[index]
             try:
@@ -456,7 +474,8 @@ class Pipeline:
                                     location=locations[index] if locations else batch.first_index + index,
                                     detail=error.detail, payload=record)
                 continue
-            if event.time > horizon:
+            event_time = event.time
+            if event_time > horizon:
                 invalid += 1
                 self.invalid.report("future_time", origin=origin,
                                     location=locations[index] if locations else batch.first_index + index,
@@ -464,20 +483,20 @@ class Pipeline:
                                            f"{self.config.max_future_skew:.0f}s ahead of the wall clock",
                                     payload=record)
                 continue
-            if dedupe.seen(event.event_id, event.time):
+            if seen(event.event_id, event_time):
                 duplicates += 1
                 continue
             account = event.account_id
-            if (account and accounts.get(account, 0.0) < event.time
+            if (account and accounts.get(account, 0.0) < event_time
                     and (account in accounts or len(accounts) < _MAX_ACCOUNTS)):
-                accounts[account] = event.time
-            lags.append(event.time)
+                accounts[account] = event_time
+            lag(event_time)
             processed += 1
-            if reorder is not None:
-                reorder.push(event)
+            if hold is not None:
+                hold(event)
                 continue
             before = len(out)
-            engine.process(event, out)
+            process(event, out)
             if len(out) != before:
                 self._stamp(out, before, event)
         if reorder is not None:

@@ -118,7 +118,10 @@ def replay(args: argparse.Namespace, path: str | None, load: Callable[..., Any],
                 code = await daemon.run()
             except CheckpointError as error:
                 return fail([f"{origin}: state: {error}"])
-        summary = _summary(daemon, time.monotonic() - started, output, outside[0])
+        # The rate is processing time: from the pipeline's start (after the daemon's start-up work,
+        # e.g. its one full garbage collection) to the last alert flushed.
+        begun = daemon.pipeline.started_at if daemon.pipeline.started_at is not None else started
+        summary = _summary(daemon, time.monotonic() - begun, output, outside[0])
         if terminal:
             render_summary(summary, summary["backtest"], console)
         else:

@@ -26,6 +26,7 @@ from time import perf_counter
 from detectors.alert import Alert
 from detectors.base import Detector
 from detectors.event import Event
+from detectors.exceptions import DetectorExceptions
 from detectors.lineage import LINEAGE_EVENTS, IdentityLineage
 
 __all__ = ["TIMING_SAMPLE", "DetectionEngine"]
@@ -104,6 +105,9 @@ class DetectionEngine:
         self._by_name, self._by_source, self._always = by_name, by_source, always
         self._folded_name, self._folded_source = folded_name, folded_source
         self._candidates_cache: dict[tuple[str, str], tuple[Detector, ...]] = {}
+        #: Per (eventSource, eventName): each candidate with its exceptions, ``None`` when it has none
+        #: (a detector's exceptions are fixed at construction, and the cache is rebuilt here).
+        self._plans: dict[tuple[str, str], tuple[tuple[Detector, DetectorExceptions | None], ...]] = {}
 
     @property
     def watermark(self) -> float:
@@ -135,6 +139,14 @@ class DetectionEngine:
                 self._candidates_cache[key] = found
         return found
 
+    def _plan(self, event: Event) -> tuple[tuple[Detector, DetectorExceptions | None], ...]:
+        """:meth:`candidates` paired with their exceptions (cached like them)."""
+        plan = tuple((detector, detector.event_exceptions if detector.event_exceptions else None)
+                     for detector in self.candidates(event))
+        if len(self._plans) < 65536:
+            self._plans[event.event_source, event.event_name] = plan
+        return plan
+
     def process(self, event: Event, out: list[Alert]) -> None:
         """Run the candidate detectors on one event, appending their alerts to ``out``.
 
@@ -146,9 +158,12 @@ class DetectionEngine:
         if event.event_name in LINEAGE_EVENTS:
             self.lineage.observe(event)
         self._tick += 1
+        plan = self._plans.get((event.event_source, event.event_name))
+        if plan is None:
+            plan = self._plan(event)
         if self._tick & (TIMING_SAMPLE - 1):
-            for detector in self.candidates(event):
-                if detector.event_exceptions and detector.event_exceptions.excepts(event):
+            for detector, exceptions in plan:
+                if exceptions is not None and exceptions.excepts(event):
                     continue
                 try:
                     produced = detector.on_event(event)
@@ -158,8 +173,8 @@ class DetectionEngine:
                     self.on_error(detector.name, event, error)
             return
         seconds = self._seconds
-        for detector in self.candidates(event):
-            if detector.event_exceptions and detector.event_exceptions.excepts(event):
+        for detector, exceptions in plan:
+            if exceptions is not None and exceptions.excepts(event):
                 continue
             started = perf_counter()
             try:

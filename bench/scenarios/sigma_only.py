@@ -13,15 +13,14 @@ per-batch bookkeeping, alert building and encoding).  Two rows over the same JSO
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.scenarios.archive import replay
-from bench.scenarios.jsonl import raw_lines, write_lines
+from bench.scenarios.jsonl import raw_lines, replay_rows
 
 __all__ = ["run", "sigma_only_config"]
 
@@ -67,15 +66,13 @@ def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]
     """The Sigma-only rows: the replay and, for reference, the engine alone; ``size`` overrides the count."""
     from bench.run import ab
 
-    count = size or (20_000 if quick else 100_000)
-    with tempfile.TemporaryDirectory(prefix="tg-bench-sigma-") as tmp:
-        path = Path(tmp) / "events.jsonl"
-        write_lines(path, count)
-        config = sigma_only_config(Path(tmp) / "sigma-only.yaml")
-        extra: dict[str, Any] = {}
-        replayed = ab(lambda: raw_lines(path), lambda: replay(path, extra, config), reps)
-        detector = _sigma_detector(config)
+    count, path, replayed, extra = replay_rows("sigma", quick, reps, size,
+                                               lambda tmp: sigma_only_config(tmp / "sigma-only.yaml"))
+    try:
+        detector = _sigma_detector(path.parent / "sigma-only.yaml")
         engine = ab(lambda: raw_lines(path), lambda: engine_in_process(path, detector), reps)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
     return [
         {"name": f"Sigma-only replay ({count:,} events)", **replayed, **extra,
          "note": "target B/A >= 0.15; B excludes process start-up (see startup_seconds)"},
