@@ -81,6 +81,23 @@ def test_a_packed_body_cut_later_holds_the_state_at_packing_time() -> None:
     assert restored is not None and restored.generation == 7 and len(restored.parts["engine"]["ids"]) == 2000
 
 
+def test_restores_and_standby_copies_read_with_one_consumer_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.changelog import reader
+
+    built: list[dict[str, Any]] = []
+    monkeypatch.setattr(reader, "AIOKafkaConsumer", lambda **options: built.append(options))
+    reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=20)
+    reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=100, group_id="a-group")
+    assert built[0] == {"bootstrap_servers": "kafka:9092", "group_id": None, "enable_auto_commit": False,
+                        "auto_offset_reset": "earliest", "max_partition_fetch_bytes": 16 << 20,
+                        "fetch_max_wait_ms": 20}
+    assert built[1]["fetch_max_wait_ms"] == 100 and built[1]["group_id"] == "a-group", "overrides win"
+    source = (Path(__file__).parents[1] / "daemon" / "changelog")
+    for module in ("recovery.py", "standby.py"):
+        text = (source / module).read_text()
+        assert "changelog_reader(" in text and "AIOKafkaConsumer(" not in text, module
+
+
 def test_a_crash_between_chunks_keeps_the_previous_generation() -> None:
     old = encode("ct/0", 1, {"engine": "old"}, chunk_bytes=1024)
     new = encode("ct/0", 2, {"engine": "new" * 2000}, chunk_bytes=1024)
