@@ -27,6 +27,7 @@ from daemon.deadletter import REASONS, InvalidReporter
 from daemon.delivery.dispatch import DeliveryConfig, Dispatcher
 from daemon.delivery.incidents import Incidents, incident_problems, known_detections, rule_incident_specs
 from daemon.delivery.sinks.base import Sink
+from daemon.gc_pauses import GcPauses
 from daemon.http import OperatorServer
 from daemon.metrics import Metrics
 from daemon.pipeline import Pipeline
@@ -116,6 +117,7 @@ class Daemon:
             # spool must survive what the checkpoint survives.
             delivery = delivery.model_copy(update={"spool_dir": str(Path(state_path) / "spool")})
         self.incidents = build_incidents(delivery, self.detectors)
+        self.gc_pauses = GcPauses(self.metrics)
         self.pipeline = Pipeline(
             sources=self.sources,
             engine=self.engine,
@@ -128,6 +130,7 @@ class Daemon:
             reorder=reorder,
             accounts=built.accounts,
             incidents=self.incidents,
+            gc_pauses=self.gc_pauses,
         )
         self.server = (
             OperatorServer(self.metrics, host=config.metrics.host, port=config.metrics.port,
@@ -276,6 +279,7 @@ class Daemon:
         gc.freeze()
         gc.enable()  # ``trailguard run`` starts with it off (see daemon.cli.cmd_run)
         gc.set_threshold(*GC_THRESHOLDS)
+        stop_observing_gc = self.gc_pauses.observe()
         try:
             await self.pipeline.start()
             self.log.info("trailguard started", version=__version__,
@@ -289,6 +293,7 @@ class Daemon:
             finished.cancel()
             await self.pipeline.stop(self.config.shutdown.deadline)
         finally:
+            stop_observing_gc()
             self.invalid.close()
             if self.server is not None:
                 await self.server.stop()

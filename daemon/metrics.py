@@ -66,6 +66,8 @@ class BatchHistogram(Collector):
 
 _LAG_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 _FAST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Event-loop pauses and per-stage times on the path of a first notification (target: p99 100 ms).
+_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -137,6 +139,15 @@ class Metrics:
         self.checkpoint_seconds = Histogram(
             "trailguard_checkpoint_seconds", "Time to write one checkpoint.", buckets=_FAST_BUCKETS,
             registry=r)
+        self.checkpoint_pause_seconds = Histogram(
+            "trailguard_checkpoint_pause_seconds", "Time one checkpoint held detection paused (snapshot).",
+            buckets=_PAUSE_BUCKETS, registry=r)
+        self.gc_pause_seconds = Histogram(
+            "trailguard_gc_pause_seconds", "Time one cyclic garbage collection stopped the process.",
+            ["generation"], buckets=_PAUSE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram(
+            "trailguard_stage_seconds", "Time a batch or slice spent in one pipeline stage.", ["stage"],
+            buckets=_PAUSE_BUCKETS, registry=r)
         self.last_checkpoint = Gauge(
             "trailguard_last_checkpoint_timestamp_seconds", "Wall-clock time of the last checkpoint.",
             registry=r)

@@ -40,7 +40,7 @@ import contextlib
 import functools
 import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -56,6 +56,7 @@ from daemon.deadletter import InvalidReporter
 from daemon.dedupe import Deduplicator
 from daemon.delivery.dispatch import Dispatcher
 from daemon.delivery.incidents import Incidents
+from daemon.gc_pauses import GcPauses
 from daemon.metrics import Metrics
 from daemon.reorder import SortedRunBuffer
 from daemon.repartition.watermark import MergedWatermarkEngine
@@ -98,6 +99,7 @@ class Pipeline:
         reorder: bool = False,
         accounts: AccountMap | None = None,
         incidents: Incidents | None = None,
+        gc_pauses: GcPauses | None = None,
     ) -> None:
         self.sources = list(sources)
         self.engine = engine
@@ -107,6 +109,13 @@ class Pipeline:
         self.config = config
         self.store = store
         self.checkpoint_interval = checkpoint_interval
+        #: Collector pauses timed meanwhile, exported after each checkpoint (``None``: not timed).
+        self.gc_pauses = gc_pauses
+        #: ``trailguard_stage_seconds`` by stage: the path of an alert through the pipeline.
+        self._stage = {stage: metrics.stage_seconds.labels(stage=stage)
+                       for stage in ("ingest_wait", "detect", "fold", "alert_wait", "deliver")}
+        #: When each alert batch still in the alert queue was put there (the queue is FIFO).
+        self._alert_put_times: deque[float] = deque()
         #: Stamps account name/environment/owner/tags on alerts before they are routed.
         self.accounts = accounts if accounts else None
         self.dedupe = Deduplicator(config.dedupe_horizon, config.dedupe_max_ids)
@@ -303,6 +312,7 @@ class Pipeline:
             async for batch in source.batches():
                 received.inc(len(batch.records))
                 self.counts["received"] += len(batch.records)
+                batch.received_at = time.perf_counter()
                 await self.ingest.put((source, batch))
                 self.metrics.queue_depth.labels(stage="ingest").set(self.ingest.qsize())
         except asyncio.CancelledError:
@@ -361,6 +371,9 @@ class Pipeline:
             source, batch = item
             while batch.partition in self.restoring:  # fetched while its state is being restored
                 await asyncio.sleep(0.01)
+            stage = self._stage
+            if batch.received_at:
+                stage["ingest_wait"].observe(time.perf_counter() - batch.received_at)
             total = len(batch.records)
             # Large batches are detected in slices, each slice's alerts handed on at once: an alert
             # does not wait for the rest of a 1,000-record file.  The batch is acknowledged (its
@@ -373,10 +386,14 @@ class Pipeline:
                         # Revoked (or never restored) here: the owner reads it; never acknowledged.
                         self.metrics.partition_batches_dropped.inc()
                         break
+                    began = time.perf_counter()
                     alerts = self._handle(batch, start, end)
+                    detected = time.perf_counter()
+                    stage["detect"].observe(detected - began)
                     if end >= total:
                         self._pending[id(source)].append(batch.position)
                     await self._emit(alerts, partition=batch.partition)
+                    stage["fold"].observe(time.perf_counter() - detected)
                 self.last_progress = time.monotonic()
                 # get() and put() do not yield when they need not wait: let the dispatcher, the
                 # checkpointer and the operator endpoint run between slices even under full input.
@@ -440,7 +457,12 @@ class Pipeline:
         for (detector, rule, kind), count in kinds.items():
             incidents_total.labels(detector=detector, rule=rule, kind=kind).inc(count)
         self.counts["notifications"] = self.counts.get("notifications", 0) + len(notifications)
-        await self.alerts.put(notifications)
+        self._alert_put_times.append(time.perf_counter())
+        try:
+            await self.alerts.put(notifications)
+        except BaseException:
+            self._alert_put_times.pop()
+            raise
         self._emitted += 1
         self.metrics.queue_depth.labels(stage="alerts").set(self.alerts.qsize())
 
@@ -606,7 +628,7 @@ class Pipeline:
                 continue
             log = self._partition_logs.get(key)
             if log is not None:
-                out.append((key, log, log.encode(key, state.snapshot())))
+                out.append((key, log, log.pack(key, state.snapshot())))
             elif self.store is not None:
                 body = msgpack.packb(state.snapshot(), use_bin_type=True)
                 out.append((key, None, CachedState(None, 0, body, frozenset())))
@@ -693,8 +715,12 @@ class Pipeline:
     async def _dispatch(self) -> None:
         while True:
             alerts = await self.alerts.get()
+            taken = time.perf_counter()
+            if self._alert_put_times:
+                self._stage["alert_wait"].observe(taken - self._alert_put_times.popleft())
             try:
                 await self.dispatcher.deliver(alerts)
+                self._stage["deliver"].observe(time.perf_counter() - taken)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:
@@ -754,6 +780,7 @@ class Pipeline:
         started = time.perf_counter()
         async with self._checkpoint_lock:
             async with self._lock:
+                paused = time.perf_counter()
                 pending, self._pending = self._pending, defaultdict(list)
                 for source in self.sources:
                     if source.local_acknowledge and pending.get(id(source)):
@@ -774,6 +801,7 @@ class Pipeline:
                 partition_data = self._encode_partitions()
                 dropped = [(key, self._partition_logs.pop(key, None)) for key in drop or ()
                            if self.partitions.pop(key, None) is not None]
+                self.metrics.checkpoint_pause_seconds.observe(time.perf_counter() - paused)
             try:
                 await self._delivered_through(covered)
                 await self.dispatcher.flush()
@@ -797,3 +825,5 @@ class Pipeline:
         self.metrics.checkpoints.labels(outcome="written" if self.store else "memory").inc()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         self.metrics.last_checkpoint.set(time.time())
+        if self.gc_pauses is not None:
+            self.gc_pauses.publish()

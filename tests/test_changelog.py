@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,17 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from daemon.changelog.codec import ChangelogCorrupt, assemble, claim_record, encode, fenced_manifest, manifest_key
+from daemon.changelog import log as changelog_log
+from daemon.changelog.codec import (
+    ChangelogCorrupt,
+    assemble,
+    chunked,
+    claim_record,
+    encode,
+    fenced_manifest,
+    manifest_key,
+    pack,
+)
 from daemon.changelog.log import ChangelogFenced, StateChangelog
 from daemon.changelog.producer import changelog_topic
 from daemon.config import PipelineConfig
@@ -57,6 +68,34 @@ def test_state_round_trips_through_chunks_under_the_message_limit() -> None:
     assert restored is not None and restored.parts == parts and restored.generation == 7
     assert restored.live_keys == set(written.chunk_keys)
     assert assemble("ct/4", latest(written.records)) is None, "another partition's records are not ours"
+
+
+def test_a_packed_body_cut_later_holds_the_state_at_packing_time() -> None:
+    live = {"engine": {"ids": [f"id-{n}" for n in range(2000)]}, "dedupe": {"ids": ["a"], "times": [1.0]}}
+    packed = pack(7, live, owner=3)                 # what the checkpoint does while detection waits
+    live["engine"]["ids"].append("processed after the pause")
+    written = chunked("ct/3", packed, chunk_bytes=1024)
+    reference = encode("ct/3", 7, {**live, "engine": {"ids": live["engine"]["ids"][:-1]}}, 1024, owner=3)
+    assert written.records[:-1] == reference.records[:-1], "same chunks as encoding in one step"
+    restored = assemble("ct/3", latest(written.records))
+    assert restored is not None and restored.generation == 7 and len(restored.parts["engine"]["ids"]) == 2000
+
+
+def test_restores_and_standby_copies_read_with_one_consumer_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.changelog import reader
+
+    built: list[dict[str, Any]] = []
+    monkeypatch.setattr(reader, "AIOKafkaConsumer", lambda **options: built.append(options))
+    reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=20)
+    reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=100, group_id="a-group")
+    assert built[0] == {"bootstrap_servers": "kafka:9092", "group_id": None, "enable_auto_commit": False,
+                        "auto_offset_reset": "earliest", "max_partition_fetch_bytes": 16 << 20,
+                        "fetch_max_wait_ms": 20}
+    assert built[1]["fetch_max_wait_ms"] == 100 and built[1]["group_id"] == "a-group", "overrides win"
+    source = (Path(__file__).parents[1] / "daemon" / "changelog")
+    for module in ("recovery.py", "standby.py"):
+        text = (source / module).read_text()
+        assert "changelog_reader(" in text and "AIOKafkaConsumer(" not in text, module
 
 
 def test_a_crash_between_chunks_keeps_the_previous_generation() -> None:
@@ -180,7 +219,12 @@ async def test_another_instance_restores_from_the_changelog_without_the_files(bo
     await cached.sources[0].wait_closed()
 
 
-async def test_large_state_is_chunked_and_old_chunks_are_tombstoned(bootstrap: str, tmp_path: Path) -> None:
+async def test_large_state_is_chunked_and_old_chunks_are_tombstoned(bootstrap: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cut_in: list[threading.Thread] = []
+    real_chunked = changelog_log.chunked
+    monkeypatch.setattr(changelog_log, "chunked",
+                        lambda *args: cut_in.append(threading.current_thread()) or real_chunked(*args))
     topic = await create_topic(bootstrap, partitions=1)
     group = f"changelog-{next(_groups)}"
     await produce(bootstrap, topic, events("a", 2), partition=0)
@@ -213,6 +257,7 @@ async def test_large_state_is_chunked_and_old_chunks_are_tombstoned(bootstrap: s
     restored = assemble(f"{topic}/0", values)
     assert restored is not None and restored.generation == 2
     assert restored.parts["engine"]["detectors"]["counting"]["count"] == 3
+    assert cut_in and threading.main_thread() not in cut_in, "chunks are cut and hashed off the event loop"
 
 
 def test_the_restore_bench_scenario_runs_and_measures_a_real_restore() -> None:

@@ -272,3 +272,36 @@ async def test_undecodable_spool_entry_is_dead_lettered(receiver: Receiver, tmp_
     assert receiver.accepted_ids() == [good.id]
     dead = (tmp_path / "spool" / "hook.dead.jsonl").read_text()
     assert "undecodable spool entry" in dead and '"id":"broken"' in dead
+
+
+async def test_one_sink_is_handed_its_alerts_without_a_task_and_several_share_one_gather(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.delivery import dispatch as dispatch_module
+    from tests.pipeline_harness import Recording
+
+    gathers: list[int] = []
+    real_gather = asyncio.gather
+
+    def counting_gather(*awaitables: Any, **options: Any) -> Any:
+        gathers.append(len(awaitables))
+        return real_gather(*awaitables, **options)
+
+    monkeypatch.setattr(dispatch_module.asyncio, "gather", counting_gather)
+    one = Recording()
+    single = dispatcher([one], None)
+    await single.start()
+    gathers.clear()
+    await single.deliver([make_alert(1), make_alert(2)])
+    assert gathers == [], "one sink: delivered in the dispatcher's own turn of the loop"
+    await single.stop()
+    assert [a.id for a in one.alerts] == [make_alert(1).id, make_alert(2).id]
+
+    first, second = Recording(), Recording()
+    second.name = "recording-2"
+    both = dispatcher([first, second], None)
+    await both.start()
+    gathers.clear()
+    await both.deliver([make_alert(3)])
+    assert gathers == [2]
+    await both.stop()
+    assert len(first.alerts) == len(second.alerts) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -151,7 +152,8 @@ def test_the_old_throttle_key_is_refused_with_a_migration_note() -> None:
 def test_snapshot_and_restore_neither_reopen_nor_lose_an_update() -> None:
     before = Incidents()
     opened = before.fold([alert(0), alert(10)], -1)
-    state = orjson.loads(orjson.dumps(before.snapshot()))          # what the checkpoint file holds
+    state = msgpack.unpackb(msgpack.packb(before.snapshot(), use_bin_type=True),  # what a checkpoint holds
+                            raw=False, strict_map_key=False)
     after = Incidents()
     after.restore(state)
     assert after.fold([alert(20)], 0) == []                          # folds, does not re-open
@@ -159,6 +161,39 @@ def test_snapshot_and_restore_neither_reopen_nor_lose_an_update() -> None:
     assert seen([update]) == [("updated", "high", 3)]
     assert update.incident["id"] == opened[0].id
     assert update.incident["event_ids"] == ["ev-0-high", "ev-10-high", "ev-20-high"]
+
+
+def test_a_template_is_encoded_once_however_many_checkpoints_snapshot_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.delivery import spool
+
+    encoded: list[str] = []
+    real = spool.encode_alert
+    monkeypatch.setattr(spool, "encode_alert", lambda a: encoded.append(a.id) or real(a))
+    incidents = Incidents()
+    incidents.fold([alert(0), alert(10, principal="bob")], -1)
+    first = incidents.snapshot()
+    incidents.fold([alert(20)], -1)                                   # folds into the open incident
+    assert incidents.snapshot()["incidents"][0]["count"] == 2
+    assert len(encoded) == 2                                          # one per incident, not per checkpoint
+    restored = Incidents()
+    restored.restore(first)
+    restored.snapshot()
+    assert len(encoded) == 2                                          # a restored incident keeps its form
+
+
+def test_a_version_1_snapshot_with_the_template_as_a_mapping_still_restores() -> None:
+    before = Incidents()
+    opened = before.fold([alert(0), alert(10)], -1)
+    state = before.snapshot()
+    for saved in state["incidents"]:
+        saved["alert"] = orjson.loads(saved.pop("alert_wire"))      # how version 1 kept it
+    state["version"] = 1
+    after = Incidents()
+    after.restore(state)
+    assert after.snapshot()["incidents"][0]["alert_wire"] == before.snapshot()["incidents"][0]["alert_wire"]
+    [update] = after.fold([], HOUR)
+    assert seen([update]) == [("updated", "high", 2)]
+    assert update.incident["id"] == opened[0].id
 
 
 def test_ids_are_deterministic_across_runs() -> None:

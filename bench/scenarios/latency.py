@@ -12,13 +12,25 @@ alert file every 5 ms; an injected event's latency is the time its first alert l
 batching, broker, consumer poll, detectors, delivery, the write.
 
 The row reports p50/p99/max in ms, how many injected events raised no alert (``missed``), and in
-the A/B columns the target and the achieved produce rate.  Target p99 ≤ 100 ms.  One run, whatever
-``--reps``: its 20 (quick) or 60 injections are the distribution.
+the A/B columns the target and the achieved produce rate.  ``stages`` is the daemon's own account of
+the run, read from its ``/metrics`` at the end: per stage of ``trailguard_stage_seconds`` (batch
+waiting in the ingest queue, detection per slice, incident folding, alerts waiting for the
+dispatcher, delivery), checkpoint pauses and garbage-collector pauses — count, mean and the bucket
+bound under which 99 % fell — so a tail can be attributed without a profiler.
+
+The producing process is part of the instrument: its own cyclic garbage collector is frozen and
+off while it measures (a full pass over its heap took 130–450 ms every ~10 s, delaying sends
+after their timestamps and the tail thread), and it asks the daemon's ``/metrics`` how far it
+caught up at most every 0.25 s (every 5 ms cost the daemon ~10 % of its CPU while catching up).
+
+Target p99 ≤ 100 ms.  One run, whatever ``--reps``: its 20 (quick) or 60 injections are the
+distribution.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import tempfile
@@ -47,6 +59,11 @@ TAIL_INTERVAL: Final = 0.005
 TEMPLATES: Final = 4000
 #: After the last injection, how long alerts may still arrive.
 GRACE: Final = 5.0
+#: How often the producer asks the daemon whether it caught up with the start-up backlog.
+CATCH_UP_POLL: Final = 0.25
+#: Histograms the row reads from the daemon's ``/metrics`` (``stages``).
+STAGE_METRICS: Final = ("trailguard_stage_seconds", "trailguard_checkpoint_pause_seconds",
+                        "trailguard_gc_pause_seconds")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -134,6 +151,7 @@ async def _produce(bootstrap: str, topic: str, daemon: Daemon, tail: AlertTail, 
         sent = 0
         phase_start = phase_sent = 0.0
         next_injection = math.inf
+        next_poll = 0.0
         pending: list[asyncio.Future[Any]] = []
         while True:
             now = time.perf_counter()
@@ -145,11 +163,13 @@ async def _produce(bootstrap: str, topic: str, daemon: Daemon, tail: AlertTail, 
                 event = {**template, "eventID": str(uuid.uuid4()), "eventTime": stamp}
                 pending.append(await producer.send(topic, orjson.dumps(event), key=key))
                 sent += 1
-            if not phase_start and now - started > 1.0:
+            if not phase_start and now - started > 1.0 and now >= next_poll:
+                next_poll = now + CATCH_UP_POLL
                 processed = await asyncio.to_thread(daemon.processed) or 0.0
                 if processed >= sent - RATE * 0.25:  # caught up with the start-up backlog
                     phase_start, phase_sent, next_injection = now, sent, now
                     extra["startup_backlog"] = sent
+                    extra["metrics_at_start"] = await asyncio.to_thread(_metrics_text, daemon)
             if now >= next_injection:
                 event_id = str(uuid.uuid4())
                 tail.watched.add(event_id)
@@ -173,18 +193,74 @@ async def _produce(bootstrap: str, topic: str, daemon: Daemon, tail: AlertTail, 
     return injected
 
 
+def _histograms(exposition: str) -> dict[str, dict[str, Any]]:
+    """Per series of :data:`STAGE_METRICS` in a ``/metrics`` text: buckets, count and sum."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name not in STAGE_METRICS:
+            continue
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            name = family.name.removeprefix("trailguard_").removesuffix("_seconds")
+            entry = series.setdefault(name + "".join(f"/{v}" for v in labels.values()),
+                                      {"buckets": {}, "count": 0.0, "sum": 0.0})
+            if sample.name.endswith("_bucket"):
+                entry["buckets"][float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_count"):
+                entry["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                entry["sum"] = sample.value
+    return series
+
+
+def stage_summary(end: str, start: str = "") -> dict[str, dict[str, float]]:
+    """What :data:`STAGE_METRICS` observed between two ``/metrics`` texts: per series, the count,
+    the mean in ms and the bucket bound (ms) at or under which 99 % fell."""
+    before = _histograms(start) if start else {}
+    out: dict[str, dict[str, float]] = {}
+    for key, entry in _histograms(end).items():
+        earlier = before.get(key, {"buckets": {}, "count": 0.0, "sum": 0.0})
+        count = entry["count"] - earlier["count"]
+        if count <= 0:
+            continue
+        buckets = sorted((bound, seen - earlier["buckets"].get(bound, 0.0)) for bound, seen in entry["buckets"].items())
+        p99 = next(bound for bound, seen in buckets if seen >= 0.99 * count)
+        out[key] = {"count": count, "mean_ms": round(1000 * (entry["sum"] - earlier["sum"]) / count, 2),
+                    "p99_under_ms": p99 * 1000}
+    return out
+
+
+def _metrics_text(daemon: Daemon) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
 def measure(bootstrap: str, seconds: float, workdir: Path) -> dict[str, Any]:
     """One latency run against a fresh topic and a fresh daemon."""
     topic = asyncio.run(create_topic(bootstrap))
     sink = workdir / "alerts.jsonl"
     extra: dict[str, Any] = {}
     daemon = Daemon(kafka_config(bootstrap, topic, sink), workdir)
+    collecting = gc.isenabled()
     try:
         with AlertTail(sink) as tail:
-            injected = asyncio.run(_produce(bootstrap, topic, daemon, tail, seconds, extra))
-            deadline = time.perf_counter() + GRACE
-            while len(tail.arrived) < len(injected) and time.perf_counter() < deadline:
-                time.sleep(0.05)
+            gc.collect()
+            gc.freeze()
+            gc.disable()  # this process's pauses are measurement error, not the daemon's latency
+            try:
+                injected = asyncio.run(_produce(bootstrap, topic, daemon, tail, seconds, extra))
+                deadline = time.perf_counter() + GRACE
+                while len(tail.arrived) < len(injected) and time.perf_counter() < deadline:
+                    time.sleep(0.05)
+            finally:
+                if collecting:
+                    gc.enable()
+                gc.unfreeze()
+        extra["stages"] = stage_summary(_metrics_text(daemon), extra.pop("metrics_at_start", ""))
     finally:
         daemon.stop()
     latencies = [(tail.arrived[event_id] - produced) * 1000 for event_id, produced in injected.items()
@@ -210,4 +286,10 @@ def run(quick: bool, reps: int, size: int | None = None) -> list[dict[str, Any]]
     return [{"name": f"alert latency ({seconds:.0f}s at {RATE:,.0f}/s)", "a_eps": RATE,
              "b_eps": result["produce_rate"], "ratio": None, **result,
              "note": (f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
-                      f"(target p99 <= 100 ms); A: target rate, B: achieved produce rate")}]
+                      f"(target p99 <= 100 ms); A: target rate, B: achieved produce rate; "
+                      f"stages mean/p99 ms: {_stage_note(result.get('stages') or {})}")}]
+
+
+def _stage_note(stages: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{key.removeprefix('stage/')} {value['mean_ms']:g}/{value['p99_under_ms']:g}"
+                     for key, value in stages.items() if value["count"]) or "none"

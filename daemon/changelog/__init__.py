@@ -13,4 +13,6 @@ from changelog partition ``p`` — no shared disk.  The split follows quix-strea
   :mod:`daemon.pipeline`: before any offset is committed);
 * :mod:`daemon.changelog.recovery` — reads a changelog partition back on assignment, using the local
   file only as a cache that is verified against the changelog's end offset.
+* :mod:`daemon.changelog.reader` — the one consumer configuration that restores and standby
+  replicas read changelog partitions with.
 """

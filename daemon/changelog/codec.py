@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ["FORMAT", "ChangelogCorrupt", "EncodedWrite", "Restored", "assemble", "claim_key", "claim_record",
-           "encode", "fenced_manifest", "manifest_key", "owner_generation"]
+__all__ = ["FORMAT", "ChangelogCorrupt", "EncodedWrite", "PackedParts", "Restored", "assemble", "chunked",
+           "claim_key", "claim_record", "encode", "fenced_manifest", "manifest_key", "owner_generation", "pack"]
 
 FORMAT: Final = "trailguard-changelog"
 VERSION: Final = 1
@@ -35,6 +35,17 @@ VERSION: Final = 1
 
 class ChangelogCorrupt(Exception):
     """The changelog holds a manifest whose chunks are missing or do not match its checksum."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackedParts:
+    """A partition's parts packed into one body (taken while the state is consistent), not yet cut
+    into records: cutting and hashing need no consistent state, so they happen off the event loop."""
+
+    generation: int
+    body: bytes
+    #: The consumer-group generation of the writer.
+    owner: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +111,18 @@ def encode(partition: str, generation: int, parts: Mapping[str, Any], chunk_byte
            owner: int = -1) -> EncodedWrite:
     """Encode ``parts`` (name → snapshot) as generation ``generation`` of ``partition``, written by the
     consumer-group generation ``owner``."""
-    body = msgpack.packb(dict(parts), use_bin_type=True)
+    return chunked(partition, pack(generation, parts, owner), chunk_bytes)
+
+
+def pack(generation: int, parts: Mapping[str, Any], owner: int = -1) -> PackedParts:
+    """``parts`` packed as generation ``generation`` (the only step that reads the live state)."""
+    return PackedParts(generation, msgpack.packb(dict(parts), use_bin_type=True), owner)
+
+
+def chunked(partition: str, packed: PackedParts, chunk_bytes: int) -> EncodedWrite:
+    """The records of ``packed``: its body cut into chunks, then the manifest with the body's SHA-256
+    (pure and thread-safe: SHA-256 of a large body runs without the GIL)."""
+    generation, body, owner = packed.generation, packed.body, packed.owner
     records: list[tuple[bytes, bytes]] = []
     keys = []
     view = memoryview(body)

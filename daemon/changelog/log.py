@@ -3,8 +3,9 @@
 Ties :mod:`~daemon.changelog.codec`, :mod:`~daemon.changelog.producer` and
 :mod:`~daemon.changelog.recovery` together and remembers, per owned partition, the generation last
 written and the chunk keys still live (so the next write knows what to tombstone).  The pipeline
-calls :meth:`encode` while detection is paused (the snapshot must be consistent) and :meth:`write`
-after the sinks are flushed, before offsets are committed.
+calls :meth:`pack` while detection is paused (the snapshot must be consistent: only msgpack reads
+the live state) and :meth:`write` after the sinks are flushed, before offsets are committed; the
+write cuts the body into chunks and hashes it in a thread.
 
 **Fencing a stalled old owner.**  An instance paused past its session timeout (SIGSTOP, a frozen
 VM, a long GC) loses its partitions without knowing it; resumed, its rebalance listener checkpoints
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.changelog.codec import EncodedWrite, encode
+from daemon.changelog.codec import EncodedWrite, PackedParts, chunked, encode, pack
 from daemon.changelog.producer import ChangelogProducer
 from daemon.changelog.recovery import CachedState, RecoveryManager
 from daemon.changelog.standby import StandbyReplicas
@@ -92,8 +93,16 @@ class StateChangelog:
         known = self._known.setdefault(key, _Known())
         return encode(key, known.generation + 1, parts, self.chunk_bytes, self.owner_generation())
 
-    async def write(self, key: str, encoded: EncodedWrite) -> CachedState:
+    def pack(self, key: str, parts: dict[str, Any]) -> PackedParts:
+        """The next generation of ``key``, packed only (synchronous: call while the state is
+        consistent); :meth:`write` cuts and hashes it in a thread, so detection waits for less."""
+        known = self._known.setdefault(key, _Known())
+        return pack(known.generation + 1, parts, self.owner_generation())
+
+    async def write(self, key: str, encoded: EncodedWrite | PackedParts) -> CachedState:
         """Produce ``encoded`` and tombstone older chunks; returns what the local cache should hold."""
+        if isinstance(encoded, PackedParts):
+            encoded = await asyncio.to_thread(chunked, key, encoded, self.chunk_bytes)
         known = self._known.setdefault(key, _Known())
         if known.end is not None:
             now = await self.recovery.end_offset(key)

@@ -25,6 +25,7 @@ import structlog
 
 from daemon.changelog.codec import Restored, assemble
 from daemon.changelog.producer import changelog_topic, split_partition
+from daemon.changelog.reader import changelog_reader
 from daemon.changelog.replica import Replica
 from daemon.metrics import Metrics
 
@@ -76,11 +77,7 @@ class RecoveryManager:
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            from aiokafka import AIOKafkaConsumer
-
-            consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
-                                        fetch_max_bytes=64 << 20, fetch_max_wait_ms=20)
+            consumer = changelog_reader(self.connection, fetch_max_bytes=64 << 20, fetch_max_wait_ms=20)
             await asyncio.wait_for(consumer.start(), self.timeout)
             self._consumer = consumer
         return self._consumer

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from daemon.changelog.producer import changelog_topic, split_partition
+from daemon.changelog.reader import changelog_reader
 from daemon.changelog.replica import Replica
 from daemon.metrics import Metrics
 
@@ -74,11 +75,7 @@ class StandbyReplicas:
                 del self._copies[key]
             added = [key for key in sorted(wanted) if key not in self._copies]
             if self._consumer is None and wanted:
-                from aiokafka import AIOKafkaConsumer
-
-                consumer = AIOKafkaConsumer(**self.connection, group_id=None, enable_auto_commit=False,
-                                            auto_offset_reset="earliest", max_partition_fetch_bytes=16 << 20,
-                                            fetch_max_wait_ms=100)
+                consumer = changelog_reader(self.connection, fetch_max_wait_ms=100)
                 await consumer.start()
                 self._consumer = consumer
                 self._task = asyncio.create_task(self._tail(), name="standby-replicas")

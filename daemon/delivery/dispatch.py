@@ -305,6 +305,10 @@ class Dispatcher:
                 in_batch.add((name, alert.id))
         if not per_lane:
             return
+        if len(per_lane) == 1:  # one sink (the common case): no task to wait for, no loop turn
+            [(name, batch)] = per_lane.items()
+            await self._hand_over(self.lanes[name], batch, encoded)
+            return
         await asyncio.gather(*(self._hand_over(self.lanes[name], batch, encoded)
                                for name, batch in per_lane.items()))
 

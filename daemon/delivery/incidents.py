@@ -73,7 +73,8 @@ __all__ = [
 #: Grouping names read from the alert itself; anything else is a dotted path into the event.
 ALERT_NAMES = ("entity", "principal", "account_id", "source_ip", "region")
 _MAX_VALUE = 256
-_SNAPSHOT_VERSION = 1
+#: 2: the template alert is kept as its spool form (bytes), not as a mapping.
+_SNAPSHOT_VERSION = 2
 
 
 class IncidentOverride(BaseModel):
@@ -233,12 +234,16 @@ class _Incident:
     """One open incident: the alert that opened it (the template of its updates) and the totals."""
 
     __slots__ = ("count", "end", "event_ids", "first", "id", "key", "last", "notified", "rank",
-                 "resources", "seq", "severity", "source_ips", "template", "total_ids", "user_agents")
+                 "resources", "seq", "severity", "source_ips", "template", "template_wire", "total_ids",
+                 "user_agents")
 
     def __init__(self, key: tuple[str, ...], template: Alert, end: float, seq: int) -> None:
         self.key = key
         self.id = template.id
         self.template = template
+        #: The template's spool form, encoded at its first checkpoint and reused by every later one
+        #: (nothing changes an alert once it opened an incident).
+        self.template_wire: bytes | None = None
         self.end = end
         self.seq = seq
         self.count = 0
@@ -284,9 +289,12 @@ class _Incident:
                 "user_agents": list(self.user_agents), "resources": list(self.resources)}
 
     def snapshot(self) -> dict[str, Any]:
-        from daemon.delivery.spool import encode_alert
+        wire = self.template_wire
+        if wire is None:
+            from daemon.delivery.spool import encode_alert
 
-        return {"key": list(self.key), "alert": orjson.loads(encode_alert(self.template)), "end": self.end,
+            wire = self.template_wire = encode_alert(self.template)
+        return {"key": list(self.key), "alert_wire": wire, "end": self.end,
                 "count": self.count, "notified": self.notified, "first": self.first, "last": self.last,
                 "severity": self.severity, "event_ids": self.event_ids, "total_ids": self.total_ids,
                 "source_ips": self.source_ips, "user_agents": self.user_agents, "resources": self.resources}
@@ -295,8 +303,12 @@ class _Incident:
     def restore(cls, data: Mapping[str, Any], seq: int) -> _Incident:
         from daemon.delivery.spool import decode_alert
 
-        template = decode_alert(orjson.dumps(data["alert"]))
+        wire = data.get("alert_wire")
+        if not isinstance(wire, bytes):  # written before version 2: the spool form as a mapping
+            wire = orjson.dumps(data["alert"])
+        template = decode_alert(wire)
         incident = cls(tuple(str(v) for v in data["key"]), template, float(data["end"]), seq)
+        incident.template_wire = wire
         incident.count = int(data["count"])
         incident.notified = int(data["notified"])
         incident.first, incident.last = float(data["first"]), float(data["last"])

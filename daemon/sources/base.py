@@ -40,6 +40,8 @@ class SourceBatch:
     """Index of ``records[0]`` in its document (when ``locations`` is ``None``), for error context."""
     watermarks: list[Any] | None = None
     """Event-time marks read with the records (Kafka internal topics, :mod:`daemon.repartition.watermark`)."""
+    received_at: float = 0.0
+    """``time.perf_counter()`` when the pipeline received the batch (``trailguard_stage_seconds``)."""
 
 
 class Source(ABC):
