@@ -85,7 +85,8 @@ def test_restores_and_standby_copies_read_with_one_consumer_configuration(monkey
     from daemon.changelog import reader
 
     built: list[dict[str, Any]] = []
-    monkeypatch.setattr(reader, "AIOKafkaConsumer", lambda **options: built.append(options))
+    # the reader imports aiokafka when it builds one, so the class is replaced where it is looked up
+    monkeypatch.setattr("aiokafka.AIOKafkaConsumer", lambda **options: built.append(options))
     reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=20)
     reader.changelog_reader({"bootstrap_servers": "kafka:9092"}, fetch_max_wait_ms=100, group_id="a-group")
     assert built[0] == {"bootstrap_servers": "kafka:9092", "group_id": None, "enable_auto_commit": False,
