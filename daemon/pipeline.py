@@ -12,7 +12,8 @@ Three kinds of task, one asyncio loop:
 The checkpoint order is written down once, here, and nowhere else:
 
     1. pause the processor between two batches, snapshot detector state, incidents, dedupe record
-       and source positions, and let the processor go on;
+       and source positions, and let the processor go on (each changed Kafka partition's state is
+       then snapshotted in a pause of its own, between two slices: see :meth:`Pipeline.checkpoint`);
     2. wait until every alert the snapshot's batches produced is handed to the sinks, and flush
        the sinks (fsync, spool commit);
     3. write the snapshot atomically (the state file, and each changed Kafka partition's state to
@@ -620,11 +621,13 @@ class Pipeline:
         self.log.info("partition state restored", partition=key, origin=origin,
                       dedupe_ids=len(state.part("dedupe")), seconds=round(time.perf_counter() - started, 3))
 
-    def _encode_partitions(self) -> list[tuple[str, Any, Any]]:
-        """Under the lock: each changed partition's state, encoded (log encoding or file body)."""
+    def _encode_partitions(self, keys: Sequence[str] | None = None) -> list[tuple[str, Any, Any]]:
+        """Under the lock: each changed partition's state (of ``keys``, or all), encoded (log
+        encoding or file body)."""
         out: list[tuple[str, Any, Any]] = []
-        for key, state in self.partitions.items():
-            if not state.dirty:
+        for key in self.partitions if keys is None else keys:
+            state = self.partitions.get(key)
+            if state is None or not state.dirty:
                 continue
             log = self._partition_logs.get(key)
             if log is not None:
@@ -771,11 +774,12 @@ class Pipeline:
         ``drop``: partitions being revoked; their state is snapshotted with the rest and then
         removed (under the same pause), so no later batch of theirs is processed here.
 
-        The processor is paused only while the snapshot is taken and encoded: waiting for the
-        sinks (delivery of every alert the snapshot's batches produced, then fsync) and writing the
-        file happen after it resumes, so a checkpoint does not stall detection for an fsync.  The
-        snapshot file is still written only after that flush, and input acknowledged only after the
-        file is durable; checkpoints never overlap.
+        The processor is paused only while the snapshot is taken and encoded (the sources' and the
+        unpartitioned state in one pause, then each changed partition in a pause of its own, so
+        detection runs between them): waiting for the sinks (delivery of every alert the snapshot's
+        batches produced, then fsync) and writing the file happen after it resumes, so a checkpoint
+        does not stall detection for an fsync.  The snapshot file is still written only after that
+        flush, and input acknowledged only after the file is durable; checkpoints never overlap.
         """
         started = time.perf_counter()
         async with self._checkpoint_lock:
@@ -798,11 +802,27 @@ class Pipeline:
                         "positions": {s.name: s.checkpoint_positions() for s in self.sources},
                     }
                     data = self.store.encode(body)
-                partition_data = self._encode_partitions()
+                if drop:  # a hand-over: the revoked partitions leave under this one pause
+                    partition_data = self._encode_partitions()
+                    dirty: list[str] = []
+                else:
+                    partition_data = []
+                    dirty = [key for key, state in self.partitions.items() if state.dirty]
                 dropped = [(key, self._partition_logs.pop(key, None)) for key in drop or ()
                            if self.partitions.pop(key, None) is not None]
                 self.metrics.checkpoint_pause_seconds.observe(time.perf_counter() - paused)
             try:
+                for key in dirty:
+                    # One pause per partition, so a slice runs between them and no pause grows with
+                    # the number of partitions owned.  A partition snapshotted later holds events
+                    # newer than the positions acknowledged below: a redelivery of those is dropped
+                    # by the dedupe record in the same snapshot, and their alerts are covered
+                    # because ``covered`` is read after the last pause.
+                    async with self._lock:
+                        paused = time.perf_counter()
+                        partition_data.extend(self._encode_partitions((key,)))
+                        covered = self._emitted
+                        self.metrics.checkpoint_pause_seconds.observe(time.perf_counter() - paused)
                 await self._delivered_through(covered)
                 await self.dispatcher.flush()
                 if self.store is not None and data is not None:
@@ -812,6 +832,10 @@ class Pipeline:
                 # Not acknowledged now: the next checkpoint acknowledges these positions (in order).
                 for key, positions in pending.items():
                     self._pending[key][:0] = positions
+                for key, _, _ in partition_data:  # written again next time (a rewrite is harmless)
+                    state = self.partitions.get(key)
+                    if state is not None and key not in (drop or ()):
+                        state.dirty = True
                 raise
             finally:
                 for key, log in dropped:

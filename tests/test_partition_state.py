@@ -204,3 +204,36 @@ async def test_incident_state_follows_its_partition(tmp_path: Path) -> None:
     assert (reopened.kind, reopened.event_ids) == ("opened", ["b4"]), "b4 is past the window: a new incident"
     await other.stop(5)
     assert len(other_sink.alerts) == 2, "a stop with state kept closes nothing early"
+
+
+async def test_each_changed_partition_is_snapshotted_in_a_pause_of_its_own(tmp_path: Path) -> None:
+    """A checkpoint pauses detection once for the unpartitioned state and once per changed partition
+    (so no pause grows with the partitions owned): each partition's snapshot is taken after the
+    pauses before it were over, and the checkpoint still covers all of them."""
+    batches = [("ct/0", [record("A", "2024-01-01T00:00:00Z", "a1")]),
+               ("ct/1", [record("B", "2024-01-01T00:00:00Z", "b1")]),
+               ("ct/2", [record("C", "2024-01-01T00:00:00Z", "c1")])]
+    pipeline, source = build(tmp_path, batches)
+    await source.rebalance({"ct/0", "ct/1", "ct/2"}, set())
+    await pipeline.start()
+    await wait_processed(pipeline, 3)
+    pauses_seen: dict[str, float] = {}
+
+    def pauses() -> float:
+        return pipeline.metrics.registry.get_sample_value("trailguard_checkpoint_pause_seconds_count") or 0.0
+
+    def watched(key: str, counting: Counting) -> Any:
+        def snapshot() -> Any:
+            pauses_seen[key] = pauses()  # how many pauses were over when this one began
+            return {"count": counting.count}
+        return snapshot
+
+    for key, state in pipeline.partitions.items():
+        counting = state.part("engine").detectors[0]
+        counting.snapshot = watched(key, counting)  # type: ignore[method-assign]
+    before = pauses()
+    await pipeline.checkpoint()
+    assert pauses() - before == 4, "one pause for the sources' state, one per changed partition"
+    assert sorted(pauses_seen.values()) == [before + 1, before + 2, before + 3]
+    assert len(source.acked) == 3, "every batch the checkpoint covers is acknowledged"
+    await pipeline.stop(5)
