@@ -14,9 +14,9 @@ repetition.
   until it moves, then at most once a second and more finely only as N comes near (see
   :func:`next_poll`: a scrape is a full Prometheus exposition, ~10 ms of the daemon's CPU, and five
   a second were ~5 % of what B was measured to cost); events/s from the first non-zero reading to
-  N, so start-up (imports, rule compilation, the group join) is excluded and reported as ``startup_seconds`` / ``first_event_seconds``.  Stopped with
-  SIGTERM.  Both sides poll up to 500 messages at a time and use a 10 s session timeout (see
-  :data:`SESSION_TIMEOUT_MS`).
+  N, so start-up (imports, rule compilation, the group join) is excluded and reported as
+  ``startup_seconds`` / ``first_event_seconds``.  Stopped with SIGTERM.  Both sides poll up to 500
+  messages at a time and use a 10 s session timeout (see :data:`SESSION_TIMEOUT_MS`).
 
 The helpers that run and watch a daemon (:class:`Daemon`, :func:`measure_daemon`) are shared with
 the ``sqs`` and ``latency`` scenarios.
