@@ -27,7 +27,7 @@ def test_scenarios_are_registered() -> None:
 
 
 def test_kafka_scenario() -> None:
-    rows = kafka.run(quick=True, reps=1, size=8000)
+    rows = kafka.run(quick=True, reps=2, size=8000)
     assert [row["name"].endswith("repartition auto (the default)") for row in rows] == [False, True]
     for row in rows:
         _positive(row, "a_eps", "b_eps", "ratio")

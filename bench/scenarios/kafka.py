@@ -319,9 +319,10 @@ def _row(bootstrap: str, topic: str, tmp: Path, count: int, reps: int, repartiti
     from bench.run import ab
 
     extra: dict[str, Any] = {}
-    config = kafka_config(bootstrap, topic, tmp / f"alerts-{repartition}.jsonl", repartition)
+    # A fresh config (so a fresh consumer group, reading from the start) for every repetition.
     result = ab(lambda: asyncio.run(raw_consume(bootstrap, topic, count)),
-                lambda: measure_daemon(config, count, extra, repartitions=repartition != "off"), reps)
+                lambda: measure_daemon(kafka_config(bootstrap, topic, tmp / f"alerts-{repartition}.jsonl", repartition),
+                                       count, extra, repartitions=repartition != "off"), reps)
     name = f"kafka ({count:,} events, {PARTITIONS} partitions)" + (
         "" if repartition == "off" else ", repartition auto (the default)")
     return {"name": name, **result, **extra,
