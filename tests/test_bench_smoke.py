@@ -27,10 +27,19 @@ def test_scenarios_are_registered() -> None:
 
 
 def test_kafka_scenario() -> None:
-    [row] = kafka.run(quick=True, reps=1, size=8000)
-    _positive(row, "a_eps", "b_eps", "ratio")
-    assert len(row["startup_seconds"]) == 1 and row["startup_seconds"][0] > 0
-    assert row["first_event_seconds"][0] >= row["startup_seconds"][0]
+    rows = kafka.run(quick=True, reps=2, size=8000)
+    assert [row["name"].endswith("repartition auto (the default)") for row in rows] == [False, True]
+    for row in rows:  # two repetitions: each reads the topic from the start in a fresh group
+        _positive(row, "a_eps", "b_eps", "ratio")
+        assert len(row["startup_seconds"]) == 2 and min(row["startup_seconds"]) > 0
+        assert all(first >= up for first, up in zip(row["first_event_seconds"], row["startup_seconds"], strict=True))
+
+
+def test_kafka_counter_is_read_rarely_while_far_from_the_end_and_finely_near_it() -> None:
+    assert kafka.next_poll(0, 20_000, None) == kafka.POLL_INTERVAL  # no rate yet
+    assert kafka.next_poll(1_000, 150_000, 7_000.0) == kafka.MAX_POLL_INTERVAL  # 21 s to go
+    assert kafka.next_poll(19_000, 20_000, 10_000.0) == 0.05  # 0.1 s to go: half of it
+    assert kafka.next_poll(19_990, 20_000, 10_000.0) == kafka.MIN_POLL_INTERVAL
 
 
 def test_sqs_scenario() -> None:

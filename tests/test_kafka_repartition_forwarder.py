@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from daemon.metrics import Metrics
 from daemon.repartition.forwarder import Forwarder
@@ -101,3 +101,56 @@ async def test_internal_topics_wait_for_their_input_topic(kafka_broker: Tansu) -
     with pytest.raises(RepartitionTopicError, match="no-such-topic"):
         await ensure_internal_topics({"bootstrap_servers": kafka_broker.bootstrap}, routes.internal_topics(),
                                      replication_factor=1, retention_ms=60_000, timeout=20)
+
+
+async def test_events_are_sent_in_one_batch_per_partition_where_a_keyed_send_would_put_them(
+        kafka_broker: Tansu) -> None:
+    """The batched path keeps the internal topics' layout: each event lands on the partition
+    aiokafka's own ``send(key=...)`` picks for its key, and no event goes through a per-message send."""
+    bootstrap = kafka_broker.bootstrap
+    topic = await create_topic(bootstrap, partitions=4)
+    burst = detector_class("access_denied_burst")
+    routes = plan_routes([burst(burst.Config())], group_id="fb", topics=[topic], input_key="account",
+                         repartition=True)
+    connection = {"bootstrap_servers": bootstrap}
+    counts = await ensure_internal_topics(connection, routes.internal_topics(), replication_factor=1,
+                                          retention_ms=60_000, timeout=20)
+    internal = f"fb-{topic}-repartition-principal"
+    forwarder = Forwarder(connection, routes, timeout=20, metrics=Metrics(), max_request_size=1 << 20)
+    forwarder.partitions = counts
+    producer = await forwarder._started()
+    calls = {"send": 0, "send_batch": 0}
+    send, send_batch = producer.send, producer.send_batch
+
+    async def counted_send(*args: Any, **kwargs: Any) -> Any:
+        calls["send"] += not kwargs.get("headers")  # marks are single messages by design
+        return await send(*args, **kwargs)
+
+    async def counted_send_batch(*args: Any, **kwargs: Any) -> Any:
+        calls["send_batch"] += 1
+        return await send_batch(*args, **kwargs)
+
+    producer.send, producer.send_batch = counted_send, counted_send_batch  # type: ignore[method-assign]
+    records = [_record(n, f"2222222222{n % 7:02d}", name="GetObject") for n in range(70)]
+    try:
+        assert await forwarder.forward(topic, 0, 4, records, f"{topic}/0") == 70
+        assert calls["send"] == 0  # no event went through a per-message send ...
+        assert 1 <= calls["send_batch"] <= 4 and forwarder.pending == 70  # ... one batch per partition
+        await forwarder.settle()
+        assert forwarder.pending == 0
+    finally:
+        await forwarder.stop()
+
+    # Where aiokafka's keyed send puts the same keys, on a topic with as many partitions.
+    reference = await create_topic(bootstrap, partitions=4)
+    plain = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await plain.start()
+    try:
+        keys = {Event(r, "t").principal.encode() for r in records}
+        expected = {key: (await (await plain.send(reference, b"x", key=key))).partition for key in keys}
+    finally:
+        await plain.stop()
+    landed = await _read_all(bootstrap, internal, 4)
+    placed = {m.key: partition for partition, ms in landed.items() for m in ms if not m.headers}
+    assert len(placed) == 21 and placed == expected
+    assert sum(1 for ms in landed.values() for m in ms if not m.headers) == 70
