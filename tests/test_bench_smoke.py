@@ -52,6 +52,8 @@ def test_latency_scenario() -> None:
     _positive(row, "b_eps", "p50_ms", "p99_ms", "max_ms", "injected")
     assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["missed"] == 0, row
+    assert row["raw"]["injected"] > 0 and row["raw"]["missed"] == 0, "the raw consumer's floor is measured too"
+    assert row["added_p50_ms"] == round(row["p50_ms"] - row["raw"]["p50_ms"], 1)
 
 
 def test_percentile_is_nearest_rank() -> None:
