@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,22 @@ async def create_topic_named(bootstrap: str, topic: str) -> None:
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
+
+
+async def test_a_batchs_fetch_age_is_its_oldest_records_producer_timestamp_to_now(bootstrap: str) -> None:
+    """``trailguard_stage_seconds{stage="fetch_age"}``: the part of an alert's latency spent before
+    trailguard (producer, broker, fetch), from the record's CreateTime — here two minutes."""
+    topic = await create_topic(bootstrap, partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, orjson.dumps(invictus_records()[0]), partition=0,
+                                     timestamp_ms=int((time.time() - 120) * 1000))
+    finally:
+        await producer.stop()
+    metrics = Metrics()
+    async with Reader(kafka_source(bootstrap, topic, "fetch-age", metrics)) as reader:
+        await reader.wait(lambda: len(reader.event_ids()) == 1)
+    labels = {"stage": "fetch_age"}
+    assert metrics.registry.get_sample_value("trailguard_stage_seconds_count", labels) == 1
+    assert 120 <= metrics.registry.get_sample_value("trailguard_stage_seconds_sum", labels) < 180

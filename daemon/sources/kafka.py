@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
@@ -233,6 +234,9 @@ class KafkaSource(Source):
         self._lag = metrics.kafka_lag
         self._m_errors = metrics.source_errors.labels(source=self.name)
         self._m_up = metrics.source_up.labels(source=self.name)
+        #: How old a batch's oldest record is when fetched (its producer timestamp → now): the part
+        #: of an alert's latency spent before trailguard — producer batching, the broker, the fetch.
+        self._fetch_age = metrics.stage_seconds.labels(stage="fetch_age")
         #: Where each detector runs (set by :meth:`plan_routes`), and the producer feeding internal topics.
         self.routes: Routes | None = None
         self._forwarder: Forwarder | None = None
@@ -589,6 +593,9 @@ class KafkaSource(Source):
             self._check_drained()
 
     async def _batch(self, tp: TopicPartition, messages: list[Any], epoch: int) -> SourceBatch:
+        first = messages[0]
+        if first.timestamp_type == 0 and first.timestamp > 0:  # CreateTime, set by the producer
+            self._fetch_age.observe(max(0.0, time.time() - first.timestamp / 1000))
         size = sum(len(m.value) for m in messages if m.value)
         if size > _THREAD_DECODE_BYTES:
             records, locations = await asyncio.to_thread(self._decode, tp, messages)
