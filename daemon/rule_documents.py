@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +26,7 @@ import msgpack
 import yaml
 
 from daemon import __version__
-from daemon.enrich.ranges_cache import cache_dir
+from daemon.enrich.ranges_cache import cache_dir, write_cache_file
 
 __all__ = ["FORMAT", "RuleDocumentCache"]
 
@@ -137,18 +135,4 @@ class RuleDocumentCache:
         stored, self._stored = self._stored, None
         if stored == used:
             return True
-        body = msgpack.packb({"key": self.key, "files": used}, use_bin_type=True)
-        target = self.path
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".rule-documents-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-        except OSError:
-            return False
-        return True
+        return write_cache_file(self.path, msgpack.packb({"key": self.key, "files": used}, use_bin_type=True))

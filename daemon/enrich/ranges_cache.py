@@ -64,10 +64,15 @@ def write_intervals(key: str, intervals: Intervals, prefixes: int, version: str,
     v4s, v4e, v6s, v6e = intervals
     body = orjson.dumps({"key": key, "prefixes": prefixes, "version": version, "v4": [v4s, v4e],
                          "v6": [[format(v, "x") for v in v6s], [format(v, "x") for v in v6e]]})
-    target = _path(key, directory)
+    return write_cache_file(_path(key, directory), body)
+
+
+def write_cache_file(target: Path, body: bytes) -> bool:
+    """Write a start-up cache file atomically (a temporary file beside it, renamed); ``False`` when
+    it cannot be written — a cache that cannot be kept only costs the work it would have saved."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".aws-ranges-")
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(body)
