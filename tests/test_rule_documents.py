@@ -15,6 +15,7 @@ import pytest
 from daemon.rule_documents import RuleDocumentCache
 from detectors.sigma import loader
 from detectors.sigma.loader import load_rules, rule_files, use_document_cache
+from tests.test_startup import one_event_run
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = ROOT / "config" / "rules"
@@ -173,13 +174,7 @@ def test_run_uses_the_cache_and_leaves_the_loader_without_one(tmp_path: Path,
     from daemon import cli
 
     monkeypatch.setenv("TRAILGUARD_CACHE_DIR", str(tmp_path / "cache"))
-    trail = tmp_path / "trail.json"
-    trail.write_bytes(orjson.dumps({"Records": [{"eventTime": "2024-01-01T00:00:00Z", "eventName": "ListBuckets",
-                                                 "eventSource": "s3.amazonaws.com", "eventID": "e-1"}]}))
-    config = tmp_path / "trailguard.yaml"
-    config.write_bytes(orjson.dumps({"sources": [{"type": "file", "paths": [str(trail)], "follow": False}],
-                                     "sinks": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}],
-                                     "metrics": {"enabled": False}}))
+    config = one_event_run(tmp_path)
     assert cli.main(["run", "--config", str(config)]) == 0
     assert (tmp_path / "cache" / "rule-documents-v1.msgpack").is_file()
     assert loader._document_cache is None

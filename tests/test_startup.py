@@ -43,14 +43,9 @@ def test_the_startup_benchmark_runs_the_shipped_configuration_with_absolute_path
     assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
 
 
-def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """GC is off only for start-up: the running daemon collects as usual, whatever way run ends."""
-    import gc
-
+def one_event_run(tmp_path: Path) -> Path:
+    """A finite ``run`` config: one event from a file, alerts to a file, no metrics endpoint."""
     import orjson
-
-    from daemon import app, cli
 
     trail = tmp_path / "trail.json"
     trail.write_bytes(orjson.dumps({"Records": [{"eventTime": "2024-01-01T00:00:00Z", "eventName": "ListBuckets",
@@ -59,6 +54,17 @@ def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
     config.write_bytes(orjson.dumps({"sources": [{"type": "file", "paths": [str(trail)], "follow": False}],
                                      "sinks": [{"type": "file", "path": str(tmp_path / "alerts.jsonl")}],
                                      "metrics": {"enabled": False}}))
+    return config
+
+
+def test_run_starts_with_the_cyclic_gc_off_and_runs_with_it_on(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC is off only for start-up: the running daemon collects as usual, whatever way run ends."""
+    import gc
+
+    from daemon import app, cli
+
+    config = one_event_run(tmp_path)
     seen: dict[str, bool] = {}
     started = app.Daemon.__init__
 
